@@ -1,0 +1,307 @@
+"""The proposal cache: SQLite files (one per shard) in a cache folder.
+
+Each shard file is written by one process with one transaction per image, in WAL mode, so a
+kill at any moment loses at most the image in flight and never corrupts what is stored.
+Readers open every ``*.sqlite`` file of the folder.
+
+Tables:
+
+* ``meta(key, value)``: ``format_version`` and ``config`` (JSON: model type, checkpoint sha256,
+  precision, prompt kinds, digest of the point set);
+* ``images``: one row per image attempted: status ``done`` or ``failed`` with the reason, its
+  content sha256, size, and timings;
+* ``points``: the annotated points of done images (annotation id, image id, category, x, y);
+* ``proposals``: one row per proposal: annotation id, image id, prompt kind (and its index in
+  the configured order), rank (SAM's multimask index), compressed RLE (counts as text), predicted
+  IoU, stability score, COCO box XYWH, area;
+* ``embeddings`` (with ``--save-embeddings``): the fp16 ``1×256×64×64`` embedding, input and
+  original sizes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from .bags import Bag
+from .errors import InputError
+from .points import PointAnn
+from .rle import xywh_to_xyxy
+
+FORMAT_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    image_id INTEGER PRIMARY KEY, file_name TEXT NOT NULL, sha256 TEXT, width INTEGER,
+    height INTEGER, status TEXT NOT NULL, reason TEXT, n_points INTEGER,
+    encoder_s REAL, decoder_s REAL);
+CREATE TABLE IF NOT EXISTS points (
+    ann_id INTEGER PRIMARY KEY, image_id INTEGER NOT NULL, category_id INTEGER NOT NULL,
+    x REAL NOT NULL, y REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS proposals (
+    ann_id INTEGER NOT NULL, image_id INTEGER NOT NULL, kind_index INTEGER NOT NULL,
+    kind TEXT NOT NULL, rank INTEGER NOT NULL, counts TEXT NOT NULL, height INTEGER NOT NULL,
+    width INTEGER NOT NULL, iou REAL NOT NULL, stability REAL NOT NULL, bx REAL, by REAL,
+    bw REAL, bh REAL, area INTEGER NOT NULL, PRIMARY KEY (ann_id, kind_index, rank));
+CREATE INDEX IF NOT EXISTS proposals_image ON proposals (image_id);
+CREATE TABLE IF NOT EXISTS embeddings (
+    image_id INTEGER PRIMARY KEY, data BLOB NOT NULL, shape TEXT NOT NULL, input_h INTEGER,
+    input_w INTEGER, orig_h INTEGER, orig_w INTEGER);
+"""
+
+
+def points_digest(points: Iterable[PointAnn]) -> str:
+    """sha256 of a point set (ids, images, categories, coordinates), independent of JSON layout."""
+    h = hashlib.sha256()
+    for p in sorted(points, key=lambda p: p.ann_id):
+        h.update(f"{p.ann_id},{p.image_id},{p.category_id},{p.x!r},{p.y!r};".encode())
+    return h.hexdigest()
+
+
+def shard_filename(index: int, count: int) -> str:
+    return f"shard-{index:05d}-of-{count:05d}.sqlite"
+
+
+def cache_files(cache_dir: str | Path) -> list[Path]:
+    """The shard files of a cache folder (sorted)."""
+    return sorted(Path(cache_dir).glob("*.sqlite"))
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), timeout=60, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+def _read_meta(conn: sqlite3.Connection) -> dict[str, Any]:
+    try:
+        rows = conn.execute("SELECT key, value FROM meta").fetchall()
+    except sqlite3.DatabaseError:
+        return {}
+    return {k: json.loads(v) for k, v in rows}
+
+
+def config_difference(stored: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    """First differing key of two cache configurations, as ``"key: stored vs wanted"``."""
+    for key in sorted(set(stored) | set(wanted)):
+        if stored.get(key) != wanted.get(key):
+            return f"{key}: {stored.get(key)!r} in the cache vs {wanted.get(key)!r} now"
+    return None
+
+
+class ShardWriter:
+    """Writes one shard file; every :meth:`write_image` / :meth:`write_failure` is one commit."""
+
+    def __init__(self, path: Path, config: dict[str, Any], overwrite: bool = False) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(self.path) + suffix).unlink(missing_ok=True)
+        try:
+            self.conn = _connect(self.path)
+            self.conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise InputError(f"{self.path} is not a readable proposal cache ({e}); use --overwrite") from None
+        meta = _read_meta(self.conn)
+        if meta:
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise InputError(f"{self.path} has cache format {meta.get('format_version')}, this sap "
+                                 f"writes {FORMAT_VERSION}; use --overwrite or another --out")
+            diff = config_difference(meta.get("config", {}), config)
+            if diff:
+                raise InputError(f"the cache in {self.path.parent} was made with another configuration "
+                                 f"({diff}); use --overwrite to replace it or choose another --out")
+        else:
+            with self.conn:
+                self.conn.execute("BEGIN")
+                self.conn.execute("INSERT INTO meta VALUES ('format_version', ?)", (json.dumps(FORMAT_VERSION),))
+                self.conn.execute("INSERT INTO meta VALUES ('config', ?)", (json.dumps(config),))
+
+    def done_images(self) -> set[int]:
+        return {r[0] for r in self.conn.execute("SELECT image_id FROM images WHERE status = 'done'")}
+
+    def write_image(self, image: dict[str, Any], points: list[PointAnn], proposals: list[tuple],
+                    embedding: tuple[np.ndarray, tuple[int, int], tuple[int, int]] | None = None) -> None:
+        """Store one image's points, proposals (rows in ``proposals`` column order) and embedding."""
+        with self.conn:
+            self.conn.execute("BEGIN")
+            self.conn.execute("DELETE FROM proposals WHERE image_id = ?", (image["image_id"],))
+            self.conn.execute("DELETE FROM points WHERE image_id = ?", (image["image_id"],))
+            self.conn.executemany("INSERT INTO points VALUES (?, ?, ?, ?, ?)",
+                                  [(p.ann_id, p.image_id, p.category_id, p.x, p.y) for p in points])
+            self.conn.executemany(
+                "INSERT INTO proposals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", proposals)
+            if embedding is not None:
+                feats, input_hw, orig_hw = embedding
+                data = np.ascontiguousarray(feats, dtype=np.float16)
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (image["image_id"], data.tobytes(), json.dumps(list(data.shape)), *input_hw, *orig_hw))
+            self.conn.execute(
+                "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, 'done', NULL, ?, ?, ?)",
+                (image["image_id"], image["file_name"], image["sha256"], image["width"], image["height"],
+                 len(points), image.get("encoder_s"), image.get("decoder_s")))
+
+    def write_failure(self, image: dict[str, Any], reason: str) -> None:
+        """Record that an image failed, with the reason (a rerun tries it again)."""
+        with self.conn:
+            self.conn.execute("BEGIN")
+            self.conn.execute(
+                "INSERT OR REPLACE INTO images VALUES (?, ?, NULL, ?, ?, 'failed', ?, NULL, NULL, NULL)",
+                (image["id"], image["file_name"], image["width"], image["height"], reason))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# ---- reading -----------------------------------------------------------------------------------
+
+class CacheReader:
+    """All shard files of a cache folder, read together."""
+
+    def __init__(self, cache_dir: str | Path) -> None:
+        self.dir = Path(cache_dir)
+        files = cache_files(self.dir)
+        if not self.dir.is_dir() or not files:
+            raise InputError(f"{self.dir} is not a proposal cache (no *.sqlite shard files in it)")
+        self.conns: list[sqlite3.Connection] = []
+        config = None
+        for f in files:
+            try:
+                conn = sqlite3.connect(f"file:{f}?mode=ro", uri=True, timeout=60)
+                meta = _read_meta(conn)
+                conn.execute("SELECT count(*) FROM proposals").fetchone()
+            except sqlite3.DatabaseError as e:
+                raise InputError(f"{f} is damaged or not a proposal cache ({e})") from None
+            if meta.get("format_version") != FORMAT_VERSION or "config" not in meta:
+                raise InputError(f"{f} is not a proposal cache of format {FORMAT_VERSION}")
+            if config is None:
+                config = meta["config"]
+            elif (diff := config_difference(config, meta["config"])):
+                raise InputError(f"the shard files of {self.dir} disagree ({diff})")
+            self.conns.append(conn)
+        self.config: dict[str, Any] = config or {}
+
+    def query(self, sql: str, args: tuple = ()) -> Iterator[tuple]:
+        for conn in self.conns:
+            yield from conn.execute(sql, args)
+
+    def images(self) -> list[dict[str, Any]]:
+        """Every image row (dicts), done and failed."""
+        cols = ["image_id", "file_name", "sha256", "width", "height", "status", "reason", "n_points",
+                "encoder_s", "decoder_s"]
+        return [dict(zip(cols, r)) for r in self.query("SELECT * FROM images ORDER BY image_id")]
+
+    def points(self) -> list[PointAnn]:
+        return [PointAnn(*r) for r in self.query("SELECT * FROM points ORDER BY ann_id")]
+
+    def bags(self) -> dict[int, list[Bag]]:
+        """Bags of every done image, by image id (bags ordered by annotation id)."""
+        pts = {p.ann_id: p for p in self.points()}
+        rows: dict[int, list[tuple]] = {}
+        for r in self.query("SELECT ann_id, kind, rank, counts, height, width, iou, stability, bx, by, bw, bh "
+                            "FROM proposals ORDER BY ann_id, kind_index, rank"):
+            rows.setdefault(r[0], []).append(r)
+        out: dict[int, list[Bag]] = {}
+        for ann_id in sorted(pts):
+            p = pts[ann_id]
+            props = rows.get(ann_id, [])
+            boxes = xywh_to_xyxy(np.array([r[8:12] for r in props], dtype=np.float64).reshape(-1, 4))
+            out.setdefault(p.image_id, []).append(Bag(
+                ann_id=ann_id, image_id=p.image_id, category_id=p.category_id, point=(p.x, p.y),
+                boxes=boxes, rles=[{"size": [r[4], r[5]], "counts": r[3]} for r in props],
+                scores=[r[6] for r in props], kinds=[r[1] for r in props],
+                ranks=[r[2] for r in props], stability=[r[7] for r in props]))
+        return out
+
+    def embedding(self, image_id: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int], str] | None:
+        """``(features float32 1×256×64×64, input (h, w), original (H, W), image sha256)`` or None."""
+        for conn in self.conns:
+            row = conn.execute(
+                "SELECT e.data, e.shape, e.input_h, e.input_w, e.orig_h, e.orig_w, i.sha256 FROM embeddings e "
+                "JOIN images i ON i.image_id = e.image_id WHERE e.image_id = ?", (image_id,)).fetchone()
+            if row:
+                feats = np.frombuffer(row[0], dtype=np.float16).reshape(json.loads(row[1])).astype(np.float32)
+                return feats, (row[2], row[3]), (row[4], row[5]), row[6]
+        return None
+
+    def close(self) -> None:
+        for c in self.conns:
+            c.close()
+
+    def __enter__(self) -> "CacheReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def load_bags(path: str | Path, points_json: str | Path | dict | None = None) -> dict[int, list[Bag]]:
+    """Bags by image id from a `sap proposals` cache folder or a SAPNet-format JSON file.
+
+    Args:
+        path: the cache folder, or a JSON file in the official SAPNet training format.
+        points_json: the point file (path or parsed COCO) the caller works from; for a cache,
+            its point set must be the one the cache was made from.
+
+    Raises:
+        InputError: unreadable, stale or mismatched cache.
+    """
+    path = Path(path)
+    if path.is_file():
+        from .sapnet_format import read_sapnet
+
+        return read_sapnet(path)
+    with CacheReader(path) as reader:
+        if points_json is not None:
+            from .coco import load_coco_json
+            from .points import collect_points
+
+            coco = points_json if isinstance(points_json, dict) else load_coco_json(points_json)
+            by_image, _ = collect_points(coco)
+            done = {r["image_id"] for r in reader.images() if r["status"] == "done"}
+            wanted = [p for img_id in done for p in by_image.get(img_id, [])]
+            if points_digest(wanted) != points_digest(reader.points()):
+                raise InputError(f"the proposal cache {path} was made from a different point file")
+        return reader.bags()
+
+
+def load_embedding(cache_dir: str | Path, image_id: int, image_sha256: str, model_type: str,
+                   checkpoint_sha256: str, device: Any = "cpu"):
+    """A cached :class:`~pseudolabel.sam.ImageEmbedding`, or None if absent or made otherwise.
+
+    The embedding is used only if the cache's model type and checkpoint match and the image
+    file's sha256 is the one the cache saw.
+    """
+    import torch
+
+    from .sam import ImageEmbedding
+
+    with CacheReader(cache_dir) as reader:
+        cfg = reader.config
+        if cfg.get("model_type") != model_type or cfg.get("checkpoint_sha256") != checkpoint_sha256:
+            return None
+        got = reader.embedding(image_id)
+    if got is None or got[3] != image_sha256:
+        return None
+    feats, input_hw, orig_hw, _ = got
+    return ImageEmbedding(torch.from_numpy(feats).to(device), tuple(input_hw), tuple(orig_hw))
+
+
+def dump_cache(cache_dir: str | Path) -> dict[str, Any]:
+    """Everything a cache stores except timings, in a canonical order (for comparisons)."""
+    with CacheReader(cache_dir) as reader:
+        images = [{k: v for k, v in r.items() if k not in ("encoder_s", "decoder_s")} for r in reader.images()]
+        points = [tuple(p.__dict__.values()) for p in reader.points()]
+        props = sorted(reader.query("SELECT * FROM proposals"))
+        embs = sorted(reader.query("SELECT image_id, data, shape FROM embeddings"))
+        return {"config": reader.config, "images": images, "points": points, "proposals": props,
+                "embeddings": [(i, hashlib.sha256(d).hexdigest(), s) for i, d, s in embs]}

@@ -1,0 +1,90 @@
+"""Reading and checking COCO JSON files.
+
+Only the structure is checked here (the keys ``images``, ``annotations`` and ``categories``,
+unique image ids, annotations that name a known image). What an annotation must carry (a point,
+a mask) is checked by the stage that needs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+
+def load_coco_json(path: str | os.PathLike, require_annotations: bool = True) -> dict[str, Any]:
+    """Load a COCO JSON file and check its structure.
+
+    Args:
+        path: the JSON file.
+        require_annotations: whether the ``annotations`` list must be present (a results file or
+            an image list may lack it).
+
+    Returns:
+        The parsed dictionary, with ``annotations`` and ``categories`` defaulting to ``[]``.
+
+    Raises:
+        InputError: the file is missing, is not JSON, or is not a COCO dataset.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist or is not a file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise InputError(f"{path} is not a COCO dataset: it needs an 'images' list")
+    if require_annotations and not isinstance(data.get("annotations"), list):
+        raise InputError(f"{path} is not a COCO dataset: it needs an 'annotations' list")
+    data.setdefault("annotations", [])
+    data.setdefault("categories", [])
+    if not isinstance(data["categories"], list):
+        raise InputError(f"{path}: 'categories' must be a list")
+    seen: set[int] = set()
+    for img in data["images"]:
+        if not isinstance(img, dict) or not {"id", "file_name", "width", "height"} <= img.keys():
+            raise InputError(f"{path}: every image needs 'id', 'file_name', 'width' and 'height'")
+        if img["id"] in seen:
+            raise InputError(f"{path}: image id {img['id']} appears twice")
+        seen.add(img["id"])
+    ann_ids: set[int] = set()
+    for ann in data["annotations"]:
+        if not isinstance(ann, dict) or "image_id" not in ann or "id" not in ann:
+            raise InputError(f"{path}: every annotation needs an 'id' and an 'image_id'")
+        if ann["image_id"] not in seen:
+            raise InputError(f"{path}: annotation {ann['id']} names unknown image id {ann['image_id']}")
+        if ann["id"] in ann_ids:
+            raise InputError(f"{path}: annotation id {ann['id']} appears twice")
+        ann_ids.add(ann["id"])
+    return data
+
+
+def annotations_by_image(coco: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
+    """Group a COCO dataset's annotations by ``image_id`` (every image present, maybe empty)."""
+    out: dict[int, list[dict[str, Any]]] = {img["id"]: [] for img in coco["images"]}
+    for ann in coco["annotations"]:
+        out[ann["image_id"]].append(ann)
+    return out
+
+
+def category_names(coco: dict[str, Any]) -> dict[int, str]:
+    """Map category id → name (``str(id)`` where a name is missing)."""
+    return {c["id"]: str(c.get("name", c["id"])) for c in coco.get("categories", [])}
+
+
+def check_categories(coco: dict[str, Any], source: str = "the annotation file") -> None:
+    """Raise :class:`InputError` if an annotation's ``category_id`` is not in ``categories``."""
+    known = {c["id"] for c in coco.get("categories", [])}
+    missing = defaultdict(int)
+    for ann in coco["annotations"]:
+        if ann.get("category_id") not in known:
+            missing[ann.get("category_id")] += 1
+    if missing:
+        cats = ", ".join(str(k) for k in sorted(missing, key=str))
+        raise InputError(f"{source} uses category ids absent from its categories list: {cats}")

@@ -1,0 +1,38 @@
+"""`sap env`: versions, devices and optional engines, as one report to paste into an issue."""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import sys
+
+
+def environment_report() -> str:
+    """A multi-line report: Python, sap and library versions, devices, CUDA, optional engines."""
+    import torch
+
+    from .config import versions
+    from .sam import checkpoint_dir, pick_device
+
+    lines = [f"{k:<24}{v}" for k, v in versions().items()]
+    lines.append(f"{'python executable':<24}{sys.executable}")
+    lines.append(f"{'machine':<24}{platform.machine()}")
+    lines.append(f"{'cuda available':<24}{torch.cuda.is_available()}")
+    if torch.cuda.is_available():
+        lines.append(f"{'cuda (torch built for)':<24}{torch.version.cuda}")
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            lines.append(f"{'gpu ' + str(i):<24}{p.name}, {p.total_memory / 2**30:.1f} GiB")
+        lines.append(f"{'bf16 on gpu':<24}{torch.cuda.is_bf16_supported()}")
+    cpu = torch.cpu
+    lines.append(f"{'cpu capability':<24}{torch.backends.cpu.get_cpu_capability()}")
+    lines.append(f"{'cpu bf16 (avx512/amx)':<24}"
+                 f"{getattr(cpu, '_is_avx512_bf16_supported', lambda: False)()}/"
+                 f"{getattr(cpu, '_is_amx_tile_supported', lambda: False)()}")
+    lines.append(f"{'torch threads':<24}{torch.get_num_threads()}")
+    lines.append(f"{'default device':<24}{pick_device(None)}")
+    lines.append(f"{'SAM checkpoint folder':<24}{checkpoint_dir()}")
+    d2 = importlib.util.find_spec("detectron2") is not None
+    lines.append(f"{'engine torch':<24}available")
+    lines.append(f"{'engine detectron2':<24}{'available' if d2 else 'not installed (pip install from its source repository)'}")
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""Loading images the way the annotations see them.
+
+COCO annotations are drawn on the image as displayed, that is after its EXIF orientation is
+applied (detectron2's ``read_image`` does the same), so :func:`load_image_rgb` applies it too.
+Grayscale, palette, RGBA, 16-bit and CMYK images all come back as ``H×W×3`` ``uint8`` RGB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if arr.size and arr.max() > 255:  # 16-bit range: map 0..65535 onto 0..255
+            arr = arr / 257.0
+        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if img.mode == "RGBA" or img.mode == "LA" or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    return np.asarray(img.convert("RGB"))
+
+
+def load_image_rgb(path: str | os.PathLike, expected_wh: tuple[int, int] | None = None) -> np.ndarray:
+    """Read an image as ``H×W×3`` ``uint8`` RGB, EXIF orientation applied.
+
+    Args:
+        path: the image file.
+        expected_wh: ``(width, height)`` from the COCO ``images`` entry. If the EXIF-oriented
+            image does not have this size but the stored pixels do, the stored pixels are used
+            (the annotations were made on them).
+
+    Raises:
+        ImageError: the file is missing or unreadable, or its size matches neither orientation.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"image file {path} is missing")
+    try:
+        with Image.open(path) as raw:
+            raw.load()
+            oriented = ImageOps.exif_transpose(raw)
+            chosen = oriented
+            if expected_wh is not None and tuple(oriented.size) != tuple(expected_wh):
+                if tuple(raw.size) == tuple(expected_wh):
+                    chosen = raw
+                else:
+                    raise ImageError(
+                        f"image {path.name} is {oriented.size[0]}×{oriented.size[1]} but the "
+                        f"annotation file says {expected_wh[0]}×{expected_wh[1]}"
+                    )
+            return np.ascontiguousarray(_to_rgb_uint8(chosen))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"image file {path} cannot be read ({e})") from None

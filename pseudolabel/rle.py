@@ -1,0 +1,174 @@
+"""Binary masks, COCO run-length encoding (RLE) and boxes.
+
+Conventions used throughout ``sap``:
+
+* a mask is a NumPy array of shape ``H×W`` (one mask) or ``N×H×W`` (a stack), any dtype,
+  non-zero meaning foreground;
+* RLE is COCO's *compressed* RLE as stored in JSON: ``{"size": [H, W], "counts": str}``;
+* boxes are ``XYXY`` (``x1, y1, x2, y2``, exclusive right/bottom edge in pixels) unless the name
+  says ``xywh`` (COCO's ``[x, y, w, h]``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from .errors import InputError
+
+RLE = dict  # {"size": [H, W], "counts": str}
+
+
+def encode_mask(mask: np.ndarray) -> RLE:
+    """Encode one ``H×W`` mask as compressed RLE with ``counts`` as ``str`` (JSON-ready)."""
+    if mask.ndim != 2:
+        raise ValueError(f"encode_mask expects an H×W mask, got shape {mask.shape}")
+    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def encode_masks(masks: np.ndarray) -> list[RLE]:
+    """Encode an ``N×H×W`` stack of masks; returns N compressed RLEs (``counts`` as ``str``)."""
+    if masks.ndim != 3:
+        raise ValueError(f"encode_masks expects N×H×W masks, got shape {masks.shape}")
+    if masks.shape[0] == 0:
+        return []
+    fortran = np.asfortranarray(masks.transpose(1, 2, 0), dtype=np.uint8)
+    rles = mask_utils.encode(fortran)
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+def _as_coco_rle(rle: RLE) -> dict:
+    """Return a pycocotools-ready copy of ``rle`` (``counts`` as bytes)."""
+    counts = rle["counts"]
+    if isinstance(counts, str):
+        counts = counts.encode("ascii")
+    return {"size": list(rle["size"]), "counts": counts}
+
+
+def decode_rle(rle: RLE) -> np.ndarray:
+    """Decode a compressed RLE into an ``H×W`` ``uint8`` mask of 0/1."""
+    return mask_utils.decode(_as_coco_rle(rle))
+
+
+def decode_rles(rles: Sequence[RLE]) -> np.ndarray:
+    """Decode RLEs of one image size into an ``N×H×W`` ``uint8`` stack."""
+    if not rles:
+        raise ValueError("decode_rles needs at least one RLE to know the image size")
+    out = mask_utils.decode([_as_coco_rle(r) for r in rles])
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+def rle_area(rle: RLE) -> int:
+    """Number of foreground pixels of an RLE."""
+    return int(mask_utils.area(_as_coco_rle(rle)))
+
+
+def rle_to_bbox_xywh(rle: RLE) -> list[float]:
+    """COCO box ``[x, y, w, h]`` of an RLE (all zeros for an empty mask)."""
+    return [float(v) for v in mask_utils.toBbox(_as_coco_rle(rle))]
+
+
+def rle_iou(a: Sequence[RLE], b: Sequence[RLE]) -> np.ndarray:
+    """Mask IoU matrix ``len(a)×len(b)`` between two lists of RLEs of the same image size."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), dtype=np.float64)
+    return np.asarray(
+        mask_utils.iou([_as_coco_rle(r) for r in a], [_as_coco_rle(r) for r in b], [0] * len(b)),
+        dtype=np.float64,
+    ).reshape(len(a), len(b))
+
+
+def segmentation_to_rle(segmentation: Any, height: int, width: int) -> RLE:
+    """Convert any COCO segmentation of an ``height×width`` image to compressed RLE.
+
+    Accepts polygons (a list of flat ``[x1, y1, x2, y2, ...]`` lists, unioned), uncompressed RLE
+    (``counts`` a list of ints) and compressed RLE (``counts`` a str or bytes).
+
+    Raises:
+        InputError: the segmentation is malformed, a polygon has fewer than 3 points, or an RLE's
+            size disagrees with the image size.
+    """
+    if isinstance(segmentation, dict):
+        if "size" not in segmentation or "counts" not in segmentation:
+            raise InputError("an RLE segmentation needs both 'size' and 'counts'")
+        size = [int(v) for v in segmentation["size"]]
+        if size != [height, width]:
+            raise InputError(
+                f"RLE size {size} disagrees with the image size [{height}, {width}] (H, W)"
+            )
+        counts = segmentation["counts"]
+        if isinstance(counts, list):
+            rle = mask_utils.frPyObjects({"size": size, "counts": counts}, height, width)
+            rle["counts"] = rle["counts"].decode("ascii")
+            return rle
+        if isinstance(counts, bytes):
+            counts = counts.decode("ascii")
+        if not isinstance(counts, str):
+            raise InputError("RLE 'counts' must be a string or a list of integers")
+        return {"size": size, "counts": counts}
+    if isinstance(segmentation, list):
+        polys = [p for p in segmentation if isinstance(p, (list, tuple))]
+        if not polys or len(polys) != len(segmentation):
+            raise InputError("a polygon segmentation must be a list of [x1, y1, x2, y2, ...] lists")
+        for p in polys:
+            if len(p) < 6 or len(p) % 2:
+                raise InputError("a polygon needs at least 3 (x, y) points")
+        rles = mask_utils.frPyObjects([list(map(float, p)) for p in polys], height, width)
+        rle = mask_utils.merge(rles)
+        rle["counts"] = rle["counts"].decode("ascii")
+        return rle
+    raise InputError(f"unsupported segmentation of type {type(segmentation).__name__}")
+
+
+def mask_to_box_xyxy(mask: np.ndarray) -> np.ndarray:
+    """Tight ``XYXY`` box of one ``H×W`` mask, exclusive right/bottom; zeros for an empty mask."""
+    ys = np.flatnonzero(mask.any(axis=1))
+    xs = np.flatnonzero(mask.any(axis=0))
+    if ys.size == 0:
+        return np.zeros(4, dtype=np.float64)
+    return np.array([xs[0], ys[0], xs[-1] + 1, ys[-1] + 1], dtype=np.float64)
+
+
+def masks_to_boxes_xyxy(masks: np.ndarray) -> np.ndarray:
+    """Tight ``XYXY`` boxes (``N×4``) of an ``N×H×W`` stack; zeros for empty masks."""
+    return np.stack([mask_to_box_xyxy(m) for m in masks]) if len(masks) else np.zeros((0, 4))
+
+
+def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    """Convert ``...×4`` COCO ``[x, y, w, h]`` boxes to ``[x1, y1, x2, y2]``."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    return np.concatenate([boxes[..., :2], boxes[..., :2] + boxes[..., 2:]], axis=-1)
+
+
+def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
+    """Convert ``...×4`` ``[x1, y1, x2, y2]`` boxes to COCO ``[x, y, w, h]``."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    return np.concatenate([boxes[..., :2], boxes[..., 2:] - boxes[..., :2]], axis=-1)
+
+
+def box_iou_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix ``len(a)×len(b)`` of ``XYXY`` boxes (``N×4`` and ``M×4``)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two ``H×W`` masks (0 when both are empty)."""
+    a = a.astype(bool)
+    b = b.astype(bool)
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0

@@ -1,0 +1,412 @@
+"""The Segment Anything engine: model registry, checkpoints, and batched prompt decoding.
+
+One :class:`SamEngine` holds a SAM model on a device at a precision. ``encode`` runs the image
+encoder once per image; ``decode`` runs the prompt encoder and mask decoder for a batch of B
+prompts (one object each) against that embedding; ``upscale`` maps the low-resolution logits
+to binary masks at the original image size.
+
+Coordinates: every point is ``(x, y)`` and every box ``XYXY``, both in original-image pixels;
+the engine applies SAM's ResizeLongestSide transform itself.
+
+Model types (``SAM_TYPES``): the three official ones (``vit_h``, ``vit_l``, ``vit_b``) with their
+download URLs and sha256, and ``tiny``, the real SAM architecture at a small width, for tests
+and CPU smoke runs (it has no released weights).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+from .progress import logger
+
+IMAGE_SIZE = 1024  # SAM's input frame
+LOW_RES = 256  # SAM's mask logits and mask_input frame
+RANDOM_CHECKPOINT = "none"
+
+
+@dataclass(frozen=True)
+class SamType:
+    """Architecture and release of one SAM model type."""
+
+    encoder_dim: int
+    encoder_depth: int
+    encoder_heads: int
+    global_attn: tuple[int, ...]
+    decoder_mlp_dim: int = 2048
+    url: str | None = None
+    sha256: str | None = None
+
+    @property
+    def filename(self) -> str | None:
+        return self.url.rsplit("/", 1)[-1] if self.url else None
+
+
+_DL = "https://dl.fbaipublicfiles.com/segment_anything/"
+SAM_TYPES: dict[str, SamType] = {
+    "vit_h": SamType(1280, 32, 16, (7, 15, 23, 31), url=_DL + "sam_vit_h_4b8939.pth",
+                     sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
+    "vit_l": SamType(1024, 24, 16, (5, 11, 17, 23), url=_DL + "sam_vit_l_0b3195.pth",
+                     sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
+    "vit_b": SamType(768, 12, 12, (2, 5, 8, 11), url=_DL + "sam_vit_b_01ec64.pth",
+                     sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
+    # Tests and offline smoke runs: SAM's own modules, narrow encoder and decoder MLP.
+    "tiny": SamType(64, 2, 2, (1,), decoder_mlp_dim=256),
+}
+
+
+def checkpoint_dir() -> Path:
+    """Where downloaded checkpoints live: ``$SAP_CHECKPOINT_DIR`` or ``~/.cache/sap/checkpoints``."""
+    env = os.environ.get("SAP_CHECKPOINT_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "sap" / "checkpoints"
+
+
+def build_sam_architecture(model_type: str, seed: int = 0):
+    """Build the SAM ``nn.Module`` of ``model_type`` with random weights (seeded, so repeatable)."""
+    from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
+                                           TwoWayTransformer)
+
+    if model_type not in SAM_TYPES:
+        raise InputError(f"unknown SAM model type {model_type!r}; choose one of {', '.join(SAM_TYPES)}")
+    spec = SAM_TYPES[model_type]
+    embed = 256
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sam = Sam(
+            image_encoder=ImageEncoderViT(
+                depth=spec.encoder_depth, embed_dim=spec.encoder_dim, img_size=IMAGE_SIZE,
+                mlp_ratio=4, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+                num_heads=spec.encoder_heads, patch_size=16, qkv_bias=True, use_rel_pos=True,
+                global_attn_indexes=spec.global_attn, window_size=14, out_chans=embed),
+            prompt_encoder=PromptEncoder(
+                embed_dim=embed, image_embedding_size=(IMAGE_SIZE // 16, IMAGE_SIZE // 16),
+                input_image_size=(IMAGE_SIZE, IMAGE_SIZE), mask_in_chans=16),
+            mask_decoder=MaskDecoder(
+                num_multimask_outputs=3,
+                transformer=TwoWayTransformer(depth=2, embedding_dim=embed,
+                                              mlp_dim=spec.decoder_mlp_dim, num_heads=8),
+                transformer_dim=embed, iou_head_depth=3, iou_head_hidden_dim=256),
+            pixel_mean=[123.675, 116.28, 103.53],
+            pixel_std=[58.395, 57.12, 57.375],
+        )
+    return sam.eval()
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download_checkpoint(model_type: str, dest_dir: Path | None = None) -> Path:
+    """Download the official checkpoint of ``model_type`` once, checking its sha256.
+
+    Raises:
+        InputError: the type has no released weights, the download fails (offline), or the
+            downloaded file's sha256 is wrong.
+    """
+    spec = SAM_TYPES[model_type]
+    if spec.url is None:
+        raise InputError(f"SAM type {model_type!r} has no released weights; use --checkpoint none")
+    dest_dir = dest_dir or checkpoint_dir()
+    dest = dest_dir / spec.filename
+    if dest.is_file():
+        return dest
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".part")
+    logger.info("downloading %s to %s", spec.url, dest)
+    try:
+        from tqdm import tqdm
+
+        with urllib.request.urlopen(spec.url, timeout=60) as resp, open(tmp, "wb") as out:
+            total = int(resp.headers.get("Content-Length", 0)) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=spec.filename) as bar:
+                while block := resp.read(1 << 20):
+                    out.write(block)
+                    bar.update(len(block))
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        tmp.unlink(missing_ok=True)
+        raise InputError(
+            f"could not download the {model_type} SAM checkpoint ({e}); download {spec.url} on a "
+            f"machine with internet and put it at {dest} or pass --checkpoint PATH"
+        ) from None
+    digest = sha256_of(tmp)
+    if digest != spec.sha256:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"the downloaded {spec.filename} has sha256 {digest}, expected {spec.sha256}")
+    os.replace(tmp, dest)
+    return dest
+
+
+def load_sam(model_type: str, checkpoint: str | os.PathLike | None = None):
+    """Build SAM and load its weights.
+
+    Args:
+        model_type: a key of :data:`SAM_TYPES`.
+        checkpoint: a ``.pth`` state dict; ``None`` downloads (or reuses) the official one;
+            ``"none"`` keeps seeded random weights (tests and offline demos only: the masks
+            are meaningless, and a warning says so).
+
+    Returns:
+        ``(model, checkpoint_id)``: the model in eval mode on the CPU, and the sha256 of the
+        checkpoint file (``"random-init"`` for random weights).
+    """
+    sam = build_sam_architecture(model_type)
+    if checkpoint is not None and str(checkpoint).lower() == RANDOM_CHECKPOINT:
+        logger.warning(
+            "!!! SAM %s has RANDOM weights (--checkpoint none): its masks are meaningless; "
+            "use this only for tests and offline demos !!!", model_type)
+        return sam, "random-init"
+    path = Path(checkpoint) if checkpoint is not None else download_checkpoint(model_type)
+    if not path.is_file():
+        raise InputError(f"SAM checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated files, zip errors
+        raise InputError(f"SAM checkpoint {path} cannot be read ({type(e).__name__}: {e})") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    try:
+        sam.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"SAM checkpoint {path} does not fit model type {model_type} ({first})") from None
+    return sam, sha256_of(path)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else ``cuda:$LOCAL_RANK`` / ``cuda`` / ``mps`` / ``cpu``, best first."""
+    if device:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise InputError(f"device {device} was asked for but CUDA is not available here")
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class ImageEmbedding:
+    """SAM's embedding of one image.
+
+    Attributes:
+        features: ``1×256×64×64`` float tensor on the engine's device.
+        input_size: ``(h, w)`` of the image after ResizeLongestSide (longest side 1024).
+        original_size: ``(H, W)`` of the original image.
+    """
+
+    features: torch.Tensor
+    input_size: tuple[int, int]
+    original_size: tuple[int, int]
+
+
+@dataclass
+class Timings:
+    """Seconds spent in each part of the engine since creation (or the last reset)."""
+
+    encoder: float = 0.0
+    decoder: float = 0.0
+    images: int = 0
+    prompts: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def resized_hw(h: int, w: int, long_side: int = IMAGE_SIZE) -> tuple[int, int]:
+    """``(h', w')`` of an ``h×w`` image after SAM's ResizeLongestSide (rounding as SAM does)."""
+    scale = long_side / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def coords_to_input_frame(xy: np.ndarray, original_hw: tuple[int, int]) -> np.ndarray:
+    """Map ``...×2`` ``(x, y)`` original-pixel coordinates into the resized 1024 frame."""
+    h, w = original_hw
+    nh, nw = resized_hw(h, w)
+    out = np.array(xy, dtype=np.float64, copy=True)
+    out[..., 0] *= nw / w
+    out[..., 1] *= nh / h
+    return out
+
+
+def boxes_to_input_frame(boxes: np.ndarray, original_hw: tuple[int, int]) -> np.ndarray:
+    """Map ``B×4`` XYXY original-pixel boxes into the resized 1024 frame."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 2, 2)
+    return coords_to_input_frame(b, original_hw).reshape(-1, 4)
+
+
+class SamEngine:
+    """SAM on one device at one precision, with encode-once / decode-batched helpers."""
+
+    def __init__(self, model, model_type: str, checkpoint_id: str, device: torch.device | str = "cpu",
+                 precision: str = "fp32") -> None:
+        if precision not in PRECISIONS:
+            raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        self.device = torch.device(device)
+        if precision == "fp16" and self.device.type == "cpu":
+            raise InputError("fp16 is not supported on the CPU; use --precision bf16 or fp32")
+        self.model = model.to(self.device).eval()
+        self.model_type = model_type
+        self.checkpoint_id = checkpoint_id
+        self.precision = precision
+        self.timings = Timings()
+
+    @classmethod
+    def create(cls, model_type: str = "vit_h", checkpoint: str | None = None, device: str | None = None,
+               precision: str = "fp32") -> "SamEngine":
+        """Load the model (see :func:`load_sam`) and pick the device (see :func:`pick_device`)."""
+        model, ckpt = load_sam(model_type, checkpoint)
+        return cls(model, model_type, ckpt, pick_device(device), precision)
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=PRECISIONS[self.precision])
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.inference_mode()
+    def encode(self, image: np.ndarray) -> ImageEmbedding:
+        """Run the image encoder once.
+
+        Args:
+            image: ``H×W×3`` ``uint8`` RGB.
+
+        Returns:
+            The embedding (features kept as float32 whatever the precision).
+        """
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"encode expects an H×W×3 uint8 RGB image, got {image.shape} {image.dtype}")
+        t0 = time.perf_counter()
+        h, w = image.shape[:2]
+        nh, nw = resized_hw(h, w)
+        x = torch.from_numpy(np.array(image)).to(self.device).permute(2, 0, 1)[None].float()
+        # SAM's ResizeLongestSide resizes uint8 with PIL; bilinear+antialias on the float tensor
+        # is the same resampling up to rounding.
+        x = F.interpolate(x, (nh, nw), mode="bilinear", align_corners=False, antialias=True)
+        x = x.round_().clamp_(0, 255)
+        x = self.model.preprocess(x)  # normalise and pad to 1024×1024
+        with self._autocast():
+            feats = self.model.image_encoder(x)
+        feats = feats.float()
+        self._sync()
+        self.timings.encoder += time.perf_counter() - t0
+        self.timings.images += 1
+        return ImageEmbedding(feats, (nh, nw), (h, w))
+
+    @torch.inference_mode()
+    def decode(self, emb: ImageEmbedding, point_coords: np.ndarray | None = None,
+               point_labels: np.ndarray | None = None, boxes: np.ndarray | None = None,
+               mask_input: np.ndarray | torch.Tensor | None = None,
+               multimask: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode B prompts (one object each) against one image embedding.
+
+        Args:
+            emb: the image's embedding.
+            point_coords: ``B×N×2`` ``(x, y)`` in original-image pixels, or None.
+            point_labels: ``B×N`` (1 foreground, 0 background, -1 padding), with point_coords.
+            boxes: ``B×4`` XYXY in original-image pixels, or None.
+            mask_input: ``B×1×256×256`` logits in the padded 1024 frame (see SAM), or None.
+            multimask: 3 masks per prompt (True) or SAM's single-mask output.
+
+        Returns:
+            ``(low_res_logits, iou_pred)``: ``B×C×256×256`` float32 logits in the padded 1024
+            frame and ``B×C`` predicted IoUs, on the engine's device (C = 3 or 1).
+        """
+        t0 = time.perf_counter()
+        dev = self.device
+        points = None
+        if point_coords is not None:
+            pc = coords_to_input_frame(np.asarray(point_coords, dtype=np.float64), emb.original_size)
+            points = (torch.as_tensor(pc, dtype=torch.float32, device=dev),
+                      torch.as_tensor(np.asarray(point_labels), dtype=torch.int64, device=dev))
+        box_t = None
+        if boxes is not None:
+            box_t = torch.as_tensor(boxes_to_input_frame(boxes, emb.original_size),
+                                    dtype=torch.float32, device=dev)
+        mask_t = None
+        if mask_input is not None:
+            mask_t = torch.as_tensor(mask_input, dtype=torch.float32, device=dev)
+        with self._autocast():
+            sparse, dense = self.model.prompt_encoder(points=points, boxes=box_t, masks=mask_t)
+            low_res, iou = self.model.mask_decoder(
+                image_embeddings=emb.features,
+                image_pe=self.model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
+        low_res, iou = low_res.float(), iou.float()
+        self._sync()
+        self.timings.decoder += time.perf_counter() - t0
+        self.timings.prompts += low_res.shape[0]
+        return low_res, iou
+
+    @torch.inference_mode()
+    def upscale(self, low_res: torch.Tensor, emb: ImageEmbedding, threshold: float | None = 0.0
+                ) -> torch.Tensor:
+        """Map ``B×C×256×256`` logits to the original ``H×W``.
+
+        One bilinear sampling straight from the low-resolution logits (SAM upsamples to 1024,
+        crops, then resizes again; the geometry is the same, the cost ~10× lower).
+
+        Returns:
+            ``B×C×H×W`` bool masks (``logits > threshold``), or float logits if threshold is None.
+        """
+        b, c = low_res.shape[:2]
+        h, w = emb.original_size
+        nh, nw = emb.input_size
+        dev = low_res.device
+        # centre of original pixel u maps to (u + 0.5) * nw / w in the 1024 frame, i.e. a
+        # normalised grid coordinate ((u + 0.5) * nw / w) / 1024 * 2 - 1.
+        xs = (torch.arange(w, device=dev, dtype=torch.float32) + 0.5) * (nw / w) / IMAGE_SIZE * 2 - 1
+        ys = (torch.arange(h, device=dev, dtype=torch.float32) + 0.5) * (nh / h) / IMAGE_SIZE * 2 - 1
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None].expand(b, h, w, 2)
+        out = F.grid_sample(low_res.float(), grid, mode="bilinear", padding_mode="border",
+                            align_corners=False)
+        return out > threshold if threshold is not None else out
+
+    def info(self) -> dict:
+        """What identifies this engine's results: type, checkpoint sha256, precision."""
+        return {"model_type": self.model_type, "checkpoint_sha256": self.checkpoint_id,
+                "precision": self.precision}
+
+
+def stability_score(logits: torch.Tensor, threshold: float = 0.0, offset: float = 1.0) -> torch.Tensor:
+    """SAM's stability score of ``...×H×W`` logits: IoU of the masks at threshold ± offset."""
+    hi = (logits > threshold + offset).flatten(-2).sum(-1, dtype=torch.int32)
+    lo = (logits > threshold - offset).flatten(-2).sum(-1, dtype=torch.int32)
+    return torch.where(lo > 0, hi.float() / lo.clamp(min=1).float(), torch.zeros_like(hi, dtype=torch.float32))
+
+
+def save_random_checkpoint(model_type: str, path: str | os.PathLike, seed: int = 0) -> Path:
+    """Save a randomly initialised state dict of ``model_type`` (benchmarks and tests)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(build_sam_architecture(model_type, seed=seed).state_dict(), path)
+    return path
+
+
+def points_array(points: Sequence[tuple[float, float]]) -> np.ndarray:
+    """``N`` (x, y) points → ``N×1×2`` prompt coordinates (one point per object)."""
+    return np.asarray(points, dtype=np.float64).reshape(-1, 1, 2)
