@@ -142,9 +142,273 @@ def proposals_info_cmd(cache: Annotated[Path, typer.Argument(help="Cache folder 
 
 # ---- select (pseudolabel.selector) -----------------------------------------------------------
 
+@app.command("select")
+def select_cmd(
+    ann: Annotated[Path, typer.Option("--ann", help="COCO JSON with a point per annotation.")],
+    proposals: Annotated[Path, typer.Option("--proposals", help="sap proposals cache folder, or a SAPNet-format JSON.")],
+    out: Annotated[Path, typer.Option("--out", help="Pseudo-label COCO JSON to write.")],
+    images: Annotated[Optional[Path], typer.Option("--images", help="Folder of the images (mil, sapnet).")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="sapnet (default) | mil (PSM only) | sam-top1 (SAM's best, no training).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Training epochs (12).")] = None,
+    backbone: Annotated[Optional[str], typer.Option("--backbone", help="resnet50 (default), resnet18, resnet34, resnet101.")] = None,
+    backbone_weights: Annotated[Optional[str], typer.Option("--backbone-weights", help="imagenet (torchvision download, default) | PATH to a ResNet state dict | none (random: tests only).")] = None,
+    pdg: Annotated[Optional[bool], typer.Option("--pdg/--no-pdg", help="Point distance guidance in the stage-0 loss.")] = None,
+    pnpg: Annotated[Optional[bool], typer.Option("--pnpg/--no-pnpg", help="Positive and negative proposal generation for stage 1.")] = None,
+    bms: Annotated[Optional[bool], typer.Option("--bms/--no-bms", help="Box mining after each stage's top-1.")] = None,
+    missing: Annotated[Optional[str], typer.Option("--missing", help="Points of unreadable images: fallback (SAM's top-1) | skip.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per step per process (4); lr = 0.015 × total / 32.")] = None,
+    min_size: Annotated[Optional[int], typer.Option("--min-size", help="Short side of the network input (800).")] = None,
+    max_size: Annotated[Optional[int], typer.Option("--max-size", help="Long side limit of the network input (1333).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Data-loading processes (2).")] = None,
+    work_dir: Annotated[Optional[str], typer.Option("--work-dir", help="Checkpoint folder (default OUT.selector/).")] = None,
+    resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue training from WORK_DIR/selector.pt.")] = None,
+    weights: Annotated[Optional[str], typer.Option("--weights", help="A selector.pt to select with, without training.")] = None,
+    device: DeviceOpt = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (0).")] = None,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Choose one SAM proposal per point (SAPNet MIL selection) and write pseudo-masks as COCO JSON.
+
+    Multi-GPU: torchrun --nproc_per_node N $(which sap) select ...
+    """
+    from pseudolabel.config import load_config_file, resolve
+    from pseudolabel.selector import SelectConfig, run_select
+
+    cfg = resolve(SelectConfig(), load_config_file(config), method=method, epochs=epochs, backbone=backbone,
+                  backbone_weights=backbone_weights, pdg=pdg, pnpg=pnpg, bms=bms, missing=missing,
+                  batch_size=batch_size, min_size=min_size, max_size=max_size, workers=workers,
+                  work_dir=work_dir, resume=resume, weights=weights, device=device, seed=seed)
+    summary = run_select(ann, proposals, out, cfg, images=images)
+    if summary.out is not None:  # rank 0
+        typer.echo(summary.text())
+    _exit_for_failures(len(summary.failed_images))
+
+
 # ---- refine (refine) -------------------------------------------------------------------------
 
+refine_app = typer.Typer(help="SAMRefiner: refine coarse masks (COCO JSON or PNG label maps) with SAM.",
+                         invoke_without_command=True, no_args_is_help=False)
+app.add_typer(refine_app, name="refine")
+
+SamModelOpt = Annotated[Optional[str], typer.Option("--model", help="SAM type: vit_h, vit_l, vit_b, tiny.")]
+SamCheckpointOpt = Annotated[Optional[str], typer.Option("--checkpoint", help="SAM .pth file; 'none' = random weights (tests only); default: download the official one.")]
+SamPrecisionOpt = Annotated[Optional[str], typer.Option("--precision", help="auto | fp32 | bf16 | fp16.")]
+RefinePromptsOpt = Annotated[Optional[str], typer.Option("--prompts", help="Prompt kinds, comma-separated: point, box, mask (any subset: the paper's prompt ablation).")]
+RefineEmbeddingsOpt = Annotated[Optional[str], typer.Option("--embeddings", help="Cache folder of `sap proposals --save-embeddings`: reuse its image embeddings.")]
+
+
+def _split_file_values(values: dict, *dataclass_types) -> list[dict]:
+    """Share one config file's values among several option dataclasses (unknown keys rejected)."""
+    import dataclasses
+
+    from pseudolabel.errors import InputError
+
+    names = [{f.name for f in dataclasses.fields(t)} for t in dataclass_types]
+    unknown = sorted(set(values) - set().union(*names))
+    if unknown:
+        raise InputError(f"unknown configuration option(s): {', '.join(unknown)}")
+    return [{k: v for k, v in values.items() if k in n} for n in names]
+
+
+@refine_app.callback()
+def refine_cmd(
+    ctx: typer.Context,
+    ann: Annotated[Optional[Path], typer.Option("--ann", help="COCO JSON with coarse masks (RLE or polygons).")] = None,
+    semantic: Annotated[Optional[Path], typer.Option("--semantic", help="Folder of PNG label maps to refine instead of --ann.")] = None,
+    images: Annotated[Optional[Path], typer.Option("--images", help="Folder of the images.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Refined COCO JSON (with --ann) or folder of PNGs (with --semantic).")] = None,
+    iters: Annotated[Optional[int], typer.Option("--iters", help="Refinement iterations (default 5).")] = None,
+    prompts: RefinePromptsOpt = None,
+    negative_point: Annotated[Optional[bool], typer.Option("--negative-point/--no-negative-point", help="Add the distance-guided negative point (default on).")] = None,
+    negative_fallback: Annotated[Optional[str], typer.Option("--negative-fallback", help="When a mask fills its box: omit (default) or origin (pixel (0,0), as the public code).")] = None,
+    cebox_margin: Annotated[Optional[float], typer.Option("--cebox-margin", help="CEBox growth margin (paper 0.1, the default; 0 = off, the public code).")] = None,
+    strength: Annotated[Optional[float], typer.Option("--strength", help="Mask-prompt amplitude (code 30, the default; paper 15).")] = None,
+    gamma: Annotated[Optional[float], typer.Option("--gamma", help="Mask-prompt span (default 4).")] = None,
+    grown_strength: Annotated[Optional[float], typer.Option("--grown-strength", help="Mask-prompt amplitude where CEBox grew the box (default 1).")] = None,
+    multimask: Annotated[Optional[bool], typer.Option("--multimask/--single-mask", help="Keep the best of SAM's 3 outputs (default) or its single output.")] = None,
+    adapter: Annotated[Optional[str], typer.Option("--adapter", help="SAMRefiner++ adapter from `sap refine adapt`.")] = None,
+    embeddings: RefineEmbeddingsOpt = None,
+    model: SamModelOpt = None,
+    checkpoint: SamCheckpointOpt = None,
+    precision: SamPrecisionOpt = None,
+    device: DeviceOpt = None,
+    chunk: Annotated[Optional[int], typer.Option("--chunk", help="Objects per decoder call (memory; default 64).")] = None,
+    stm_mu: Annotated[Optional[float], typer.Option("--stm-mu", help="Split-then-merge threshold (semantic; default 0.5).")] = None,
+    num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Semantic: labels 0..N-1 are classes; others (but the ignore label) are an error.")] = None,
+    ignore_label: Annotated[Optional[int], typer.Option("--ignore-label", help="Semantic: label left alone (default 255).")] = None,
+    background: Annotated[Optional[int], typer.Option("--background", help="Semantic: background label, not refined (default 0).")] = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Reuse OUT.partial.jsonl of an interrupted run with the same input and settings.")] = True,
+    config: ConfigOpt = None,
+) -> None:
+    """Refine coarse masks with SAMRefiner (distance-guided points, CEBox, Gaussian mask prompt)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from pseudolabel.config import load_config_file, resolve
+    from pseudolabel.errors import InputError
+    from refine.refiner import RefineConfig
+    from refine.semantic import SemanticConfig
+
+    if (ann is None) == (semantic is None) or images is None or out is None:
+        raise InputError("sap refine needs either --ann or --semantic, and --images and --out "
+                         "(see sap refine --help)")
+    file_refine, file_sem = _split_file_values(load_config_file(config), RefineConfig, SemanticConfig)
+    cfg = resolve(RefineConfig(), file_refine, iters=iters, prompts=prompts, negative_point=negative_point,
+                  negative_fallback=negative_fallback, cebox_margin=cebox_margin, strength=strength,
+                  gamma=gamma, grown_strength=grown_strength, multimask=multimask, adapter=adapter,
+                  embeddings=embeddings, model=model, checkpoint=checkpoint, precision=precision,
+                  device=device, chunk=chunk)
+    if semantic is not None:
+        from refine.semantic import refine_semantic
+
+        if embeddings is not None:
+            raise InputError("--embeddings works with --ann only (label maps have no image ids)")
+        scfg = resolve(SemanticConfig(), file_sem, stm_mu=stm_mu, num_classes=num_classes,
+                       ignore_label=ignore_label, background=background)
+        summary = refine_semantic(semantic, images, out, cfg, scfg)
+    else:
+        from refine.instances import refine_coco
+
+        summary = refine_coco(ann, images, out, cfg, resume=resume)
+    for line in summary.lines():
+        typer.echo(line)
+    _exit_for_failures(len(summary.failed))
+
+
+@refine_app.command("adapt")
+def refine_adapt_cmd(
+    ann: Annotated[Path, typer.Option("--ann", help="COCO JSON with coarse masks to adapt on.")],
+    images: ImagesOpt,
+    out: Annotated[Path, typer.Option("--out", help="Adapter file to write (.pt).")],
+    prompts: RefinePromptsOpt = None,
+    cebox_margin: Annotated[Optional[float], typer.Option("--cebox-margin", help="CEBox margin of the prompts (default 0.1).")] = None,
+    strength: Annotated[Optional[float], typer.Option("--strength", help="Mask-prompt amplitude (default 30).")] = None,
+    rank: Annotated[Optional[int], typer.Option("--rank", help="LoRA rank (default 4).")] = None,
+    margin: Annotated[Optional[float], typer.Option("--margin", help="Ranking-loss margin (default 0.02).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="SGD learning rate (default 0.01; /10 at steps 60 and 100).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Masks per SGD step (default 5).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Passes over the masks (default 1).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the LoRA init and the order.")] = None,
+    embeddings: RefineEmbeddingsOpt = None,
+    model: SamModelOpt = None,
+    checkpoint: SamCheckpointOpt = None,
+    precision: SamPrecisionOpt = None,
+    device: DeviceOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """SAMRefiner++: train a rank-4 LoRA on SAM's IoU head to rank outputs like the coarse masks."""
+    from pseudolabel.config import load_config_file, resolve
+    from refine.adapt import AdaptConfig, adapt_coco
+    from refine.refiner import RefineConfig
+
+    file_refine, file_adapt = _split_file_values(load_config_file(config), RefineConfig, AdaptConfig)
+    cfg = resolve(RefineConfig(), file_refine, prompts=prompts, cebox_margin=cebox_margin, strength=strength,
+                  embeddings=embeddings, model=model, checkpoint=checkpoint, precision=precision, device=device)
+    acfg = resolve(AdaptConfig(), file_adapt, rank=rank, alpha=None if rank is None else float(rank),
+                   margin=margin, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed)
+    summary = adapt_coco(ann, images, out, cfg, acfg)
+    for line in summary.lines():
+        typer.echo(line)
+    _exit_for_failures(len(summary.failed))
+
+
+@app.command("corrupt")
+def corrupt_cmd(
+    gt: Annotated[Path, typer.Option("--gt", help="Ground-truth COCO JSON with masks.")],
+    out: Annotated[Path, typer.Option("--out", help="Coarse-mask COCO JSON to write.")],
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (each mask's noise depends on seed and id only).")] = 0,
+    severity: Annotated[float, typer.Option("--severity", help="Scales every defect (1.0 ≈ DAVIS-585: mean IoU ~0.8 on COCO).")] = 1.0,
+    config: ConfigOpt = None,
+) -> None:
+    """Make DAVIS-585-style coarse masks from ground truth (jitter, blobs, holes, missing parts)."""
+    from pseudolabel.config import load_config_file, resolve
+    from refine.corrupt import CorruptConfig, corrupt_coco
+
+    cfg = resolve(CorruptConfig(), load_config_file(config), seed=seed, severity=severity)
+    counts = corrupt_coco(gt, out, cfg)
+    typer.echo(f"{counts['corrupted']} masks corrupted (seed {cfg.seed}, severity {cfg.severity}), "
+               f"{counts['passed_through']} annotations passed through; written to {out}")
+
 # ---- train / predict (segtrain) --------------------------------------------------------------
+
+@app.command("train")
+def train_cmd(
+    train: Annotated[Path, typer.Option("--train", help="Pseudo-label COCO JSON (RLE masks; 'alternatives' feed the MPS loss).")],
+    images: ImagesOpt,
+    out: Annotated[Path, typer.Option("--out", help="Run folder: config, metrics.jsonl, checkpoints, model_final.pth.")],
+    val: Annotated[Optional[Path], typer.Option("--val", help="Validation COCO JSON with masks (mask AP).")] = None,
+    val_images: Annotated[Optional[Path], typer.Option("--val-images", help="Folder of the validation images.")] = None,
+    engine: Annotated[Optional[str], typer.Option("--engine", help="torch (default, runs anywhere) | detectron2.")] = None,
+    backbone: Annotated[Optional[str], typer.Option("--backbone", help="resnet50 (default), resnet18, resnet34, resnet101.")] = None,
+    backbone_weights: Annotated[Optional[str], typer.Option("--backbone-weights", help="imagenet (torchvision download, default) | PATH to a ResNet state dict | none (random).")] = None,
+    schedule: Annotated[Optional[str], typer.Option("--schedule", help="1x (90k iterations at batch 16, default) | 3x.")] = None,
+    iters: Annotated[Optional[int], typer.Option("--iters", help="Length of the run (the schedule's lr steps scale with it).")] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch", help="Images per iteration over all processes (16); lr = base lr × batch / 16.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Base learning rate at 16 images per batch (0.01).")] = None,
+    min_size: Annotated[Optional[str], typer.Option("--min-size", help="Training short side: 640-800 (step 32, default), a list 640,800, or one size.")] = None,
+    max_size: Annotated[Optional[int], typer.Option("--max-size", help="Long side limit (1333).")] = None,
+    test_size: Annotated[Optional[int], typer.Option("--test-size", help="Evaluation short side (default: the largest --min-size).")] = None,
+    mps_weight: Annotated[Optional[float], typer.Option("--mps-weight", help="Multi-mask auxiliary dice weight (0.25; 0 = off).")] = None,
+    eval_period: Annotated[Optional[int], typer.Option("--eval-period", help="Evaluate on --val every N iterations (0 = at the end only).")] = None,
+    checkpoint_period: Annotated[Optional[int], typer.Option("--checkpoint-period", help="Save a checkpoint every N iterations (5000).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Data-loading processes per training process (4).")] = None,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision on GPU (default on).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (0).")] = None,
+    skip_missing_images: Annotated[Optional[bool], typer.Option("--skip-missing-images", help="Train without images missing from disk instead of stopping.")] = None,
+    num_gpus: Annotated[Optional[int], typer.Option("--num-gpus", help="detectron2 engine: GPUs per machine (torch engine: use torchrun).")] = None,
+    num_machines: Annotated[Optional[int], typer.Option("--num-machines", help="detectron2 engine: number of machines.")] = None,
+    machine_rank: Annotated[Optional[int], typer.Option("--machine-rank", help="detectron2 engine: rank of this machine.")] = None,
+    dist_url: Annotated[Optional[str], typer.Option("--dist-url", help="detectron2 engine: tcp://HOST:PORT of machine 0.")] = None,
+    device: DeviceOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint (same configuration).")] = False,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Train SOLOv2 on pseudo-labels (COCO JSON with RLE masks).
+
+    Several GPUs or machines (torch engine): torchrun --nproc_per_node N $(which sap) train ...
+    """
+    from pseudolabel.config import load_config_file, resolve
+    from segtrain.engine import TrainConfig, train as run_train
+
+    cfg = resolve(TrainConfig(), load_config_file(config), train=str(train), images=str(images), out=str(out),
+                  val=str(val) if val else None, val_images=str(val_images) if val_images else None,
+                  engine=engine, backbone=backbone, backbone_weights=backbone_weights, schedule=schedule,
+                  iters=iters, batch=batch, base_lr=lr, min_size=min_size, max_size=max_size, test_size=test_size,
+                  mps_weight=mps_weight, eval_period=eval_period, checkpoint_period=checkpoint_period,
+                  workers=workers, amp=amp, seed=seed, skip_missing_images=skip_missing_images,
+                  num_gpus=num_gpus, num_machines=num_machines, machine_rank=machine_rank, dist_url=dist_url,
+                  device=device)
+    summary = run_train(cfg, resume=resume)
+    if summary is not None:
+        typer.echo(summary.text())
+        _exit_for_failures(len(summary.failed_images))
+
+
+@app.command("predict")
+def predict_cmd(
+    weights: Annotated[Path, typer.Option("--weights", help="RUN_DIR/model_final.pth of sap train (or the run folder).")],
+    images: ImagesOpt,
+    out: Annotated[Path, typer.Option("--out", help="COCO results JSON to write (RLE, score, bbox from the mask).")],
+    ann: Annotated[Optional[Path], typer.Option("--ann", help="COCO JSON naming the images (its ids are used); default: every image of the folder, ids 1..N.")] = None,
+    batch: Annotated[int, typer.Option("--batch", help="Images per forward pass.")] = 1,
+    min_size: Annotated[Optional[int], typer.Option("--min-size", help="Test short side (default: that of training).")] = None,
+    max_size: Annotated[Optional[int], typer.Option("--max-size", help="Long side limit (default: that of training).")] = None,
+    score_thr: Annotated[Optional[float], typer.Option("--score-thr", help="Score threshold (0.1; the 0.05 after matrix NMS is lowered to it when smaller).")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Data-loading processes.")] = 2,
+    skip_missing_images: Annotated[bool, typer.Option("--skip-missing-images", help="Ignore images of --ann missing from disk.")] = False,
+    device: DeviceOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Predict instance masks with a trained SOLOv2 and write COCO results."""
+    from segtrain.predict import predict
+
+    summary = predict(weights, images, out, ann=ann, device=device, batch=batch, workers=workers,
+                      min_size=min_size, max_size=max_size, score_thr=score_thr,
+                      skip_missing_images=skip_missing_images)
+    typer.echo(f"{summary.text()}; wrote {out}")
+    _exit_for_failures(len(summary.failed))
+
 
 # ---- eval / corrupt / viz --------------------------------------------------------------------
 
