@@ -1,0 +1,91 @@
+"""A tiny example dataset that `sap demo` makes itself: coloured shapes with exact masks.
+
+Each image shows 2–4 objects of three categories (disc, box, triangle) in random colours on a
+textured background; later shapes occlude earlier ones, and the stored masks are the visible
+parts. Objects sometimes carry a stripe of another colour, so that a click has a "part" and a
+"whole" answer — the ambiguity SAM's multimask output and SAPNet's selection are about.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .io import write_json_atomic
+from .rle import encode_mask, rle_area, rle_to_bbox_xywh
+
+CATEGORIES = [{"id": 1, "name": "disc"}, {"id": 2, "name": "box"}, {"id": 3, "name": "triangle"}]
+
+
+def _draw(shape: int, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    import cv2
+
+    mask = np.zeros((h, w), np.uint8)
+    size = int(rng.integers(min(h, w) // 7, min(h, w) // 3))
+    cx, cy = int(rng.integers(size, w - size)), int(rng.integers(size, h - size))
+    if shape == 1:
+        cv2.circle(mask, (cx, cy), size, 1, -1)
+    elif shape == 2:
+        ax, ay = size, int(size * rng.uniform(0.5, 1.2))
+        cv2.rectangle(mask, (cx - ax, cy - ay), (cx + ax, cy + ay), 1, -1)
+    else:
+        pts = np.array([[cx, cy - size], [cx - size, cy + size], [cx + size, cy + size]], np.int32)
+        cv2.fillPoly(mask, [pts], 1)
+    return mask.astype(bool)
+
+
+def make_demo_dataset(out_dir: str | Path, n_images: int = 8, size: tuple[int, int] = (240, 320),
+                      seed: int = 0) -> tuple[Path, Path]:
+    """Write ``images/*.jpg`` and ``annotations.json`` (COCO, RLE masks) under ``out_dir``.
+
+    Args:
+        out_dir: destination folder.
+        n_images: how many images.
+        size: ``(height, width)`` of every image.
+        seed: random seed (the dataset is a pure function of its arguments).
+
+    Returns:
+        ``(annotations_json, images_dir)``.
+    """
+    from PIL import Image
+
+    out_dir = Path(out_dir)
+    images_dir = out_dir / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    h, w = size
+    images, anns = [], []
+    for i in range(n_images):
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = rng.uniform(60, 160, 3)
+        img = base + 40 * np.sin(xx[..., None] / rng.uniform(8, 20)) * np.cos(yy[..., None] / rng.uniform(8, 20))
+        img = img + rng.normal(0, 8, (h, w, 3))
+        visible: list[tuple[int, np.ndarray]] = []
+        for _ in range(int(rng.integers(2, 5))):
+            cat = int(rng.integers(1, 4))
+            m = _draw(cat, h, w, rng)
+            colour = rng.uniform(0, 255, 3)
+            img[m] = colour + rng.normal(0, 6, (int(m.sum()), 3))
+            if rng.random() < 0.5:  # a stripe of another colour: a part inside the whole
+                ys = np.flatnonzero(m.any(1))
+                y0 = int(ys[len(ys) // 3])
+                stripe = m.copy()
+                stripe[: y0] = False
+                stripe[y0 + max(2, len(ys) // 5):] = False
+                img[stripe] = 255 - colour
+            visible = [(c, v & ~m) for c, v in visible]
+            visible.append((cat, m))
+        file_name = f"demo_{i:03d}.jpg"
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(images_dir / file_name, quality=95)
+        images.append({"id": i + 1, "file_name": file_name, "width": w, "height": h})
+        for cat, m in visible:
+            if m.sum() < 30:
+                continue
+            rle = encode_mask(m)
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat, "segmentation": rle,
+                         "area": rle_area(rle), "bbox": rle_to_bbox_xywh(rle), "iscrowd": 0})
+    gt = {"info": {"description": "sap demo shapes", "seed": seed}, "images": images,
+          "categories": CATEGORIES, "annotations": anns}
+    path = write_json_atomic(out_dir / "annotations.json", gt)
+    return path, images_dir

@@ -1,0 +1,312 @@
+"""`sap refine` on a COCO JSON: refine every instance mask, keep everything else.
+
+Each annotation with a usable mask gets a refined ``segmentation`` (compressed RLE), ``bbox`` and
+``area`` and a ``refine_iou`` field (SAM's predicted IoU of the kept mask; absent where the
+coarse mask was kept); every other field and every annotation id is kept. Annotations without a
+mask, and those whose mask cannot be used (size disagreeing with the image, polygon with fewer
+than 3 points, empty), pass through unchanged and are counted. Images that fail (missing,
+unreadable, wrong size) keep their annotations unchanged, are listed in the output's ``info``,
+and the run goes on.
+
+Resume: after each image its refined annotations are appended to ``OUT.partial.jsonl`` (beside
+the output, one JSON line per image, headed by a digest of the input and the settings); a rerun
+with the same input and settings skips the images found there. The output itself is written
+once, atomically, at the end; the partial file is then removed, unless some images failed (a
+rerun then retries only those).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pseudolabel.coco import annotations_by_image, load_coco_json
+from pseudolabel.config import sidecar_path, write_run_config
+from pseudolabel.errors import ImageError, InputError
+from pseudolabel.images import file_sha256, load_image_rgb
+from pseudolabel.io import write_json_atomic
+from pseudolabel.progress import logger, logging_to_tqdm, progress
+from pseudolabel.rle import decode_rle, encode_masks, rle_area, rle_to_bbox_xywh, segmentation_to_rle
+
+from .refiner import RefineConfig, create_engine, refine_masks
+
+BAD_MASK_REASONS = {
+    "size": "whose RLE size disagrees with the image size",
+    "polygon": "whose polygon has fewer than 3 points",
+    "empty": "whose mask is empty (or lies outside the image)",
+    "malformed": "whose segmentation is malformed",
+}
+
+
+@dataclass
+class RefineSummary:
+    """What one `sap refine` run did."""
+
+    images: int = 0
+    refined_images: int = 0
+    resumed_images: int = 0
+    failed: list[tuple[Any, str]] = field(default_factory=list)
+    refined: int = 0
+    kept_coarse: int = 0
+    without_mask: int = 0
+    bad: dict[str, list] = field(default_factory=dict)  # reason → annotation ids
+    from_cache: int = 0
+    encoded: int = 0
+    wall_s: float = 0.0
+    out: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"images": self.images, "refined_images": self.refined_images,
+                "resumed_images": self.resumed_images,
+                "failed_images": [{"image_id": i, "reason": r} for i, r in self.failed],
+                "refined_annotations": self.refined, "kept_coarse": self.kept_coarse,
+                "passed_through_without_mask": self.without_mask,
+                "skipped_bad_masks": {k: len(v) for k, v in self.bad.items()},
+                "embeddings_from_cache": self.from_cache, "embeddings_encoded": self.encoded,
+                "wall_s": round(self.wall_s, 2)}
+
+    def lines(self) -> list[str]:
+        out = [f"{self.refined} masks refined on {self.refined_images + self.resumed_images} of "
+               f"{self.images} images ({self.resumed_images} resumed) in {self.wall_s:.1f} s",
+               f"embeddings: {self.from_cache} from the cache, {self.encoded} encoded"]
+        if self.without_mask:
+            out.append(f"{self.without_mask} annotations without a mask passed through unchanged")
+        for reason, ids in self.bad.items():
+            out.append(f"{len(ids)} annotations {BAD_MASK_REASONS[reason]} passed through unchanged "
+                       f"(first: id {ids[0]})")
+        if self.kept_coarse:
+            out.append(f"{self.kept_coarse} coarse masks kept because SAM returned an empty mask")
+        out += [f"failed: image {i}: {r}" for i, r in self.failed]
+        out.append(f"written: {self.out}")
+        return out
+
+
+def classify_segmentation(seg: Any, height: int, width: int) -> tuple[dict | None, str | None]:
+    """``(rle, None)`` for a usable mask, ``(None, reason)`` (a key of :data:`BAD_MASK_REASONS`)
+    otherwise; ``(None, None)`` when there is no segmentation at all."""
+    if seg is None or (isinstance(seg, list) and len(seg) == 0):
+        return None, None
+    if isinstance(seg, dict) and "size" in seg:
+        try:
+            if [int(v) for v in seg["size"]] != [height, width]:
+                return None, "size"
+        except (TypeError, ValueError):
+            return None, "malformed"
+    if isinstance(seg, list) and any(isinstance(p, (list, tuple)) and len(p) < 6 for p in seg):
+        return None, "polygon"
+    try:
+        rle = segmentation_to_rle(seg, height, width)
+        area = rle_area(rle)
+    except (InputError, ValueError, TypeError, KeyError):
+        return None, "malformed"
+    return (rle, None) if area > 0 else (None, "empty")
+
+
+def _settings_digest(coco_sha: str, cfg: RefineConfig) -> str:
+    blob = json.dumps({"input": coco_sha, "settings": cfg.result_settings()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def partial_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial.jsonl")
+
+
+def _read_partial(path: Path, digest: str) -> dict[Any, dict]:
+    """Per-image records (``annotations``, ``kept``) from a matching partial file ({} if absent
+    or stale)."""
+    if not path.is_file():
+        return {}
+    done: dict[Any, dict] = {}
+    with open(path, encoding="utf-8") as f:
+        header = f.readline()
+        try:
+            if json.loads(header).get("digest") != digest:
+                logger.info("%s was made from another input or settings: starting over", path.name)
+                return {}
+        except (json.JSONDecodeError, AttributeError):
+            return {}
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a line cut by a crash: everything before it is good
+            done[rec["image_id"]] = rec
+    return done
+
+
+class EmbeddingSource:
+    """Image embeddings from a `sap proposals --save-embeddings` cache, else from the encoder."""
+
+    def __init__(self, engine, cache_dir: str | None) -> None:
+        self.engine = engine
+        self.cache_dir = cache_dir
+        self.from_cache = 0
+        self.encoded = 0
+        if cache_dir is not None:
+            from pseudolabel.cache import CacheReader
+
+            with CacheReader(cache_dir) as reader:  # raises InputError when it is no cache
+                cfg = reader.config
+            if (cfg.get("model_type"), cfg.get("checkpoint_sha256")) != (engine.model_type, engine.checkpoint_id):
+                logger.warning("the cache %s holds embeddings of SAM %s (%s), not of %s (%s): "
+                               "every image will be encoded", cache_dir, cfg.get("model_type"),
+                               str(cfg.get("checkpoint_sha256"))[:12], engine.model_type,
+                               engine.checkpoint_id[:12])
+            if not cfg.get("save_embeddings", True):
+                logger.warning("the cache %s was made without --save-embeddings", cache_dir)
+
+    def get(self, image: dict, path: Path):
+        """The embedding of ``image`` (its COCO record) whose file is ``path``."""
+        if self.cache_dir is not None:
+            from pseudolabel.cache import load_embedding
+
+            if not path.is_file():
+                raise ImageError(f"image file {path} is missing")
+            emb = load_embedding(self.cache_dir, image["id"], file_sha256(path), self.engine.model_type,
+                                 self.engine.checkpoint_id, device=self.engine.device)
+            if emb is not None and tuple(emb.original_size) == (image["height"], image["width"]):
+                self.from_cache += 1
+                return emb
+        rgb = load_image_rgb(path, (image["width"], image["height"]))
+        self.encoded += 1
+        return self.engine.encode(rgb)
+
+
+def refine_image(engine, emb, items: list[tuple[dict, dict]], cfg: RefineConfig) -> tuple[list[dict], int]:
+    """Refined copies of one image's annotations.
+
+    Args:
+        items: ``(annotation, coarse RLE)`` pairs of the image.
+
+    Returns:
+        ``(annotations, kept_coarse)``.
+    """
+    masks = np.stack([decode_rle(rle) for _, rle in items]).astype(bool)
+    result = refine_masks(engine, emb, masks, cfg)
+    rles = encode_masks(result.masks)
+    out = []
+    for (ann, _), rle, score, kept in zip(items, rles, result.scores, result.kept_coarse):
+        new = copy.deepcopy(ann)
+        new["segmentation"] = rle
+        new["bbox"] = rle_to_bbox_xywh(rle)
+        new["area"] = float(rle_area(rle))
+        if not kept:
+            new["refine_iou"] = round(float(score), 5)
+        out.append(new)
+    return out, int(result.kept_coarse.sum())
+
+
+def refine_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str | os.PathLike,
+                cfg: RefineConfig | None = None, engine=None, resume: bool = True) -> RefineSummary:
+    """Refine every mask of a COCO JSON file and write the result (see the module docstring).
+
+    Args:
+        ann: COCO JSON with masks (RLE or polygons).
+        images_dir: folder of the images (``file_name`` relative to it).
+        out: output COCO JSON.
+        cfg: settings (model, prompts, ...).
+        engine: an existing :class:`pseudolabel.sam.SamEngine` (else built from ``cfg``).
+        resume: use ``OUT.partial.jsonl`` from an interrupted run with the same input and settings.
+
+    Raises:
+        InputError: unusable input file, image folder, cache or adapter.
+    """
+    t0 = time.perf_counter()
+    cfg = cfg or RefineConfig()
+    ann, images_dir, out = Path(ann), Path(images_dir), Path(out)
+    if not images_dir.is_dir():
+        raise InputError(f"image folder {images_dir} does not exist")
+    if out.resolve() == ann.resolve():
+        raise InputError("--out must differ from --ann (the input is never overwritten)")
+    coco = load_coco_json(ann)
+    if engine is None:
+        engine = create_engine(cfg)
+    if cfg.adapter:
+        from .adapt import apply_adapter
+
+        apply_adapter(engine, cfg.adapter)
+    source = EmbeddingSource(engine, cfg.embeddings)
+    summary = RefineSummary(images=len(coco["images"]), out=str(out))
+
+    # Which annotations are refined, image by image; the others pass through.
+    images = {img["id"]: img for img in coco["images"]}
+    work: dict[Any, list[tuple[dict, dict]]] = {}
+    for img_id, anns in annotations_by_image(coco).items():
+        img = images[img_id]
+        for a in anns:
+            rle, reason = classify_segmentation(a.get("segmentation"), img["height"], img["width"])
+            if rle is not None:
+                work.setdefault(img_id, []).append((a, rle))
+            elif reason is None:
+                summary.without_mask += 1
+            else:
+                summary.bad.setdefault(reason, []).append(a["id"])
+    for reason, ids in summary.bad.items():
+        logger.warning("%d annotations %s are passed through unchanged (first: id %s)",
+                       len(ids), BAD_MASK_REASONS[reason], ids[0])
+
+    digest = _settings_digest(file_sha256(ann), cfg)
+    part = partial_path(out)
+    done = _read_partial(part, digest) if resume else {}
+    if done:
+        logger.info("resuming: %d images already refined in %s", len(done), part.name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    refined: dict[Any, dict] = {}
+    for rec in done.values():
+        for a in rec["annotations"]:
+            refined[a["id"]] = a
+        summary.kept_coarse += int(rec.get("kept", 0))
+    summary.resumed_images = sum(1 for i in work if i in done)
+    logger.info("SAM %s (%s) on %s; prompts %s; %d iterations", engine.model_type,
+                engine.checkpoint_id[:12], engine.device, "+".join(cfg.prompts), cfg.iters)
+
+    mode = "a" if done else "w"
+    with open(part, mode, encoding="utf-8") as journal, logging_to_tqdm():
+        if not done:
+            journal.write(json.dumps({"digest": digest}) + "\n")
+            journal.flush()
+        todo = [i for i in work if i not in done]
+        bar = progress(todo, desc="refine", unit="img")
+        for img_id in bar:
+            img = images[img_id]
+            try:
+                emb = source.get(img, images_dir / img["file_name"])
+                new_anns, kept = refine_image(engine, emb, work[img_id], cfg)
+            except ImageError as e:
+                summary.failed.append((img_id, str(e)))
+                logger.warning("image %s failed: %s", img_id, e)
+                continue
+            journal.write(json.dumps({"image_id": img_id, "annotations": new_anns, "kept": kept}) + "\n")
+            journal.flush()
+            os.fsync(journal.fileno())
+            for a in new_anns:
+                refined[a["id"]] = a
+            summary.refined_images += 1
+            summary.kept_coarse += kept
+            bar.set_postfix(masks=len(refined), refresh=False)
+    summary.refined = len(refined)
+    summary.from_cache, summary.encoded = source.from_cache, source.encoded
+    summary.wall_s = time.perf_counter() - t0
+
+    result = {k: v for k, v in coco.items() if k != "annotations"}
+    result["annotations"] = [refined.get(a["id"], a) for a in coco["annotations"]]
+    info = dict(coco["info"]) if isinstance(coco.get("info"), dict) else {}
+    info["sap_refine"] = {"source": str(ann), "settings": cfg.result_settings(), "sam": engine.info(),
+                          "summary": summary.to_dict()}
+    result["info"] = info
+    write_json_atomic(out, result)
+    write_run_config(sidecar_path(out), "refine", cfg, sam=engine.info(),
+                     inputs={"ann": str(ann), "images": str(images_dir)}, summary=summary.to_dict())
+    if summary.failed:
+        logger.info("kept %s: a rerun refines only the failed images", part.name)
+    else:
+        part.unlink(missing_ok=True)
+    return summary

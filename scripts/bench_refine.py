@@ -1,0 +1,163 @@
+"""Benchmark `sap refine`: speed with and without cached embeddings, and point-sampling accuracy.
+
+    python scripts/bench_refine.py [--data ../shared/data/coco_train2017_100] [--images 3] [--json OUT]
+
+1. Speed, SAM vit_b loaded through the real checkpoint path from a random-weight file saved to
+   a temporary folder (masks are meaningless, timings are not): seconds per image and masks per
+   second on the first ``--images`` images of the corrupted ground truth, (a) re-encoding every
+   image, (b) reading embeddings from a `sap proposals --save-embeddings` cache, and (c) the
+   naive reference of (b) with one decoder call per mask instead of one per image.
+2. Point sampling (no SAM): on the corrupted ground truth of all images (`sap corrupt`, seed 0),
+   the share of prompt points that fall inside the *true* mask, for the distance-guided positive
+   point vs the box-centre point (and a uniformly random mask pixel), as the paper's Table 2a.
+   The coarse masks' quality is measured with `sap eval`'s metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pseudolabel.coco import load_coco_json
+from pseudolabel.evaluate import evaluate_pseudo
+from pseudolabel.rle import decode_rle, segmentation_to_rle
+from pseudolabel.sam import SamEngine, save_random_checkpoint
+from refine.corrupt import CorruptConfig, corrupt_coco
+from refine.instances import refine_coco
+from refine.prompts import box_center_point, positive_point
+from refine.refiner import RefineConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def first_images(coco: dict, n: int) -> dict:
+    """The first ``n`` images with non-crowd annotations, and those annotations."""
+    keep = []
+    for img in coco["images"]:
+        if any(a["image_id"] == img["id"] and not a.get("iscrowd", 0) for a in coco["annotations"]):
+            keep.append(img)
+        if len(keep) == n:
+            break
+    ids = {img["id"] for img in keep}
+    return {**coco, "images": keep,
+            "annotations": [a for a in coco["annotations"] if a["image_id"] in ids and not a.get("iscrowd", 0)]}
+
+
+def point_shares(gt: dict, coarse: dict, seed: int = 0) -> dict[str, float]:
+    """Share of points inside the true mask, per sampling strategy, over all corrupted masks."""
+    rng = np.random.default_rng(seed)
+    sizes = {im["id"]: (im["height"], im["width"]) for im in gt["images"]}
+    true = {a["id"]: a for a in gt["annotations"]}
+    hits = {"distance-guided": 0, "box centre": 0, "random mask pixel": 0}
+    n = 0
+    for a in coarse["annotations"]:
+        if a.get("iscrowd", 0) or a["id"] not in true:
+            continue
+        h, w = sizes[a["image_id"]]
+        c = decode_rle(segmentation_to_rle(a["segmentation"], h, w)).astype(bool)
+        t = decode_rle(segmentation_to_rle(true[a["id"]]["segmentation"], h, w)).astype(bool)
+        if not c.any():
+            continue
+        ys, xs = np.nonzero(c)
+        k = rng.integers(len(ys))
+        for name, (x, y) in (("distance-guided", positive_point(c)), ("box centre", box_center_point(c)),
+                             ("random mask pixel", (xs[k], ys[k]))):
+            hits[name] += bool(t[y, x])
+        n += 1
+    return {"masks": n, **{k: v / n for k, v in hits.items()}}
+
+
+def timed_refine(ann: Path, images: Path, out: Path, cfg: RefineConfig, engine: SamEngine) -> dict:
+    engine.timings.encoder = engine.timings.decoder = 0.0
+    t0 = time.perf_counter()
+    summary = refine_coco(ann, images, out, cfg, engine=engine, resume=False)
+    wall = time.perf_counter() - t0
+    n_img = summary.refined_images
+    return {"images": n_img, "masks": summary.refined, "s_per_image": wall / n_img,
+            "masks_per_s": summary.refined / wall, "encoder_s": engine.timings.encoder,
+            "decoder_s": engine.timings.decoder, "from_cache": summary.from_cache}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "coco_train2017_100")
+    ap.add_argument("--images", type=int, default=3, help="images for the speed part (5: ~11 min on a busy 2-core CPU)")
+    ap.add_argument("--model", default="vit_b")
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    images_dir = args.data / "images"
+    report: dict = {"model": args.model, "iters": args.iters, "torch_threads": torch.get_num_threads()}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        # -- 2. coarse masks and point sampling (all images) -------------------------------------
+        t0 = time.perf_counter()
+        corrupt_coco(args.data / "annotations.json", tmp / "coarse.json", CorruptConfig(seed=0))
+        gt = load_coco_json(args.data / "annotations.json")
+        coarse = load_coco_json(tmp / "coarse.json")
+        quality = evaluate_pseudo(gt, coarse)["overall"]
+        report["coarse_vs_gt"] = {"mask_miou": quality["mask_miou"], "boundary_miou": quality["boundary_miou"],
+                                  "count": quality["count"]}
+        report["points_inside_true_mask"] = point_shares(gt, coarse)
+        report["points_s"] = time.perf_counter() - t0
+
+        # -- 1. speed ----------------------------------------------------------------------------
+        sub = first_images(coarse, args.images)
+        (tmp / "sub.json").write_text(json.dumps(sub))
+        pts = copy.deepcopy(sub)
+        for a in pts["annotations"]:
+            im = next(i for i in sub["images"] if i["id"] == a["image_id"])
+            m = decode_rle(segmentation_to_rle(a["segmentation"], im["height"], im["width"]))
+            x, y = positive_point(m)
+            a["point"] = [x + 0.5, y + 0.5]
+        (tmp / "points.json").write_text(json.dumps(pts))
+        ckpt = save_random_checkpoint(args.model, tmp / f"sam_{args.model}_random.pth")
+        t0 = time.perf_counter()
+        engine = SamEngine.create(args.model, str(ckpt), "cpu", "fp32")
+        report["model_load_s"] = time.perf_counter() - t0
+        from pseudolabel.proposals import ProposalConfig, run_proposals
+
+        t0 = time.perf_counter()
+        run_proposals(tmp / "points.json", images_dir, tmp / "cache",
+                      ProposalConfig(model=args.model, checkpoint=str(ckpt), precision="fp32",
+                                     save_embeddings=True), engine=engine)
+        report["proposals_with_embeddings_s"] = time.perf_counter() - t0
+        cfg = RefineConfig(model=args.model, checkpoint=str(ckpt), precision="fp32", iters=args.iters)
+        report["re_encoded"] = timed_refine(tmp / "sub.json", images_dir, tmp / "a.json", cfg, engine)
+        cached = dataclasses.replace(cfg, embeddings=str(tmp / "cache"))
+        report["cached"] = timed_refine(tmp / "sub.json", images_dir, tmp / "b.json", cached, engine)
+        naive = dataclasses.replace(cached, chunk=1)
+        report["cached_one_mask_per_call"] = timed_refine(tmp / "sub.json", images_dir, tmp / "c.json", naive, engine)
+
+    print(f"SAM {args.model} (random weights, loaded from a checkpoint file), {args.iters} iterations, "
+          f"CPU, {report['torch_threads']} torch threads")
+    print(f"{'mode':<34}{'s/image':>9}{'masks/s':>9}{'encoder s':>11}{'decoder s':>11}")
+    for key, name in (("re_encoded", "re-encoded"), ("cached", "cached embedding"),
+                      ("cached_one_mask_per_call", "cached, 1 mask per decoder call")):
+        r = report[key]
+        print(f"{name:<34}{r['s_per_image']:>9.2f}{r['masks_per_s']:>9.2f}{r['encoder_s']:>11.1f}{r['decoder_s']:>11.1f}")
+    print(f"({report['re_encoded']['masks']} masks on {report['re_encoded']['images']} images)")
+    q = report["coarse_vs_gt"]
+    print(f"\ncorrupted GT (sap corrupt seed 0) vs GT: mask mIoU {q['mask_miou']:.3f}, "
+          f"boundary mIoU {q['boundary_miou']:.3f} over {q['count']} masks")
+    p = report["points_inside_true_mask"]
+    print(f"points inside the true mask ({p['masks']} masks): distance-guided {p['distance-guided']:.3f}, "
+          f"box centre {p['box centre']:.3f}, random mask pixel {p['random mask pixel']:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
