@@ -274,22 +274,26 @@ def load_bags(path: str | Path, points_json: str | Path | dict | None = None) ->
         return reader.bags()
 
 
-def load_embedding(cache_dir: str | Path, image_id: int, image_sha256: str, model_type: str,
+def load_embedding(cache: str | Path | CacheReader, image_id: int, image_sha256: str, model_type: str,
                    checkpoint_sha256: str, device: Any = "cpu"):
     """A cached :class:`~pseudolabel.sam.ImageEmbedding`, or None if absent or made otherwise.
 
     The embedding is used only if the cache's model type and checkpoint match and the image
-    file's sha256 is the one the cache saw.
+    file's sha256 is the one the cache saw. ``cache`` is a cache folder or an open reader.
     """
     import torch
 
     from .sam import ImageEmbedding
 
-    with CacheReader(cache_dir) as reader:
+    reader = cache if isinstance(cache, CacheReader) else CacheReader(cache)
+    try:
         cfg = reader.config
         if cfg.get("model_type") != model_type or cfg.get("checkpoint_sha256") != checkpoint_sha256:
             return None
         got = reader.embedding(image_id)
+    finally:
+        if reader is not cache:
+            reader.close()
     if got is None or got[3] != image_sha256:
         return None
     feats, input_hw, orig_hw, _ = got

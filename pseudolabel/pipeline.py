@@ -411,13 +411,15 @@ def _key_numbers(r: StageRecord) -> str:
 
 # ---- the demo ------------------------------------------------------------------------------------
 
-RANDOM_BANNER = """
-##########################################################################################
-#  SAM HAS RANDOM WEIGHTS IN THIS DEMO: no SAM checkpoint was found or could be downloaded. #
-#  Every mask below is meaningless; the run only shows that the whole pipeline works.     #
-#  Get real masks with:  sap demo --checkpoint sam_vit_b_01ec64.pth                        #
-##########################################################################################
-"""
+def _banner(*lines: str) -> str:
+    width = max(map(len, lines)) + 4
+    return "\n".join(["", "#" * width, *[f"# {ln:<{width - 4}} #" for ln in lines], "#" * width, ""])
+
+
+RANDOM_BANNER = _banner(
+    "SAM HAS RANDOM WEIGHTS IN THIS DEMO: no SAM checkpoint was found or could be downloaded.",
+    "Every mask below is meaningless; the run only shows that the whole pipeline works.",
+    "Real masks: sap demo --checkpoint sam_vit_b_01ec64.pth (or run once with internet).")
 
 
 def demo_config(out: Path, data_json: Path, images: Path, model: str, checkpoint: str,

@@ -286,6 +286,7 @@ def adapt_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str |
             ious.append(iou)
             summary.images += 1
             summary.objects += len(masks)
+    source.close()
     if not hidden:
         raise InputError(f"{ann} has no usable mask to adapt on")
     data = RankingData(torch.from_numpy(np.concatenate(hidden)), torch.from_numpy(np.concatenate(ious)))

@@ -150,6 +150,7 @@ class EmbeddingSource:
         self.cache_dir = cache_dir
         self.from_cache = 0
         self.encoded = 0
+        self.reader = None
         if cache_dir is not None:
             from pseudolabel.cache import CacheReader
 
@@ -162,6 +163,7 @@ class EmbeddingSource:
                                engine.checkpoint_id[:12])
             if not cfg.get("save_embeddings", True):
                 logger.warning("the cache %s was made without --save-embeddings", cache_dir)
+            self.reader = CacheReader(cache_dir)  # kept open: one embedding query per image
 
     def get(self, image: dict, path: Path):
         """The embedding of ``image`` (its COCO record) whose file is ``path``."""
@@ -170,14 +172,22 @@ class EmbeddingSource:
 
             if not path.is_file():
                 raise ImageError(f"image file {path} is missing")
-            emb = load_embedding(self.cache_dir, image["id"], file_sha256(path), self.engine.model_type,
+            emb = load_embedding(self.reader, image["id"], file_sha256(path), self.engine.model_type,
                                  self.engine.checkpoint_id, device=self.engine.device)
             if emb is not None and tuple(emb.original_size) == (image["height"], image["width"]):
                 self.from_cache += 1
                 return emb
         rgb = load_image_rgb(path, (image["width"], image["height"]))
         self.encoded += 1
-        return self.engine.encode(rgb)
+        emb = self.engine.encode(rgb)
+        # The cache keeps embeddings in fp16; passing fresh ones through fp16 too makes a refine
+        # run give the same masks whether or not it found the embedding in a cache.
+        emb.features = emb.features.half().float()
+        return emb
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
 
 
 def refine_image(engine, emb, items: list[tuple[dict, dict]], cfg: RefineConfig) -> tuple[list[dict], int]:
@@ -292,6 +302,7 @@ def refine_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str 
             summary.refined_images += 1
             summary.kept_coarse += kept
             bar.set_postfix(masks=len(refined), refresh=False)
+    source.close()
     summary.refined = len(refined)
     summary.from_cache, summary.encoded = source.from_cache, source.encoded
     summary.wall_s = time.perf_counter() - t0

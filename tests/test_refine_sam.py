@@ -148,22 +148,14 @@ def test_cached_embedding_gives_the_results_of_re_encoding(coarse, coco100_dir, 
     b = json.loads((tmp_path / "b.json").read_text())["annotations"]
     assert [x["id"] for x in a] == [x["id"] for x in b]
 
-    # The cache stores what the encoder made, possibly at lower precision (fp16): refining from
-    # it equals refining from the re-encoded embedding at that precision, bit for bit.
+    # The cache stores the encoder's output in fp16, and fresh encodings go through fp16 too:
+    # the stored embedding is exactly the rounded encoder output, and both runs agree bit for bit.
     img = one["images"][0]
     emb = engine.encode(load_image_rgb(images / img["file_name"]))
     with CacheReader(tmp_path / "cache") as reader:
         stored = torch.from_numpy(reader.embedding(img["id"])[0])
-    lossless = torch.equal(stored, emb.features)
-    if not lossless:
-        emb = dataclasses.replace(emb, features=emb.features.half().float())
-        assert torch.equal(stored, emb.features)
-    masks = np.stack([decode_rle(segmentation_to_rle(x["segmentation"], img["height"], img["width"]))
-                      for x in one["annotations"]]).astype(bool)
-    direct = refine_masks(engine, emb, masks, CFG).masks
-    assert all(np.array_equal(decode_rle(x["segmentation"]), m) for x, m in zip(a, direct))
-    if lossless:
-        assert a == b
+    assert torch.equal(stored, emb.features.half().float())
+    assert a == b
 
 
 def test_semantic_label_maps(coarse, coco100_dir, engine, tmp_path):
