@@ -1,0 +1,135 @@
+"""`sap pipeline` and `sap demo` end to end on CPU: tiny SAM, tiny selector and SOLOv2 schedules."""
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import subset_coco
+from pseudolabel.errors import InputError
+from pseudolabel.pipeline import STAGES, Pipeline, PipelineConfig, closing_table, load_pipeline_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "sam": {"model": "tiny", "checkpoint": "none", "precision": "fp32", "device": "cpu"},
+    "proposals": {"prompts": "point,point_box", "save_embeddings": True},
+    "select": {"method": "sapnet", "backbone": "resnet18", "backbone_weights": "none", "epochs": 1,
+               "batch_size": 2, "min_size": 160, "max_size": 224, "warmup_iters": 2, "workers": 0},
+    "refine": {"iters": 1},
+    "train": {"backbone": "resnet18", "backbone_weights": "none", "iters": 3, "batch": 2, "min_size": "160",
+              "max_size": 224, "warmup_iters": 1, "workers": 0, "checkpoint_period": 2,
+              "model": {"head_channels": 32, "head_convs": 1, "fpn_channels": 32, "mask_channels": 16,
+                        "kernel_dim": 16}},
+    "viz": {"limit": 2, "sheet": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def gt_file(coco100, tmp_path_factory):
+    path = tmp_path_factory.mktemp("pipe") / "gt.json"
+    path.write_text(json.dumps(subset_coco(coco100, 3, max_anns=2)))
+    return path
+
+
+def _cfg(gt_file, coco100_dir, out, **over):
+    cfg = PipelineConfig(images=str(coco100_dir / "images"), out=str(out), gt=str(gt_file),
+                         **{k: json.loads(json.dumps(v)) for k, v in TINY.items()})
+    for k, v in over.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def test_pipeline_runs_skips_reruns_changed_stages_and_respects_from_until(gt_file, coco100_dir, tmp_path):
+    run = tmp_path / "run"
+    records = Pipeline(_cfg(gt_file, coco100_dir, run)).run_stages()
+    assert [r.stage for r in records] == list(STAGES) and all(r.status == "ran" for r in records)
+    by = {r.stage: r for r in records}
+    pseudo = json.loads(Path(by["select"].outputs["pseudo"]).read_text())
+    gt = json.loads(gt_file.read_text())
+    assert sorted(a["id"] for a in pseudo["annotations"]) == sorted(a["id"] for a in gt["annotations"])
+    assert Path(by["train"].outputs["weights"]).is_file()
+    assert "mask_ap" in by["eval"].metrics and 0.0 <= by["eval"].metrics["mask_ap"]["AP"] <= 100.0
+    for name in ("sam-top1", "selected", "refined"):
+        assert by["eval"].metrics["pseudo_labels"][name]["count"] == len(gt["annotations"])
+    pngs = sorted((run / "7_viz" / "overlays").glob("*.png"))
+    assert len(pngs) == 2 and Image.open(pngs[0]).size[0] > 0
+    table = closing_table(records)
+    assert all(s in table for s in STAGES) and "mask AP" in table
+
+    again = Pipeline(_cfg(gt_file, coco100_dir, run)).run_stages()
+    assert all(r.status == "skipped" for r in again)
+
+    cfg = _cfg(gt_file, coco100_dir, run)
+    cfg.train["iters"] = 4  # only train and what follows it are redone
+    changed = {r.stage: r.status for r in Pipeline(cfg).run_stages()}
+    assert [s for s in STAGES if changed[s] == "ran"] == ["train", "eval", "viz"]
+
+    only = Pipeline(cfg).run_stages("eval", "eval")
+    assert [(r.stage, r.status) for r in only] == [("eval", "skipped")]
+    with pytest.raises(InputError, match="has not run yet"):
+        Pipeline(_cfg(gt_file, coco100_dir, tmp_path / "fresh")).run_stages("select", "select")
+    with pytest.raises(InputError, match="unknown stage"):
+        Pipeline(cfg).run_stages("nope")
+
+
+def test_config_file_sets_and_flags_flow_one_way(tmp_path):
+    (tmp_path / "p.yaml").write_text("images: imgs\ngt: gt.json\ntrain:\n  iters: 5\nsam:\n  model: vit_b\n")
+    cfg = load_pipeline_config(tmp_path / "p.yaml", ["train.iters=7", "select.method=mil"], model="tiny", out="o")
+    assert cfg.train["iters"] == 7 and cfg.select["method"] == "mil" and cfg.sam["model"] == "tiny"
+    assert cfg.out == "o" and cfg.images == "imgs"
+    with pytest.raises(InputError, match="unknown pipeline option"):
+        (tmp_path / "bad.yaml").write_text("imagez: x\n")
+        load_pipeline_config(tmp_path / "bad.yaml")
+    with pytest.raises(InputError, match="point file"):
+        load_pipeline_config(None, images="x")
+
+
+def test_a_pipeline_killed_in_a_stage_resumes_it(gt_file, coco100_dir, tmp_path):
+    import yaml
+
+    run = tmp_path / "run"
+    cfg = {"images": str(coco100_dir / "images"), "gt": str(gt_file), "out": str(run), **TINY}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
+    args = [sys.executable, str(REPO / "cli.py"), "pipeline", "--config", str(tmp_path / "p.yaml"),
+            "--until", "proposals"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = run / "2_proposals" / "cache" / "shard-00000-of-00001.sqlite"
+    deadline, done = time.time() + 120, 0
+    while time.time() < deadline and proc.poll() is None and done < 1:
+        if db.exists():
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+                    done = c.execute("SELECT count(*) FROM images").fetchone()[0]
+            except sqlite3.Error:
+                pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 1 <= done < 3 and not (run / "2_proposals" / "stage.json").exists()
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "already cached" in r.stderr or json.loads((run / "2_proposals" / "stage.json").read_text())
+    marker = json.loads((run / "2_proposals" / "stage.json").read_text())
+    assert marker["metrics"]["points"] == len(json.loads(gt_file.read_text())["annotations"])
+
+
+def test_demo_dataset_is_exact_and_repeatable(tmp_path):
+    from pseudolabel.demo_data import make_demo_dataset
+    from pseudolabel.rle import decode_rle
+
+    a_json, a_dir = make_demo_dataset(tmp_path / "a", n_images=3)
+    b_json, _ = make_demo_dataset(tmp_path / "b", n_images=3)
+    a, b = json.loads(a_json.read_text()), json.loads(b_json.read_text())
+    assert a == b and len(a["images"]) == 3 and len(a["annotations"]) >= 3
+    for im in a["images"]:
+        masks = [decode_rle(x["segmentation"]) for x in a["annotations"] if x["image_id"] == im["id"]]
+        assert np.max(np.sum(masks, axis=0)) == 1  # visible parts never overlap
+        assert Image.open(a_dir / im["file_name"]).size == (im["width"], im["height"])
