@@ -52,10 +52,24 @@ class PipelineConfig:
 SECTIONS = ("sam", "proposals", "select", "refine", "train", "viz")
 
 
+EXAMPLE_CONFIGS = Path(__file__).parent / "configs"
+
+
+def resolve_config_name(path: str | Path | None) -> Path | None:
+    """A config file path, or the name of a shipped example (``coco``, ``custom``)."""
+    if path is None or Path(path).exists():
+        return Path(path) if path is not None else None
+    shipped = EXAMPLE_CONFIGS / f"{path}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(p.stem for p in sorted(EXAMPLE_CONFIGS.glob("*.yaml")))
+    raise InputError(f"configuration {path} is neither a file nor a shipped example ({names})")
+
+
 def load_pipeline_config(path: str | Path | None, sets: list[str] | None = None, **flags: Any) -> PipelineConfig:
     """Defaults → YAML file → ``--set section.key=value`` → flags (``None`` = not given)."""
     cfg = PipelineConfig()
-    data = load_config_file(path)
+    data = load_config_file(resolve_config_name(path))
     names = {f.name for f in fields(PipelineConfig)}
     unknown = sorted(set(data) - names)
     if unknown:

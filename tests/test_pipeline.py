@@ -133,3 +133,20 @@ def test_demo_dataset_is_exact_and_repeatable(tmp_path):
         masks = [decode_rle(x["segmentation"]) for x in a["annotations"] if x["image_id"] == im["id"]]
         assert np.max(np.sum(masks, axis=0)) == 1  # visible parts never overlap
         assert Image.open(a_dir / im["file_name"]).size == (im["width"], im["height"])
+
+
+@pytest.mark.parametrize("name", ["coco", "custom"])
+def test_shipped_example_configs_name_real_options(name):
+    from pseudolabel.config import resolve
+    from pseudolabel.proposals import ProposalConfig
+    from pseudolabel.selector.options import SelectConfig
+    from refine.refiner import RefineConfig
+    from segtrain.engine import TrainConfig
+
+    cfg = load_pipeline_config(name)
+    ProposalConfig(**{**cfg.sam, **cfg.proposals})
+    resolve(SelectConfig(), cfg.select)
+    RefineConfig(**{k: v for k, v in cfg.refine.items() if k != "enabled"})
+    TrainConfig(**cfg.train)
+    with pytest.raises(InputError, match="shipped example"):
+        load_pipeline_config("no_such_config")
