@@ -1,0 +1,154 @@
+"""Images and proposal bags as the selector sees them: resized, maybe flipped, normalised.
+
+Resizing keeps the aspect ratio and fits the image into ``max_size × min_size`` (mmdetection's
+``Resize(img_scale=(1333, 800), keep_ratio=True)``); boxes and points are scaled alike and all
+geometry runs in that frame. Batches are padded to a multiple of 32.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..bags import Bag
+from ..errors import ImageError
+from ..images import load_image_rgb
+
+MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)  # RGB, 0..255
+STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
+PAD_DIVISOR = 32
+
+
+def resize_scale(width: int, height: int, max_size: int = 1333, min_size: int = 800) -> float:
+    """Scale that fits ``width × height`` into ``max_size`` (long side) × ``min_size`` (short)."""
+    long_side, short_side = max(width, height), min(width, height)
+    return min(max_size / long_side, min_size / short_side)
+
+
+@dataclass
+class Sample:
+    """One image with its bags, in the network frame.
+
+    Attributes:
+        image_id: COCO image id.
+        image: ``3×h×w`` float32 normalised tensor (None when the image failed).
+        hw: ``(h, w)`` of the resized image (before padding).
+        scale: ``(sx, sy)`` from original to network pixels.
+        flipped: horizontally flipped.
+        ann_ids: the P points' annotation ids.
+        points: ``P×2`` points ``(x, y)``.
+        labels: ``P`` contiguous class indices.
+        boxes: P arrays ``K_i×4`` XYXY, the proposals of each point.
+        error: why the image could not be read, else None.
+    """
+
+    image_id: int
+    image: torch.Tensor | None
+    hw: tuple[int, int]
+    scale: tuple[float, float]
+    flipped: bool
+    ann_ids: list[int]
+    points: np.ndarray
+    labels: np.ndarray
+    boxes: list[np.ndarray] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class Batch:
+    """Readable samples padded into one tensor ``B×3×H×W``, and the samples whose image failed."""
+
+    images: torch.Tensor
+    samples: list[Sample]
+    failed: list[Sample] = field(default_factory=list)
+
+    @property
+    def image_hw(self) -> list[tuple[int, int]]:
+        """The padded input size ``(H, W)``, once per sample."""
+        return [(int(self.images.shape[-2]), int(self.images.shape[-1]))] * len(self.samples)
+
+
+class BagDataset(Dataset):
+    """Images that have at least one non-empty bag, with those bags.
+
+    Args:
+        images: COCO ``images`` entries (``id``, ``file_name``, ``width``, ``height``).
+        bags: bags by image id (empty bags are ignored).
+        images_dir: the folder of the image files.
+        cat_index: category id → contiguous class index.
+        max_size, min_size: the resize target (1333 × 800 in SAPNet).
+        flip_prob: horizontal flip probability (0.5 in training, 0 for selection).
+        seed: with the epoch and image id, decides the flips.
+    """
+
+    def __init__(self, images: list[dict[str, Any]], bags: dict[int, list[Bag]],
+                 images_dir: str | os.PathLike, cat_index: dict[int, int], max_size: int = 1333,
+                 min_size: int = 800, flip_prob: float = 0.0, seed: int = 0) -> None:
+        self.images = [img for img in images if any(len(b) for b in bags.get(img["id"], []))]
+        self.bags = {img["id"]: [b for b in bags[img["id"]] if len(b)] for img in self.images}
+        self.images_dir = Path(images_dir)
+        self.cat_index = cat_index
+        self.max_size, self.min_size = max_size, min_size
+        self.flip_prob = flip_prob
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> Sample:
+        img = self.images[i]
+        w0, h0 = int(img["width"]), int(img["height"])
+        s = resize_scale(w0, h0, self.max_size, self.min_size)
+        w, h = int(w0 * s + 0.5), int(h0 * s + 0.5)
+        sx, sy = w / w0, h / h0
+        rng = np.random.default_rng([self.seed, self.epoch, int(img["id"])])
+        flipped = bool(self.flip_prob > 0 and rng.random() < self.flip_prob)
+        bags = self.bags[img["id"]]
+        points = np.array([b.point for b in bags], dtype=np.float64).reshape(-1, 2) * [sx, sy]
+        boxes = [b.boxes * [sx, sy, sx, sy] for b in bags]
+        if flipped:
+            points[:, 0] = w - points[:, 0]
+            boxes = [np.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], axis=1) for b in boxes]
+        sample = Sample(int(img["id"]), None, (h, w), (sx, sy), flipped, [b.ann_id for b in bags], points,
+                        np.array([self.cat_index[b.category_id] for b in bags], dtype=np.int64), boxes)
+        try:
+            rgb = load_image_rgb(self.images_dir / img["file_name"], (w0, h0))
+        except ImageError as e:
+            sample.error = str(e)
+            return sample
+        rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)
+        if flipped:
+            rgb = rgb[:, ::-1]
+        arr = (rgb.astype(np.float32) - MEAN) / STD
+        sample.image = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        return sample
+
+
+def collate(samples: list[Sample]) -> Batch:
+    """Pad the readable samples' images into one ``B×3×H×W`` tensor (H, W multiples of 32).
+
+    The per-sample image tensors are dropped once copied; samples with ``error`` go to
+    ``Batch.failed``.
+    """
+    ok = [s for s in samples if s.image is not None]
+    failed = [s for s in samples if s.image is None]
+    if not ok:
+        return Batch(torch.zeros(0, 3, PAD_DIVISOR, PAD_DIVISOR), [], failed)
+    hpad = -(-max(s.image.shape[1] for s in ok) // PAD_DIVISOR) * PAD_DIVISOR
+    wpad = -(-max(s.image.shape[2] for s in ok) // PAD_DIVISOR) * PAD_DIVISOR
+    images = torch.zeros(len(ok), 3, hpad, wpad)
+    for i, s in enumerate(ok):
+        images[i, :, : s.image.shape[1], : s.image.shape[2]] = s.image
+        s.image = None
+    return Batch(images, ok, failed)

@@ -1,0 +1,200 @@
+"""SAPNet's two MIL stages on a batch: losses for training, choices for selection.
+
+Stage 0 (PSM) scores each point's SAM proposals; its top-1 (mined by BMS) is rescaled by PPG
+into the stage-1 bag; stage 1 (PRM) learns against PPG's positives and NPG's negatives; the
+stage-1 top-1, mined by BMS, picks the final mask by box IoU. With one stage (the ``mil``
+method) the PSM top-1 is the answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import geometry as geo
+from .data import Sample
+from .losses import negative_loss, prm_loss, proposal_scores, psm_loss
+from .model import SelectorNet
+from .options import SelectConfig
+
+
+@dataclass
+class PointChoice:
+    """What the selector chose for one point.
+
+    Attributes:
+        ann_id: the point's annotation id.
+        index: the chosen proposal (index into the bag).
+        score: class probability at the point's label of the final stage's top-1 box.
+        order: the bag's proposals ranked by the final stage's ``cls × ins`` score, best first.
+        bms: the last BMS branch of the final stage (``expand``, ``contain``, ``none``).
+    """
+
+    ann_id: int
+    index: int
+    score: float
+    order: list[int]
+    bms: str = "none"
+
+
+def _dense_index(sizes: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``P×Kmax`` row indices (padding → the extra row ``Σ sizes``) and the valid mask."""
+    kmax = max(sizes)
+    total = sum(sizes)
+    index = torch.full((len(sizes), kmax), total, dtype=torch.long)
+    valid = torch.zeros(len(sizes), kmax, dtype=torch.bool)
+    start = 0
+    for p, k in enumerate(sizes):
+        index[p, :k] = torch.arange(start, start + k)
+        valid[p, :k] = True
+        start += k
+    return index.to(device), valid.to(device)
+
+
+def _dense(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``R×C`` → ``P×K×C`` by ``index`` (padding rows are zeros)."""
+    return torch.cat([rows, rows.new_zeros(1, rows.shape[1])])[index]
+
+
+def _pad(arrays: list[np.ndarray], kmax: int, fill: float, device: torch.device) -> torch.Tensor:
+    out = np.full((len(arrays), kmax), fill, dtype=np.float32)
+    for p, a in enumerate(arrays):
+        out[p, : len(a)] = a
+    return torch.from_numpy(out).to(device)
+
+
+def _boxes_per_image(samples: list[Sample], per_point: list[np.ndarray],
+                     device: torch.device) -> list[torch.Tensor]:
+    out, p = [], 0
+    for s in samples:
+        n = len(s.boxes)
+        boxes = np.concatenate(per_point[p:p + n]) if n else np.zeros((0, 4))
+        out.append(torch.as_tensor(boxes, dtype=torch.float32, device=device))
+        p += n
+    return out
+
+
+class SelectorStep(nn.Module):
+    """The selector network plus the MIL logic; ``forward`` is one training or selection step.
+
+    Wrapping both in one module lets DistributedDataParallel see the whole step as its forward.
+    """
+
+    def __init__(self, net: SelectorNet, cfg: SelectConfig) -> None:
+        super().__init__()
+        self.net = net
+        self.cfg = cfg
+
+    def forward(self, images: torch.Tensor, samples: list[Sample], train: bool = True,
+                rng: np.random.Generator | None = None):
+        """Run the stages on a batch.
+
+        Args:
+            images: ``B×3×H×W`` (padded, normalised) for the B samples.
+            samples: the readable samples of the batch, in the order of ``images``.
+            train: return losses (True) or choices (False).
+            rng: random source of NPG (training only).
+
+        Returns:
+            ``dict[str, Tensor]`` of losses when training, else ``list[PointChoice]`` in the
+            order of the samples' points.
+        """
+        cfg = self.cfg
+        if not samples:  # keeps every rank's step alike when a whole batch failed to load
+            zero = sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
+            return {"empty": zero} if train else []
+        device = images.device
+        feats = self.net.features(images)
+        hw = [(int(images.shape[-2]), int(images.shape[-1]))] * len(samples)
+        labels = torch.as_tensor(np.concatenate([s.labels for s in samples]), device=device)
+        bags = [b for s in samples for b in s.boxes]
+        sizes = [len(b) for s in samples for b in s.boxes]
+        img_hw = [s.hw for s in samples for _ in s.boxes]  # resized (h, w) of each point's image
+
+        # ---- stage 0: PSM over the SAM proposals ----
+        cls0, ins0 = self.net.forward_boxes(feats, _boxes_per_image(samples, bags, device), hw, stage=0)
+        index0, valid0 = _dense_index(sizes, device)
+        cls0, ins0 = _dense(cls0, index0), _dense(ins0, index0)
+        with torch.no_grad():
+            score0, clsat0 = proposal_scores(cls0, ins0, valid0, labels, "softmax")
+        winner0 = score0.argmax(dim=1).cpu().numpy()
+        label_weights = score0.sum(dim=1)  # stage-0 bag score at the label
+        pdg = [a for s in samples for a in geo.image_pdg_scores(s.points, s.labels, s.boxes, cfg.pdg_root)]
+        losses: dict[str, torch.Tensor] = {}
+        if train:
+            factor = None
+            if cfg.pdg and self.net.stages == 2:
+                factor = _pad([geo.pdg_penalty(a, cfg.pdg_power) for a in pdg], valid0.shape[1], 1.0, device)
+            losses["psm"] = psm_loss(cls0, ins0, valid0, labels, factor, cfg.psm_weight)
+        if self.net.stages == 1:
+            if train:
+                return losses
+            return self._choices(samples, bags, winner0, score0, clsat0, [None] * len(bags))
+
+        pseudo0 = []
+        for p, b in enumerate(bags):
+            box = geo.clamp_box(b[winner0[p]], img_hw[p][1], img_hw[p][0])
+            if cfg.bms:
+                box, _ = self._bms(box, b)
+            pseudo0.append(box)
+
+        # ---- stage 1: PRM over PPG's bag, NPG's negatives ----
+        # PPG rescales the stage-0 box as mined by BMS (the paper's b*). The official code rescales
+        # the proposal equal to that box, and the bag's last proposal when BMS has moved it.
+        if cfg.pnpg:
+            bags1 = [geo.ppg_boxes(b, pseudo0[p], pdg[p][winner0[p]]) for p, b in enumerate(bags)]
+        else:
+            bags1 = bags
+        cls1, ins1 = self.net.forward_boxes(feats, _boxes_per_image(samples, bags1, device), hw, stage=1)
+        index1, valid1 = _dense_index([len(b) for b in bags1], device)
+        cls1, ins1 = _dense(cls1, index1), _dense(ins1, index1)
+        if train:
+            losses["prm"] = prm_loss(cls1, ins1, valid1, labels, label_weights, cfg.prm_weight)
+            if cfg.pnpg:
+                negs, p = [], 0
+                rng = rng if rng is not None else np.random.default_rng(cfg.seed)
+                for s in samples:
+                    n = len(s.boxes)
+                    winners = np.array([bags[q][winner0[q]] for q in range(p, p + n)]).reshape(-1, 4)
+                    neg = geo.npg_boxes(s.hw[1], s.hw[0], np.concatenate(s.boxes), winners, rng,
+                                        cfg.npg_num, cfg.npg_iou, cfg.npg_part_iou, cfg.npg_part_min_area)
+                    negs.append(torch.as_tensor(neg, dtype=torch.float32, device=device))
+                    p += n
+                neg_cls, _ = self.net.forward_boxes(feats, negs, hw, stage=1)
+                losses["neg"] = negative_loss(neg_cls, len(bags), label_weights, cfg.neg_weight)
+            return losses
+        score1, clsat1 = proposal_scores(cls1, ins1, valid1, labels, cfg.prm_select)
+        winner1 = score1.argmax(dim=1).cpu().numpy()
+        pseudo1 = []
+        for p, b in enumerate(bags1):
+            box = geo.clamp_box(b[winner1[p]], img_hw[p][1], img_hw[p][0])
+            branch = "none"
+            if cfg.bms:
+                box, branch = self._bms(box, bags[p])
+            pseudo1.append((box, branch))
+        return self._choices(samples, bags, winner1, score1, clsat1, pseudo1)
+
+    def _bms(self, box: np.ndarray, bag: np.ndarray) -> tuple[np.ndarray, str]:
+        cfg = self.cfg
+        return geo.bms(box, bag[: cfg.bms_candidates], cfg.bms_expand_iou, cfg.bms_contain_iou, cfg.bms_slack)
+
+    @staticmethod
+    def _choices(samples: list[Sample], bags: list[np.ndarray], winner: np.ndarray, score: torch.Tensor,
+                 clsat: torch.Tensor, mined: list) -> list[PointChoice]:
+        ann_ids = [a for s in samples for a in s.ann_ids]
+        score = score.float().cpu().numpy()
+        clsat = clsat.float().cpu().numpy()
+        out = []
+        for p, b in enumerate(bags):
+            k = len(b)
+            order = [int(i) for i in np.argsort(-score[p, :k], kind="stable")]
+            if mined[p] is None:  # one stage: the top-1 proposal itself
+                index, branch = int(winner[p]), "none"
+            else:
+                box, branch = mined[p]
+                index = geo.final_mask_index(b, box)
+            out.append(PointChoice(ann_ids[p], index, float(clsat[p, winner[p]]), order, branch))
+        return out

@@ -1,0 +1,63 @@
+"""Every option of `sap select`, with SAPNet's official values as defaults (ALGORITHMS.md §3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass
+class SelectConfig:
+    """Resolved options of the selection stage (defaults → config file → flags)."""
+
+    method: str = "sapnet"                 # sam-top1 | mil | sapnet
+    missing: str = "fallback"              # fallback | skip: points whose image cannot be read
+    seed: int = 0
+    device: Optional[str] = None
+    # network
+    backbone: str = "resnet50"
+    backbone_weights: Optional[str] = "imagenet"   # imagenet | none | PATH
+    max_size: int = 1333                   # resize into max_size × min_size, aspect kept
+    min_size: int = 800
+    # training schedule (official: 12 epochs, 32 images/batch, lr 0.015)
+    epochs: int = 12
+    batch_size: int = 4                    # images per process; the lr scales with the total
+    lr: float = 0.015
+    lr_batch: int = 32                     # the total batch size `lr` is given for
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    grad_clip: float = 35.0
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    lr_steps: tuple[float, ...] = (8, 11)  # ×0.1 at these epochs of a 12-epoch schedule (scaled)
+    flip: float = 0.5
+    amp: bool = True                       # mixed precision on CUDA
+    workers: int = 2
+    # where checkpoints go; resume; or select with saved weights and no training
+    work_dir: Optional[str] = None
+    resume: bool = False
+    weights: Optional[str] = None
+    # SAPNet components (sapnet only; mil is PSM alone)
+    pdg: bool = True
+    pnpg: bool = True
+    bms: bool = True
+    # numbers of the method (official code; paper values in comments)
+    psm_weight: float = 0.25
+    prm_weight: float = 0.25
+    neg_weight: float = 0.75               # paper: L = α·pos + (1 − α)·neg, α = 0.25
+    pdg_root: float = 0.25                 # (dx² + dy²)^0.25; paper: plain distance (0.5)
+    pdg_power: float = 1.0 / 64            # paper: d = 0.015
+    npg_num: int = 500
+    npg_iou: float = 0.3
+    npg_part_iou: float = 0.5
+    npg_part_min_area: float = 64.0 * 64.0
+    bms_expand_iou: float = 0.6
+    bms_contain_iou: float = 0.3
+    bms_slack: float = 2.0
+    bms_candidates: int = 3                # BMS mines among the first 3 proposals of a bag
+    prm_select: str = "softmax"            # stage-1 selection: softmax (code) or sigmoid (its loss)
+
+    @property
+    def stages(self) -> int:
+        """MIL stages of the method: 1 for ``mil``, 2 for ``sapnet``."""
+        return 2 if self.method == "sapnet" else 1

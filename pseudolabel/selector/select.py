@@ -1,0 +1,264 @@
+"""`sap select`: one pseudo-mask per annotated point, chosen among its SAM proposals.
+
+Methods (a registry, name → function):
+
+* ``sam-top1``: the proposal SAM itself rates highest (predicted IoU); no training.
+* ``mil``: SAPNet's PSM alone (single-stage MIL), trained on the point labels.
+* ``sapnet``: PSM + PDG, PNPG, PRM and BMS, the final mask picked by box IoU.
+
+The output is COCO JSON with one annotation per point (same id, image and category), the mask
+as compressed RLE, its box and area, a score, provenance under ``"sap"`` and the other
+proposals, ranked, under ``"alternatives"``; the resolved options are written beside it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..bags import Bag
+from ..coco import load_coco_json
+from ..config import sidecar_path, write_run_config
+from ..errors import InputError
+from ..io import write_json_atomic
+from ..points import collect_points
+from ..progress import logger
+from ..rle import rle_area, rle_to_bbox_xywh
+from .mil import PointChoice
+from .options import SelectConfig
+
+
+@dataclass
+class SelectContext:
+    """Everything a method needs: the points, bags by image id, images and options."""
+
+    points: dict[str, Any]
+    bags: dict[int, list[Bag]]
+    images_dir: Path | None
+    cfg: SelectConfig
+    categories: list[int]
+    work_dir: Path
+
+
+@dataclass
+class MethodResult:
+    """A method's choices by annotation id, images it could not read, and its statistics."""
+
+    choices: dict[int, PointChoice]
+    failed_images: dict[int, str] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    is_main: bool = True
+
+
+def sam_top1_choice(bag: Bag) -> PointChoice:
+    """The proposal with SAM's highest predicted IoU (first on ties); order by that score."""
+    order = [int(i) for i in np.argsort(-bag.scores, kind="stable")]
+    return PointChoice(bag.ann_id, order[0], float(bag.scores[order[0]]), order)
+
+
+def choose_sam_top1(ctx: SelectContext) -> MethodResult:
+    """``sam-top1``: no training, no images."""
+    return MethodResult({b.ann_id: sam_top1_choice(b) for bags in ctx.bags.values() for b in bags if len(b)})
+
+
+def choose_learned(ctx: SelectContext) -> MethodResult:
+    """``mil`` and ``sapnet``: train the selector (or load ``cfg.weights``), then choose."""
+    from .data import BagDataset
+    from .train import (CHECKPOINT_NAME, build_model, init_distributed, load_checkpoint, load_net_state, resolve_device,
+                        run_selector, train_selector)
+
+    cfg = ctx.cfg
+    if ctx.images_dir is None:
+        raise InputError(f"method {cfg.method} needs the images: pass --images DIR")
+    if not ctx.images_dir.is_dir():
+        raise InputError(f"the images folder {ctx.images_dir} does not exist")
+    info = init_distributed()
+    device = resolve_device(cfg.device, info)
+    cat_index = {c: i for i, c in enumerate(ctx.categories)}
+    images = ctx.points["images"]
+    stats: dict[str, Any] = {}
+    if cfg.weights:
+        state = load_checkpoint(cfg.weights, ctx.categories, cfg)
+        step = build_model(replace(cfg, backbone_weights="checkpoint"), len(ctx.categories))
+        load_net_state(step, state)
+        stats["weights"] = str(cfg.weights)
+    else:
+        step = build_model(cfg, len(ctx.categories))
+        train_set = BagDataset(images, ctx.bags, ctx.images_dir, cat_index, cfg.max_size, cfg.min_size,
+                               cfg.flip, cfg.seed)
+        if len(train_set) == 0:
+            raise InputError("no point has a proposal: nothing to train the selector on")
+        stats.update(train_selector(step, train_set, cfg, ctx.categories, device, info, ctx.work_dir))
+        stats["weights"] = str(ctx.work_dir / CHECKPOINT_NAME)
+    stats["backbone_weights"] = step.net.backbone_weights
+    select_set = BagDataset(images, ctx.bags, ctx.images_dir, cat_index, cfg.max_size, cfg.min_size, 0.0, cfg.seed)
+    choices, failed = run_selector(step, select_set, cfg, device, info)
+    return MethodResult(choices, failed, stats, info.is_main)
+
+
+METHODS: dict[str, Callable[[SelectContext], MethodResult]] = {
+    "sam-top1": choose_sam_top1,
+    "mil": choose_learned,
+    "sapnet": choose_learned,
+}
+MISSING_POLICIES = ("fallback", "skip")
+
+
+def pseudo_annotation(bag: Bag, choice: PointChoice, method: str, fallback: bool = False) -> dict[str, Any]:
+    """The output annotation of one point: chosen mask, box, area, score, provenance, alternatives."""
+    i = choice.index
+    rle = {"size": [int(v) for v in bag.rles[i]["size"]], "counts": bag.rles[i]["counts"]}
+    sap = {"method": method, "prompt_kind": bag.kinds[i], "rank": int(bag.ranks[i]), "proposal_index": int(i),
+           "order": [int(j) for j in choice.order]}
+    if fallback:
+        sap["fallback"] = True
+    return {
+        "id": bag.ann_id, "image_id": bag.image_id, "category_id": bag.category_id,
+        "point": [float(bag.point[0]), float(bag.point[1])],
+        "segmentation": rle, "bbox": rle_to_bbox_xywh(rle), "area": rle_area(rle),
+        "score": round(float(choice.score), 6), "iscrowd": 0, "sap": sap,
+        "alternatives": [bag.rles[j] for j in choice.order if j != i],
+    }
+
+
+def check_bags(points: dict[str, Any], by_image: dict, bags: dict[int, list[Bag]], source: str) -> None:
+    """Raise InputError when the bags do not belong to the point file."""
+    known = {p.ann_id: p for pts in by_image.values() for p in pts}
+    sizes = {img["id"]: [int(img["height"]), int(img["width"])] for img in points["images"]}
+    for image_id, image_bags in bags.items():
+        for bag in image_bags:
+            p = known.get(bag.ann_id)
+            if p is None:
+                raise InputError(f"the proposals in {source} belong to another point file: annotation "
+                                 f"{bag.ann_id} is not a point of it")
+            if p.image_id != bag.image_id or p.category_id != bag.category_id:
+                raise InputError(f"the proposals in {source} disagree with the point file on annotation "
+                                 f"{bag.ann_id} (image or category)")
+            for rle in bag.rles:
+                if [int(v) for v in rle["size"]] != sizes[bag.image_id]:
+                    raise InputError(f"the proposals of annotation {bag.ann_id} in {source} have mask size "
+                                     f"{list(rle['size'])}, not its image's {sizes[bag.image_id]} (H, W)")
+
+
+@dataclass
+class SelectSummary:
+    """What `sap select` did."""
+
+    points: int
+    written: int
+    no_proposals: list[int]
+    fallback: list[int]
+    skipped: list[int]
+    failed_images: dict[int, str]
+    changed_vs_sam_top1: float
+    stats: dict[str, Any]
+    out: Path | None
+    config_path: Path | None
+
+    def text(self) -> str:
+        """A few lines for the terminal."""
+        lines = [f"select: {self.written} pseudo-masks written for {self.points} points -> {self.out}",
+                 f"  chosen differently from SAM's top-1: {100 * self.changed_vs_sam_top1:.1f}% of points"]
+        if self.no_proposals:
+            lines.append(f"  {len(self.no_proposals)} points have no proposals and were skipped "
+                         f"(first ids: {self.no_proposals[:5]})")
+        if self.fallback:
+            lines.append(f"  {len(self.fallback)} points of unreadable images got SAM's top-1 (fallback)")
+        if self.skipped:
+            lines.append(f"  {len(self.skipped)} points of unreadable images were skipped")
+        for image_id, reason in list(self.failed_images.items())[:10]:
+            lines.append(f"  failed image {image_id}: {reason}")
+        if "train_s" in self.stats:
+            lines.append(f"  training: {self.stats['train_s']:.1f} s, "
+                         f"{self.stats['s_per_image_epoch']:.3f} s per image per epoch")
+        if "weights" in self.stats:
+            lines.append(f"  selector weights: {self.stats['weights']}")
+        return "\n".join(lines)
+
+
+def default_work_dir(out: str | os.PathLike) -> Path:
+    """Checkpoints of the selector for ``OUT.json`` go to ``OUT.selector/``."""
+    out = Path(out)
+    return out.with_name(out.stem + ".selector")
+
+
+def run_select(ann: str | os.PathLike, proposals: str | os.PathLike, out: str | os.PathLike,
+               cfg: SelectConfig, images: str | os.PathLike | None = None) -> SelectSummary:
+    """Choose a pseudo-mask for every point of ``ann`` and write them to ``out`` (COCO JSON).
+
+    Args:
+        ann: the point file (COCO JSON, ``point`` or ``point_coords`` per annotation).
+        proposals: a `sap proposals` cache folder or a SAPNet-format JSON file.
+        out: the output JSON; ``OUT.config.yaml`` is written beside it.
+        cfg: the resolved options.
+        images: the image folder (needed by ``mil`` and ``sapnet``).
+
+    Raises:
+        InputError: unusable point file or proposals, unknown method, mismatched weights.
+    """
+    from ..cache import load_bags
+
+    if cfg.method not in METHODS:
+        raise InputError(f"unknown selection method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    if cfg.missing not in MISSING_POLICIES:
+        raise InputError(f"--missing must be one of {', '.join(MISSING_POLICIES)}, not {cfg.missing!r}")
+    points = load_coco_json(ann)
+    by_image, _ = collect_points(points, source=str(ann))
+    if not Path(proposals).exists():
+        raise InputError(f"the proposals {proposals} do not exist")
+    bags = load_bags(proposals, points_json=points)
+    check_bags(points, by_image, bags, str(proposals))
+    categories = sorted(int(c["id"]) for c in points["categories"])
+    work_dir = Path(cfg.work_dir) if cfg.work_dir else default_work_dir(out)
+    ctx = SelectContext(points, bags, Path(images) if images is not None else None, cfg, categories, work_dir)
+    try:
+        result = METHODS[cfg.method](ctx)
+    finally:
+        _leave_process_group()
+    bag_of = {b.ann_id: b for image_bags in bags.values() for b in image_bags}
+    annotations, no_props, fallback, skipped = [], [], [], []
+    changed = 0
+    for image in points["images"]:
+        for p in by_image.get(image["id"], []):
+            bag = bag_of.get(p.ann_id)
+            if bag is None or len(bag) == 0:
+                no_props.append(p.ann_id)
+                continue
+            choice = result.choices.get(p.ann_id)
+            if choice is None:  # its image could not be read
+                if cfg.missing == "skip":
+                    skipped.append(p.ann_id)
+                    continue
+                fallback.append(p.ann_id)
+                annotations.append(pseudo_annotation(bag, sam_top1_choice(bag), "sam-top1", fallback=True))
+                continue
+            changed += int(choice.index != sam_top1_choice(bag).index)
+            annotations.append(pseudo_annotation(bag, choice, cfg.method))
+    n_points = sum(len(v) for v in by_image.values())
+    chosen = len(annotations) - len(fallback)
+    summary = SelectSummary(n_points, len(annotations), no_props, fallback, skipped, result.failed_images,
+                            changed / max(chosen, 1), result.stats, None, None)
+    if not result.is_main:
+        return summary
+    for image_id, reason in result.failed_images.items():
+        logger.warning(f"image {image_id} could not be read: {reason}")
+    coco_out = {k: v for k, v in points.items() if k != "annotations"}
+    coco_out["annotations"] = annotations
+    summary.out = write_json_atomic(out, coco_out)
+    record = {k: v for k, v in summary.__dict__.items() if k not in ("out", "config_path")}
+    summary.config_path = write_run_config(sidecar_path(out), "select", cfg, inputs={
+        "ann": str(ann), "proposals": str(proposals), "images": str(images) if images else None},
+        summary=record)
+    return summary
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
