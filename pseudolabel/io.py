@@ -52,3 +52,26 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def load_torch_file(path: str | os.PathLike, what: str) -> Any:
+    """``torch.load`` a user-given file on the CPU (tensors and plain containers only).
+
+    Args:
+        path: the file.
+        what: how to name it in the error ("SAM checkpoint", "adapter file", ...).
+
+    Raises:
+        InputError: the file does not exist or cannot be read by ``torch.load``.
+    """
+    import torch
+
+    from .errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and truncation errors all mean "not a usable file"
+        raise InputError(f"{what} {path} cannot be read ({type(e).__name__}: {e})") from None

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .io import load_torch_file
 from .progress import logger
 
 IMAGE_SIZE = 1024  # SAM's input frame
@@ -173,12 +174,7 @@ def load_sam(model_type: str, checkpoint: str | os.PathLike | None = None):
             "use this only for tests and offline demos !!!", model_type)
         return sam, "random-init"
     path = Path(checkpoint) if checkpoint is not None else download_checkpoint(model_type)
-    if not path.is_file():
-        raise InputError(f"SAM checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncated files, zip errors
-        raise InputError(f"SAM checkpoint {path} cannot be read ({type(e).__name__}: {e})") from None
+    state = load_torch_file(path, "SAM checkpoint")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     try:

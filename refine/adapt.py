@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from pseudolabel.coco import annotations_by_image, load_coco_json
 from pseudolabel.errors import ImageError, InputError
-from pseudolabel.io import atomic_path
+from pseudolabel.io import atomic_path, load_torch_file
 from pseudolabel.progress import logger, logging_to_tqdm, progress
 from pseudolabel.rle import decode_rle
 
@@ -83,12 +83,7 @@ def apply_adapter(engine, path: str | os.PathLike) -> LoRALinear:
         InputError: unreadable file, or an adapter trained for another model or checkpoint.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"adapter file {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise InputError(f"adapter file {path} cannot be read ({type(e).__name__}: {e})") from None
+    state = load_torch_file(path, "adapter file")
     if not isinstance(state, dict) or state.get("format") != ADAPTER_FORMAT:
         raise InputError(f"{path} is not a `sap refine adapt` adapter file")
     if (state["model_type"], state["checkpoint_sha256"]) != (engine.model_type, engine.checkpoint_id):

@@ -23,6 +23,7 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..errors import InputError
+from ..io import load_torch_file
 from ..progress import logger
 
 # name → (torchvision builder, its ImageNet weights enum)
@@ -93,12 +94,7 @@ def load_backbone_weights(body: nn.Module, name: str, weights: str | os.PathLike
         body.load_state_dict(state, strict=False)
         return "imagenet"
     path = Path(weights)
-    if not path.is_file():
-        raise InputError(f"backbone weights file {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise InputError(f"backbone weights file {path} cannot be read by torch.load ({e})") from None
+    state = load_torch_file(path, "backbone weights file")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

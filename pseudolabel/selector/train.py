@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from ..config import to_jsonable
 from ..errors import InputError
-from ..io import atomic_path
+from ..io import atomic_path, load_torch_file
 from ..progress import logger, logging_to_tqdm, progress
 from .data import BagDataset, collate
 from .mil import PointChoice, SelectorStep
@@ -109,12 +109,7 @@ def load_checkpoint(path: str | os.PathLike, categories: list[int], cfg: SelectC
             needs, or another backbone.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"selector weights {path} do not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise InputError(f"selector weights {path} cannot be read ({e})") from None
+    state = load_torch_file(path, "selector weights")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path} is not a checkpoint written by `sap select`")
     if list(state["categories"]) != list(categories):
