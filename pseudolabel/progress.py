@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Iterable, TypeVar
 
 from tqdm import tqdm
@@ -19,11 +20,20 @@ T = TypeVar("T")
 logger = logging.getLogger("sap")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (so a test's or a
+    tool's redirection of stderr is followed, and a closed old stream is never used)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Configure the ``sap`` logger once: INFO (DEBUG when ``verbose``) to stderr."""
     level = logging.DEBUG if verbose else logging.INFO
-    if not logger.handlers:
-        handler = logging.StreamHandler()
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("[sap] %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(level)

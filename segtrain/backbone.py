@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from pseudolabel.backbones import fetch_resnet_weights
 from pseudolabel.errors import InputError
 from pseudolabel.progress import logger
 
@@ -50,58 +51,6 @@ def _norm_layer(norm: str) -> Callable[[int], nn.Module]:
 def _check_name(name: str) -> None:
     if name not in BACKBONES:
         raise InputError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-
-
-def fetch_backbone_weights(name: str, spec: str | os.PathLike | None) -> dict[str, Tensor] | None:
-    """Return an ImageNet ResNet state dict for ``name``, or ``None`` for a random start.
-
-    Args:
-        name: a key of :data:`BACKBONES`.
-        spec: ``"imagenet"`` (torchvision's weights, downloaded once into the torch hub cache),
-            a path to a ``.pth`` file (a torchvision ResNet state dict, possibly under a
-            ``"state_dict"`` or ``"model"`` key), or ``"none"``/``None`` for random weights.
-
-    Raises:
-        InputError: the path does not exist or holds no ResNet weights.
-    """
-    _check_name(name)
-    if spec is None or str(spec).lower() in ("none", "random", ""):
-        return None
-    if str(spec).lower() == "imagenet":
-        import torchvision.models as tvm
-
-        weights = getattr(tvm, BACKBONES[name][1]).IMAGENET1K_V1
-        try:
-            return weights.get_state_dict(progress=False)
-        except Exception as e:  # no network, proxy, disk full: fall back loudly
-            logger.warning("could not download the ImageNet weights of %s (%s)", name, e)
-            return None
-    path = Path(spec)
-    if not path.is_file():
-        raise InputError(f"backbone weights {path} do not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise InputError(f"backbone weights {path} cannot be read as a PyTorch file ({e})") from None
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise InputError(f"backbone weights {path} do not hold a state dict")
-    for prefix in ("module.", "backbone.body.", "backbone."):
-        if any(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
-    return state
-
-
-def warn_random_backbone(name: str) -> None:
-    """Log the loud warning of a backbone that starts from random weights."""
-    bar = "!" * 78
-    logger.warning(
-        "\n%s\n  backbone %s starts from RANDOM weights: expect a much lower mask AP.\n"
-        "  Pass --backbone-weights PATH (a torchvision ImageNet .pth) or allow the download.\n%s",
-        bar, name, bar,
-    )
 
 
 class ResNetFPN(nn.Module):
@@ -169,7 +118,7 @@ def build_backbone(name: str, weights: str | os.PathLike | None = "imagenet", no
 
     Args:
         name: a key of :data:`BACKBONES`.
-        weights: see :func:`fetch_backbone_weights`.
+        weights: see :func:`pseudolabel.backbones.fetch_resnet_weights`.
         norm: ``"frozen_bn"``, ``"gn"``, or ``"auto"`` (frozen BN with weights, GN without).
         fpn_channels: channels of every FPN level.
         freeze_at: stages frozen when the norm is ``"frozen_bn"`` (1 = stem, 2 = stem + layer1).
@@ -177,11 +126,10 @@ def build_backbone(name: str, weights: str | os.PathLike | None = "imagenet", no
     The chosen norm is on the returned module's ``norm`` attribute (store it in the model
     config so the same architecture can be rebuilt without the weights).
     """
-    state = fetch_backbone_weights(name, weights)
+    _check_name(name)
+    state, _ = fetch_resnet_weights(name, weights, what=f"the SOLOv2 backbone {name}")
     if norm == "auto":
         norm = "frozen_bn" if state is not None else "gn"
-    if state is None:
-        warn_random_backbone(name)
     backbone = ResNetFPN(name, norm=norm, fpn_channels=fpn_channels, freeze_at=freeze_at)
     if state is not None:
         backbone.load_imagenet(state)

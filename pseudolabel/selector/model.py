@@ -22,16 +22,14 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from ..backbones import fetch_resnet_weights
 from ..errors import InputError
-from ..io import load_torch_file
 from ..progress import logger
 
-# name → (torchvision builder, its ImageNet weights enum)
-BACKBONES: dict[str, tuple[Callable[..., nn.Module], object]] = {
-    "resnet18": (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1),
-    "resnet34": (models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1),
-    "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1),
-    "resnet101": (models.resnet101, models.ResNet101_Weights.IMAGENET1K_V1),
+# name → torchvision builder (weights: pseudolabel.backbones)
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": models.resnet18, "resnet34": models.resnet34,
+    "resnet50": models.resnet50, "resnet101": models.resnet101,
 }
 
 FPN_CHANNELS = 256
@@ -50,16 +48,6 @@ class LastLevelP6(ExtraFPNBlock):
 
     def forward(self, results: list[torch.Tensor], x: list[torch.Tensor], names: list[str]):
         return results + [self.conv(x[-1])], names + ["p6"]
-
-
-def _warn_random(reason: str) -> None:
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
-    bar = "!" * 78
-    logger.warning(f"{bar}\nThe selector's backbone starts from RANDOM weights ({reason}).\n"
-                   "Selection quality needs ImageNet-pretrained weights: run once where torchvision "
-                   "can download them,\nor pass --backbone-weights PATH to a torchvision ResNet "
-                   f"state dict.\n{bar}")
 
 
 def load_backbone_weights(body: nn.Module, name: str, weights: str | os.PathLike | None) -> str:
@@ -81,31 +69,12 @@ def load_backbone_weights(body: nn.Module, name: str, weights: str | os.PathLike
     """
     if str(weights).lower() == "checkpoint":  # a selector checkpoint will overwrite them
         return "checkpoint"
-    if weights is None or str(weights).lower() in ("none", "random", ""):
-        _warn_random("--backbone-weights none")
-        return "random"
-    if str(weights).lower() == "imagenet":
-        try:
-            state = BACKBONES[name][1].get_state_dict(progress=False)
-        except Exception as e:  # offline, proxy, partial download ...
-            _warn_random(f"torchvision could not download the {name} ImageNet weights: "
-                         f"{type(e).__name__}: {e}")
-            return "random"
-        body.load_state_dict(state, strict=False)
-        return "imagenet"
+    clean, source = fetch_resnet_weights(name, weights, what="the selector's backbone")
+    if clean is None or source == "imagenet":
+        if clean is not None:
+            body.load_state_dict(clean, strict=False)
+        return source
     path = Path(weights)
-    state = load_torch_file(path, "backbone weights file")
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise InputError(f"backbone weights file {path} does not hold a state dict")
-    clean = {}
-    for k, v in state.items():
-        for prefix in ("module.", "backbone.body.", "backbone."):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        clean[k] = v
     own = body.state_dict()
     usable = {k: v for k, v in clean.items() if k in own and own[k].shape == v.shape}
     needed = [k for k in own if not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
@@ -126,7 +95,7 @@ def build_backbone(name: str = "resnet50", weights: str | os.PathLike | None = "
     """
     if name not in BACKBONES:
         raise InputError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    body = BACKBONES[name][0](weights=None, norm_layer=FrozenBatchNorm2d)
+    body = BACKBONES[name](weights=None, norm_layer=FrozenBatchNorm2d)
     loaded = load_backbone_weights(body, name, weights)
     layers = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
     for pname, p in body.named_parameters():

@@ -1,0 +1,80 @@
+"""ImageNet ResNet weights for the networks `sap` trains (the SAPNet selector and SOLOv2).
+
+One place decides where backbone weights come from: torchvision's ImageNet download (cached
+under ``$TORCH_HOME``), a local file, or nothing (a random start, announced loudly).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torch import Tensor
+
+from .errors import InputError
+from .io import load_torch_file
+from .progress import logger
+
+#: ResNet name → torchvision weights enum name
+RESNET_WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights",
+                  "resnet50": "ResNet50_Weights", "resnet101": "ResNet101_Weights"}
+
+RANDOM_SPECS = ("none", "random", "")
+
+
+def warn_random_backbone(what: str, reason: str) -> None:
+    """The loud warning of a backbone that starts from random weights (rank 0 only)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    bar = "!" * 78
+    logger.warning("\n%s\n  %s starts from RANDOM weights (%s): expect far worse results.\n"
+                   "  Allow torchvision to download the ImageNet weights once, or pass\n"
+                   "  --backbone-weights PATH (a torchvision ResNet state dict).\n%s", bar, what, reason, bar)
+
+
+def fetch_resnet_weights(name: str, spec: str | os.PathLike | None, what: str = "the backbone"
+                         ) -> tuple[dict[str, Tensor] | None, str]:
+    """An ImageNet ResNet state dict, or ``None`` for a random start.
+
+    Args:
+        name: ``resnet18`` / ``resnet34`` / ``resnet50`` / ``resnet101``.
+        spec: ``"imagenet"`` (torchvision's weights, downloaded once), a path to a state dict
+            (a plain torchvision one, or under a ``state_dict``/``model`` key, with ``module.``,
+            ``backbone.body.`` or ``backbone.`` prefixes), or ``"none"`` for random weights.
+        what: how the warning names the network.
+
+    Returns:
+        ``(state_dict or None, source)`` with source ``"imagenet"``, ``"file:PATH"`` or
+        ``"random"``. A failed download falls back to random weights with the warning.
+
+    Raises:
+        InputError: unknown name, or a file that is missing, unreadable or no state dict.
+    """
+    if name not in RESNET_WEIGHTS:
+        raise InputError(f"unknown backbone {name!r}; choose one of {', '.join(RESNET_WEIGHTS)}")
+    if spec is None or str(spec).lower() in RANDOM_SPECS:
+        warn_random_backbone(what, "--backbone-weights none")
+        return None, "random"
+    if str(spec).lower() == "imagenet":
+        import torchvision.models as tvm
+
+        try:
+            return getattr(tvm, RESNET_WEIGHTS[name]).IMAGENET1K_V1.get_state_dict(progress=False), "imagenet"
+        except Exception as e:  # offline, proxy, partial download
+            warn_random_backbone(what, f"torchvision could not download the {name} ImageNet weights: "
+                                       f"{type(e).__name__}: {e}")
+            return None, "random"
+    path = Path(spec)
+    state = load_torch_file(path, "backbone weights file")
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise InputError(f"backbone weights file {path} does not hold a state dict")
+    clean = {}
+    for k, v in state.items():
+        for prefix in ("module.", "backbone.body.", "backbone."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        clean[k] = v
+    return clean, f"file:{path}"
