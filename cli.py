@@ -233,7 +233,7 @@ def refine_cmd(
     checkpoint: SamCheckpointOpt = None,
     precision: SamPrecisionOpt = None,
     device: DeviceOpt = None,
-    chunk: Annotated[Optional[int], typer.Option("--chunk", help="Objects per decoder call (memory; default 64).")] = None,
+    chunk: Annotated[Optional[int], typer.Option("--chunk", help="Objects per decoder call (0 = 4 on a CPU, 64 on a GPU).")] = None,
     stm_mu: Annotated[Optional[float], typer.Option("--stm-mu", help="Split-then-merge threshold (semantic; default 0.5).")] = None,
     num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Semantic: labels 0..N-1 are classes; others (but the ignore label) are an error.")] = None,
     ignore_label: Annotated[Optional[int], typer.Option("--ignore-label", help="Semantic: label left alone (default 255).")] = None,

@@ -26,7 +26,7 @@ from .points import PointAnn, collect_points
 from .progress import logger, logging_to_tqdm, progress
 from .prompt_kinds import PROMPT_KINDS, KindResult, mask_boxes_xyxy, parse_kinds
 from .rle import encode_masks
-from .sam import ImageEmbedding, SamEngine, stability_score
+from .sam import ImageEmbedding, SamEngine, default_prompt_batch, stability_score
 
 MASK_PIXEL_BUDGET = 2 ** 26  # full-resolution mask pixels held at once (one chunk)
 
@@ -40,7 +40,7 @@ class ProposalConfig:
     precision: str = "auto"
     device: str | None = None
     prompts: str = "point"
-    points_per_batch: int = 0  # 0: 64 on a GPU, 16 on a CPU
+    points_per_batch: int = 0  # 0: pseudolabel.sam.default_prompt_batch (64 on a GPU, 4 on a CPU)
     save_embeddings: bool = False
     shard: str | None = None  # "i/n"; under torchrun RANK/WORLD_SIZE
 
@@ -168,7 +168,7 @@ def run_proposals(ann: str | Path, images_dir: str | Path, out_dir: str | Path,
 
         device = pick_device(cfg.device)
         engine = SamEngine.create(cfg.model, cfg.checkpoint, str(device), resolve_precision(cfg.precision, device))
-    ppb = cfg.points_per_batch or (64 if engine.device.type == "cuda" else 16)
+    ppb = cfg.points_per_batch or default_prompt_batch(engine.device)
     cache_config = {**engine.info(), "prompt_kinds": list(kinds), "multimask": True,
                     "points_sha256": points_digest(p for ps in points_by_image.values() for p in ps),
                     "save_embeddings": bool(cfg.save_embeddings)}

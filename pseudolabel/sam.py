@@ -198,6 +198,16 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def default_prompt_batch(device: torch.device) -> int:
+    """Prompts per decoder call when the user does not say.
+
+    Measured (vit_b decoder, 16 points, 2-core CPU): 1 per call 122 ms/point in fp32 and 42 in
+    bf16, 4 per call 74 and 40, 16 per call 136 and 85 — the per-prompt copy of the 64×64
+    embedding stops fitting in cache — so 4 on a CPU; on a GPU large batches fill the device.
+    """
+    return 64 if torch.device(device).type == "cuda" else 4
+
+
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -35,6 +35,7 @@ from pseudolabel.errors import ImageError, InputError
 from pseudolabel.io import atomic_path, load_torch_file
 from pseudolabel.progress import logger, logging_to_tqdm, progress
 from pseudolabel.rle import decode_rle
+from pseudolabel.sam import default_prompt_batch
 
 from .refiner import PromptState, RefineConfig, build_prompts, create_engine, needs_features
 
@@ -146,8 +147,9 @@ def collect_image(engine, emb, masks: np.ndarray, cfg: RefineConfig) -> tuple[np
     hook = layer.register_forward_hook(lambda m, inp, out: captured.append(inp[0].float().cpu().numpy().copy()))
     hidden, ious = [], []
     try:
-        for start in range(0, len(masks), cfg.chunk):
-            chunk = masks[start:start + cfg.chunk]
+        step = cfg.chunk or default_prompt_batch(engine.device)
+        for start in range(0, len(masks), step):
+            chunk = masks[start:start + step]
             captured.clear()
             state = PromptState(chunk, cfg, sampler)
             low_res, _ = engine.decode(emb, **build_prompts(state, emb.input_size), multimask=True)
