@@ -589,7 +589,8 @@ def demo_cmd(
     offline: Annotated[bool, typer.Option("--offline", help="Do not try to download a SAM checkpoint.")] = False,
 ) -> None:
     """The whole pipeline on a small shapes dataset it makes itself (real SAM if available)."""
-    from pseudolabel.pipeline import closing_table, run_demo
+    from pseudolabel.demo import run_demo
+    from pseudolabel.pipeline import closing_table
 
     records, report = run_demo(out, checkpoint, model, device, offline)
     typer.echo(closing_table(records))

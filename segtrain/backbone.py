@@ -17,10 +17,8 @@ Backbones are chosen by name from :data:`BACKBONES`.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from torch import Tensor, nn
 
 from pseudolabel.backbones import fetch_resnet_weights

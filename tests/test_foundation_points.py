@@ -9,7 +9,6 @@ from PIL import Image
 from pseudolabel.errors import ImageError, InputError
 from pseudolabel.images import load_image_rgb
 from pseudolabel.points import collect_points, derive_points, point_center, point_qc, point_uniform, read_point
-from pseudolabel.rle import encode_mask
 
 
 def _coco(anns, w=10, h=8):

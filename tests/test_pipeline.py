@@ -122,7 +122,7 @@ def test_a_pipeline_killed_in_a_stage_resumes_it(gt_file, coco100_dir, tmp_path)
 
 
 def test_demo_dataset_is_exact_and_repeatable(tmp_path):
-    from pseudolabel.demo_data import make_demo_dataset
+    from pseudolabel.demo import make_demo_dataset
     from pseudolabel.rle import decode_rle
 
     a_json, a_dir = make_demo_dataset(tmp_path / "a", n_images=3)

@@ -18,7 +18,7 @@ from pseudolabel.rle import decode_rle, encode_mask, segmentation_to_rle
 from pseudolabel.sam import SamEngine
 from refine.adapt import AdaptConfig, LoRALinear, adapt_coco, apply_adapter, remove_adapter
 from refine.instances import partial_path, refine_coco
-from refine.refiner import RefineConfig, refine_masks
+from refine.refiner import RefineConfig
 from refine.semantic import SemanticConfig, refine_semantic
 
 CFG = RefineConfig(model="tiny", checkpoint="none", precision="fp32", iters=2)

@@ -24,7 +24,6 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..backbones import fetch_resnet_weights
 from ..errors import InputError
-from ..progress import logger
 
 # name → torchvision builder (weights: pseudolabel.backbones)
 BACKBONES: dict[str, Callable[..., nn.Module]] = {

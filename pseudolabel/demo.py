@@ -1,4 +1,6 @@
-"""A tiny example dataset that `sap demo` makes itself: coloured shapes with exact masks.
+"""`sap demo`: the whole pipeline on a tiny example dataset it makes itself.
+
+The dataset: coloured shapes with exact masks.
 
 Each image shows 2–4 objects of three categories (disc, box, triangle) in random colours on a
 textured background; later shapes occlude earlier ones, and the stored masks are the visible
@@ -12,7 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
 from .io import write_json_atomic
+from .pipeline import Pipeline, PipelineConfig, StageRecord, write_report
+from .progress import logger
 from .rle import encode_mask, rle_area, rle_to_bbox_xywh
 
 CATEGORIES = [{"id": 1, "name": "disc"}, {"id": 2, "name": "box"}, {"id": 3, "name": "triangle"}]
@@ -89,3 +94,73 @@ def make_demo_dataset(out_dir: str | Path, n_images: int = 8, size: tuple[int, i
           "categories": CATEGORIES, "annotations": anns}
     path = write_json_atomic(out_dir / "annotations.json", gt)
     return path, images_dir
+
+
+# ---- the demo run ------------------------------------------------------------------------------
+
+def _banner(*lines: str) -> str:
+    width = max(map(len, lines)) + 4
+    return "\n".join(["", "#" * width, *[f"# {ln:<{width - 4}} #" for ln in lines], "#" * width, ""])
+
+
+RANDOM_BANNER = _banner(
+    "SAM HAS RANDOM WEIGHTS IN THIS DEMO: no SAM checkpoint was found or could be downloaded.",
+    "Every mask below is meaningless; the run only shows that the whole pipeline works.",
+    "Real masks: sap demo --checkpoint sam_vit_b_01ec64.pth (or run once with internet).")
+
+
+def demo_config(out: Path, data_json: Path, images: Path, model: str, checkpoint: str,
+                device: str | None, real: bool) -> PipelineConfig:
+    """A pipeline small enough for a laptop CPU: shapes images, R18 selector and SOLOv2."""
+    weights = "imagenet" if real else "none"
+    return PipelineConfig(
+        images=str(images), out=str(out), gt=str(data_json), point_mode="center",
+        sam={"model": model, "checkpoint": checkpoint, "precision": "auto", "device": device},
+        proposals={"prompts": "point,point_box", "save_embeddings": True},
+        select={"method": "sapnet", "backbone": "resnet18", "backbone_weights": weights, "epochs": 4,
+                "batch_size": 2, "min_size": 240, "max_size": 320, "warmup_iters": 5, "workers": 0},
+        refine={"enabled": True, "iters": 2},
+        train={"backbone": "resnet18", "backbone_weights": weights, "iters": 60, "batch": 2,
+               "min_size": "240", "max_size": 320, "warmup_iters": 10, "steps": [45], "workers": 0,
+               "checkpoint_period": 30, "model": {"head_channels": 128, "head_convs": 2}},
+        viz={"limit": 4, "sheet": 4},
+    )
+
+
+def run_demo(out: str | Path = "sap_runs/demo", checkpoint: str | None = None, model: str = "vit_b",
+             device: str | None = None, offline: bool = False, n_images: int = 8) -> tuple[list[StageRecord], Path]:
+    """Make the shapes dataset and run the whole pipeline on it; returns the records and report path.
+
+    SAM: ``checkpoint`` if given; else the official ``model`` checkpoint if it is in the
+    checkpoint folder or can be downloaded (not with ``offline``); else the tiny type with random
+    weights, announced by a banner.
+    """
+    from .sam import RANDOM_CHECKPOINT, SAM_TYPES, checkpoint_dir, download_checkpoint
+
+    out = Path(out)
+    data_json, images = make_demo_dataset(out / "data", n_images=n_images)
+    real = True
+    if checkpoint is not None and str(checkpoint).lower() == RANDOM_CHECKPOINT:
+        model, real = "tiny", False
+    elif checkpoint is None:
+        local = checkpoint_dir() / (SAM_TYPES[model].filename or "")
+        if local.is_file():
+            checkpoint = str(local)
+        elif not offline:
+            try:
+                checkpoint = str(download_checkpoint(model))
+            except InputError as e:
+                logger.warning("%s", e)
+                real = False
+        else:
+            real = False
+        if not real:
+            model, checkpoint = "tiny", RANDOM_CHECKPOINT
+    if not real:
+        logger.warning(RANDOM_BANNER)
+    cfg = demo_config(out / "run", data_json, images, model, str(checkpoint), device, real)
+    records = Pipeline(cfg).run_stages()
+    report = write_report(out / "run", records, banner=None if real else RANDOM_BANNER)
+    if not real:
+        logger.warning(RANDOM_BANNER)
+    return records, report
