@@ -17,9 +17,9 @@ def environment_report() -> str:
     lines = [f"{k:<24}{v}" for k, v in versions().items()]
     lines.append(f"{'python executable':<24}{sys.executable}")
     lines.append(f"{'machine':<24}{platform.machine()}")
+    lines.append(f"{'torch build':<24}{torch.__version__} (CUDA {torch.version.cuda or 'none'})")
     lines.append(f"{'cuda available':<24}{torch.cuda.is_available()}")
     if torch.cuda.is_available():
-        lines.append(f"{'cuda (torch built for)':<24}{torch.version.cuda}")
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
             lines.append(f"{'gpu ' + str(i):<24}{p.name}, {p.total_memory / 2**30:.1f} GiB")
