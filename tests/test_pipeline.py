@@ -150,3 +150,22 @@ def test_shipped_example_configs_name_real_options(name):
     TrainConfig(**cfg.train)
     with pytest.raises(InputError, match="shipped example"):
         load_pipeline_config("no_such_config")
+
+
+def test_sap_demo_runs_offline_end_to_end_with_the_random_weights_banner(tmp_path):
+    """The README's first command: the whole pipeline on the shapes dataset, without internet."""
+    r = subprocess.run([sys.executable, str(REPO / "cli.py"), "demo", "--offline", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "RANDOM WEIGHTS" in r.stderr
+    for stage in STAGES:
+        assert stage in r.stdout
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "RANDOM WEIGHTS" in report and "mask AP" in report and "sam-top1" in report
+    overlays = sorted((tmp_path / "run" / "7_viz" / "overlays").glob("*.png"))
+    assert len(overlays) == 4
+    img = Image.open(overlays[0])
+    assert img.size == (320, 240)
+    again = subprocess.run([sys.executable, str(REPO / "cli.py"), "demo", "--offline", "--out", str(tmp_path)],
+                           capture_output=True, text=True)
+    assert again.returncode == 0 and again.stdout.count("skipped") >= len(STAGES)
