@@ -208,6 +208,48 @@ def default_prompt_batch(device: torch.device) -> int:
     return 64 if torch.device(device).type == "cuda" else 4
 
 
+def _sdpa_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """SAM encoder attention through ``F.scaled_dot_product_attention``.
+
+    The same function as segment_anything's ``Attention.forward`` (softmax of the scaled q·k plus
+    the decomposed relative-position bias, times v), but the bias goes in as ``attn_mask`` so the
+    fused kernel never builds the fp32 attention matrix; same error against fp32 as SAM's path.
+    """
+    from segment_anything.modeling.image_encoder import get_rel_pos
+
+    b, h, w, _ = x.shape
+    heads = self.num_heads
+    qkv = self.qkv(x).reshape(b, h * w, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.reshape(3, b * heads, h * w, -1).unbind(0)
+    bias = None
+    if self.use_rel_pos:
+        r_q = q.reshape(b * heads, h, w, -1)
+        rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(h, h, self.rel_pos_h))
+        rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(w, w, self.rel_pos_w))
+        bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(b * heads, h * w, h * w).to(q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+    out = out.view(b, heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
+    return self.proj(out)
+
+
+def use_fused_attention(model) -> int:
+    """Route the global-attention blocks of SAM's image encoder through
+    :func:`_sdpa_attention_forward` (in place); returns how many were switched.
+
+    Only the global blocks (4096 tokens, 4 of vit_b's 12) gain: on our 2-core CPU the encoder
+    went from ~6.1 to ~4.5 s in bf16 and from ~19 to ~11 s in fp32; switching the windowed
+    blocks too was slower in bf16.
+    """
+    import types
+
+    n = 0
+    for block in model.image_encoder.blocks:
+        if block.window_size == 0:
+            block.attn.forward = types.MethodType(_sdpa_attention_forward, block.attn)
+            n += 1
+    return n
+
+
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -263,13 +305,15 @@ class SamEngine:
     """SAM on one device at one precision, with encode-once / decode-batched helpers."""
 
     def __init__(self, model, model_type: str, checkpoint_id: str, device: torch.device | str = "cpu",
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", fused_attention: bool = True) -> None:
         if precision not in PRECISIONS:
             raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         self.device = torch.device(device)
         if precision == "fp16" and self.device.type == "cpu":
             raise InputError("fp16 is not supported on the CPU; use --precision bf16 or fp32")
         self.model = model.to(self.device).eval()
+        if fused_attention:
+            use_fused_attention(self.model)
         self.model_type = model_type
         self.checkpoint_id = checkpoint_id
         self.precision = precision

@@ -110,3 +110,14 @@ def test_precision_and_device_errors():
         SamEngine(model, "tiny", ckpt, "cpu", "fp16")
     with pytest.raises(InputError, match="unknown SAM model type"):
         load_sam("vit_x", "none")
+
+
+def test_fused_attention_computes_what_sams_attention_computes(image):
+    model, ckpt = load_sam("tiny", "none")
+    plain = SamEngine(model, "tiny", ckpt, "cpu", "fp32", fused_attention=False).encode(image).features
+    model2, _ = load_sam("tiny", "none")
+    from pseudolabel.sam import use_fused_attention
+
+    assert use_fused_attention(model2) == len(SAM_TYPES["tiny"].global_attn)
+    fused = SamEngine(model2, "tiny", ckpt, "cpu", "fp32", fused_attention=False).encode(image).features
+    torch.testing.assert_close(fused, plain, atol=1e-4, rtol=1e-4)
