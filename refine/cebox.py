@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .mask_prompt import linear_weights
+
 SIDES = ("left", "top", "right", "bottom")
 
 
@@ -34,15 +36,7 @@ def bilinear_matrix(n_pixels: int, n_resized: int, grid: int = 64, frame: int = 
     """
     cell = frame / grid
     pos = (np.arange(n_pixels) + 0.5) * (n_resized / n_pixels) / cell - 0.5
-    pos = np.clip(pos, 0, grid - 1)
-    i0 = np.floor(pos).astype(np.int64)
-    i1 = np.minimum(i0 + 1, grid - 1)
-    w1 = pos - i0
-    out = np.zeros((n_pixels, grid), dtype=np.float64)
-    rows = np.arange(n_pixels)
-    np.add.at(out, (rows, i0), 1 - w1)
-    np.add.at(out, (rows, i1), w1)
-    return out.astype(np.float32)
+    return linear_weights(pos, grid).astype(np.float32)
 
 
 def _support(weights: np.ndarray) -> tuple[int, int]:

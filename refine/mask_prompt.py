@@ -30,22 +30,27 @@ FRAME = 1024
 LOW_RES = 256
 
 
+def linear_weights(src: np.ndarray, n_in: int) -> np.ndarray:
+    """``len(src)×n_in`` linear-interpolation weights: row ``d`` samples position ``src[d]`` of
+    an ``n_in``-sample axis (clamped to the edges); each row sums to 1 (float64)."""
+    src = np.clip(np.asarray(src, dtype=np.float64), 0, n_in - 1)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w1 = src - i0
+    out = np.zeros((len(src), n_in), dtype=np.float64)
+    rows = np.arange(len(src))
+    np.add.at(out, (rows, i0), 1 - w1)
+    np.add.at(out, (rows, i1), w1)
+    return out
+
+
 def interp_matrix(n_in: int, n_out: int) -> np.ndarray:
     """``n_out×n_in`` bilinear resize weights along one axis (``align_corners=False``).
 
     Row ``d`` samples source position ``(d + 0.5)·n_in/n_out − 0.5`` (clamped to the edges), as
     ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` does.
     """
-    src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-    src = np.clip(src, 0, n_in - 1)
-    i0 = np.floor(src).astype(np.int64)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    w1 = src - i0
-    out = np.zeros((n_out, n_in), dtype=np.float64)
-    rows = np.arange(n_out)
-    np.add.at(out, (rows, i0), 1 - w1)
-    np.add.at(out, (rows, i1), w1)
-    return out
+    return linear_weights((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, n_in)
 
 
 @lru_cache(maxsize=16)
