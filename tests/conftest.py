@@ -57,3 +57,15 @@ def tiny_engine():
 
     model, ckpt = load_sam("tiny", "none")
     return SamEngine(model, "tiny", ckpt, "cpu", "fp32")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread for the test, restored afterwards: on a small shared CPU a
+    second thread mostly waits for a core (3-6x slower under load)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -7,20 +7,12 @@ import logging
 import sys
 
 import pytest
-import torch
 
 from conftest import subset_coco
 from pseudolabel.rle import rle_to_bbox_xywh
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a small shared CPU, a second thread mostly waits for a core (3-6x
-    slower under load); restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run_sap(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:

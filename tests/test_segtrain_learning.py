@@ -28,14 +28,7 @@ from segtrain.engine import TrainConfig, train
 from segtrain.model import SOLOv2, SOLOv2Config
 from segtrain.predict import run_inference
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a small shared CPU, a second thread mostly waits for a core (3-6x
-    slower under load); restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 NARROW = dict(fpn_channels=64, head_channels=64, head_convs=2, mask_channels=32, kernel_dim=64)
