@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def run_cli(argv: list[str], monkeypatch) -> int:
+    """Run ``sap ARGV`` in this process through the console entry point; returns the exit code."""
+    import cli
+
+    monkeypatch.setattr(sys, "argv", ["sap", *argv])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+        sys.exit(0)
+    return int(e.value.code or 0)

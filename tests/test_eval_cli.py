@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 
-import cli
+from conftest import run_cli
 from pseudolabel.rle import decode_rle, encode_mask, segmentation_to_rle
-
-
-def _run(argv: list[str], monkeypatch) -> int:
-    monkeypatch.setattr(sys, "argv", ["sap", *argv])
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-        sys.exit(0)
-    return int(e.value.code or 0)
 
 
 def _shifted(gt: dict, dx: int) -> dict:
@@ -38,7 +29,7 @@ def test_eval_compares_pseudo_files_and_predictions(small_gt, tmp_path, monkeypa
     pred.write_text(json.dumps([{"image_id": a["image_id"], "category_id": a["category_id"],
                                  "segmentation": a["segmentation"], "score": 1.0} for a in gt["annotations"]]))
     out = tmp_path / "m" / "metrics.json"
-    rc = _run(["eval", "--gt", str(small_gt), "--pseudo", str(small_gt), "--pseudo", str(shifted),
+    rc = run_cli(["eval", "--gt", str(small_gt), "--pseudo", str(small_gt), "--pseudo", str(shifted),
                "--pred", str(pred), "--name", "perfect", "--name", "shift8", "--out", str(out)], monkeypatch)
     assert rc == 0
     text = capsys.readouterr().out
@@ -72,7 +63,7 @@ def test_eval_bad_input_exits_2_with_one_sentence(case, small_gt, tmp_path, monk
         bad.write_text(json.dumps(gt))
     argv = ["eval", "--gt", gt_arg] + ([] if case == "nothing_to_measure" else ["--pseudo", str(bad)])
     out = tmp_path / "never.json"
-    rc = _run(argv + ["--out", str(out)], monkeypatch)
+    rc = run_cli(argv + ["--out", str(out)], monkeypatch)
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and "Traceback" not in err

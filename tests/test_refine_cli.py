@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import json
-import sys
 
-import pytest
 import torch
 
-import cli
+from conftest import run_cli
 from conftest import subset_coco
 from pseudolabel.evaluate import evaluate_pseudo
 
 
-def _run(argv: list[str], monkeypatch) -> int:
-    monkeypatch.setattr(sys, "argv", ["sap", *argv])
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-        sys.exit(0)
-    return int(e.value.code or 0)
-
-
 def test_corrupt_is_repeatable_and_coarse(small_gt, tmp_path, monkeypatch):
     a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
-    assert _run(["corrupt", "--gt", str(small_gt), "--out", str(a), "--seed", "3"], monkeypatch) == 0
-    assert _run(["corrupt", "--gt", str(small_gt), "--out", str(b), "--seed", "3"], monkeypatch) == 0
-    assert _run(["corrupt", "--gt", str(small_gt), "--out", str(c), "--seed", "4"], monkeypatch) == 0
+    assert run_cli(["corrupt", "--gt", str(small_gt), "--out", str(a), "--seed", "3"], monkeypatch) == 0
+    assert run_cli(["corrupt", "--gt", str(small_gt), "--out", str(b), "--seed", "3"], monkeypatch) == 0
+    assert run_cli(["corrupt", "--gt", str(small_gt), "--out", str(c), "--seed", "4"], monkeypatch) == 0
     ja, jb, jc = (json.loads(p.read_text()) for p in (a, b, c))
     assert ja == jb and ja["annotations"] != jc["annotations"]
     gt = json.loads(small_gt.read_text())
@@ -36,7 +26,7 @@ def test_corrupt_is_repeatable_and_coarse(small_gt, tmp_path, monkeypatch):
 
 
 def test_refine_needs_one_input_kind(tmp_path, monkeypatch, capsys):
-    rc = _run(["refine", "--ann", "a.json", "--semantic", str(tmp_path), "--images", str(tmp_path),
+    rc = run_cli(["refine", "--ann", "a.json", "--semantic", str(tmp_path), "--images", str(tmp_path),
                "--out", str(tmp_path / "o.json")], monkeypatch)
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -51,7 +41,7 @@ def test_refine_prompt_ablation_from_the_command_line(coco100, coco100_dir, tmp_
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rc = _run(["refine", "--ann", str(src), "--images", str(coco100_dir / "images"), "--out", str(out),
+        rc = run_cli(["refine", "--ann", str(src), "--images", str(coco100_dir / "images"), "--out", str(out),
                    "--model", "tiny", "--checkpoint", "none", "--precision", "fp32", "--iters", "1",
                    "--prompts", "box,point", "--no-negative-point", "--cebox-margin", "0"], monkeypatch)
     finally:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import cv2
 import numpy as np
-import pytest
 
-import cli
+from conftest import run_cli
 from pseudolabel.bags import Bag
 from pseudolabel.images import load_image_rgb
 from pseudolabel.rle import decode_rle, encode_mask, mask_to_box_xyxy, segmentation_to_rle
@@ -128,22 +126,14 @@ def test_disagreement_sheet_starts_with_the_worst_image(small_gt, coco100_dir, t
     assert sheet.shape[1] == 400 and len(rows) == 2
 
 
-def _run(argv: list[str], monkeypatch) -> int:
-    monkeypatch.setattr(sys, "argv", ["sap", *argv])
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-        sys.exit(0)
-    return int(e.value.code or 0)
-
-
 def test_cli_viz_overlay_and_bad_input(small_gt, coco100_dir, tmp_path, monkeypatch, capsys):
-    rc = _run(["viz", "overlay", "--ann", str(small_gt), "--images", str(coco100_dir / "images"),
+    rc = run_cli(["viz", "overlay", "--ann", str(small_gt), "--images", str(coco100_dir / "images"),
                "--out", str(tmp_path / "o"), "--limit", "1"], monkeypatch)
     assert rc == 0 and len(list((tmp_path / "o").glob("*.png"))) == 1
     capsys.readouterr()
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2")
-    rc = _run(["viz", "disagree", str(small_gt), str(bad), "--images", str(coco100_dir / "images"),
+    rc = run_cli(["viz", "disagree", str(small_gt), str(bad), "--images", str(coco100_dir / "images"),
                "--out", str(tmp_path / "s.png")], monkeypatch)
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: ") and len(err.splitlines()) == 1
