@@ -1,25 +1,16 @@
-"""Point annotations → SAM proposals → pseudo-masks (the base the other stages import).
+"""Point annotations → instance masks: the shared core, stages 1–2, the cross-stage tools and the
+orchestration of `sap` (stages 3 and 4 are the sibling packages ``refine`` and ``segtrain``).
 
-The public entry points, imported lazily so that ``import pseudolabel.rle`` stays cheap:
+Layers, bottom to top (imports only point down; ``tests/test_layering.py`` keeps it so):
 
-* :class:`~pseudolabel.sam.SamEngine`, :func:`~pseudolabel.sam.load_sam` — SAM, encode once,
-  decode prompts in batches;
-* :func:`~pseudolabel.proposals.run_proposals`, :class:`~pseudolabel.proposals.ProposalConfig`
-  — the `sap proposals` stage;
-* :func:`~pseudolabel.cache.load_bags`, :class:`~pseudolabel.bags.Bag` — read proposals back;
-* :func:`~pseudolabel.points.derive_points`, :func:`~pseudolabel.points.collect_points` — points.
+1. :mod:`pseudolabel.core` — COCO/RLE I/O, images, errors, progress, config, points, the proposal
+   cache format, the SAM engine, the shared ResNet-FPN;
+2. the stages — :mod:`pseudolabel.proposals` (SAM proposals), :mod:`pseudolabel.selector`
+   (SAPNet), ``refine`` (SAMRefiner), ``segtrain`` (SOLOv2);
+3. cross-stage tools — :mod:`pseudolabel.evaluate`, :mod:`pseudolabel.viz`;
+4. orchestration — :mod:`pseudolabel.pipeline`, :mod:`pseudolabel.commands` and ``cli.py``.
+
+Importing this package imports nothing else; see docs/architecture.md.
 """
 
-from importlib import import_module
-
-_EXPORTS = {
-    "SamEngine": "sam", "load_sam": "sam", "run_proposals": "proposals", "ProposalConfig": "proposals",
-    "load_bags": "cache", "Bag": "bags", "derive_points": "points", "collect_points": "points",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'pseudolabel' has no attribute {name!r}")
+__version__ = "0.2.0"

@@ -1,12 +1,18 @@
-"""SAMRefiner: refine any coarse mask with prompts mined from it (ALGORITHMS.md §4).
+"""Stage 3, `sap refine`: SAMRefiner, refine any coarse mask with prompts mined from it (ALGORITHMS.md §4).
 
 Modules: ``prompts`` (distance-guided points, tight box), ``cebox`` (context-aware elastic box),
 ``mask_prompt`` (Gaussian-style mask prompt), ``stm`` (split-then-merge), ``refiner`` (the
-per-image loop and the prompt-kind registry), ``instances`` (COCO JSON in and out),
-``semantic`` (PNG label maps), ``adapt`` (SAMRefiner++ IoU LoRA), ``corrupt`` (coarse masks
-from ground truth for benchmarks). Heavy modules are imported on use.
+per-image loop and the prompt-kind registry), ``inputs`` (usable coarse masks, embeddings from a
+cache or the encoder), ``instances`` (COCO JSON in and out), ``semantic`` (PNG label maps),
+``lora`` and ``adapt`` (SAMRefiner++ IoU LoRA and its training), ``corrupt`` (coarse masks from
+ground truth for benchmarks).
 """
 
+from .adapt import AdaptConfig, adapt_coco
+from .corrupt import CorruptConfig, corrupt_coco
+from .instances import RefineSummary, refine_coco
 from .refiner import PROMPT_KINDS, RefineConfig, RefineResult, refine_masks
+from .semantic import SemanticConfig, refine_semantic
 
-__all__ = ["PROMPT_KINDS", "RefineConfig", "RefineResult", "refine_masks"]
+__all__ = ["PROMPT_KINDS", "AdaptConfig", "CorruptConfig", "RefineConfig", "RefineResult", "RefineSummary",
+           "SemanticConfig", "adapt_coco", "corrupt_coco", "refine_coco", "refine_masks", "refine_semantic"]

@@ -18,7 +18,6 @@ type and checkpoint sha256 it was trained for; :func:`apply_adapter` refuses any
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,82 +29,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pseudolabel.coco import annotations_by_image, load_coco_json
-from pseudolabel.errors import ImageError, InputError
-from pseudolabel.io import atomic_path, load_torch_file
-from pseudolabel.progress import logger, logging_to_tqdm, progress
-from pseudolabel.rle import decode_rle
-from pseudolabel.sam import default_prompt_batch
+from pseudolabel.core.coco import annotations_by_image, load_coco_json
+from pseudolabel.core.errors import ImageError, InputError
+from pseudolabel.core.io import atomic_path
+from pseudolabel.core.progress import logger, logging_to_tqdm, progress
+from pseudolabel.core.rle import decode_rle
+from pseudolabel.core.sam import default_prompt_batch
 
+from .inputs import EmbeddingSource, classify_segmentation
+from .lora import ADAPTER_FORMAT, ADAPTER_VERSION, LoRALinear, base_linear, iou_head_last_layer, remove_adapter
 from .refiner import PromptState, RefineConfig, build_prompts, create_engine, needs_features
-
-ADAPTER_FORMAT = "sap-samrefiner-iou-lora"
-ADAPTER_VERSION = 1
-
-
-class LoRALinear(nn.Module):
-    """``base(x) + scale · B(A(x))`` with ``base`` frozen, ``A`` ``r×in`` and ``B`` ``out×r``.
-
-    ``B`` starts at zero, so a fresh adapter leaves the layer unchanged.
-    """
-
-    def __init__(self, base: nn.Linear, rank: int = 4, alpha: float = 4.0, seed: int = 0) -> None:
-        super().__init__()
-        self.base = base
-        for p in self.base.parameters():
-            p.requires_grad_(False)
-        self.rank = rank
-        self.scale = alpha / rank
-        gen = torch.Generator().manual_seed(seed)
-        bound = 1.0 / math.sqrt(base.in_features)
-        a = (torch.rand(rank, base.in_features, generator=gen) * 2 - 1) * bound
-        self.lora_a = nn.Parameter(a.to(base.weight.device))
-        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        update = F.linear(F.linear(x, self.lora_a.to(x.dtype)), self.lora_b.to(x.dtype))
-        return self.base(x) + self.scale * update
-
-
-def iou_head_last_layer(model) -> nn.Module:
-    """The last layer of SAM's IoU prediction MLP (a ``Linear`` or an attached ``LoRALinear``)."""
-    return model.mask_decoder.iou_prediction_head.layers[-1]
-
-
-def _base_linear(model) -> nn.Linear:
-    layer = iou_head_last_layer(model)
-    return layer.base if isinstance(layer, LoRALinear) else layer
-
-
-def apply_adapter(engine, path: str | os.PathLike) -> LoRALinear:
-    """Attach a trained adapter to ``engine.model`` (replacing any attached one).
-
-    Raises:
-        InputError: unreadable file, or an adapter trained for another model or checkpoint.
-    """
-    path = Path(path)
-    state = load_torch_file(path, "adapter file")
-    if not isinstance(state, dict) or state.get("format") != ADAPTER_FORMAT:
-        raise InputError(f"{path} is not a `sap refine adapt` adapter file")
-    if (state["model_type"], state["checkpoint_sha256"]) != (engine.model_type, engine.checkpoint_id):
-        raise InputError(
-            f"adapter {path.name} was trained for SAM {state['model_type']} with checkpoint "
-            f"{str(state['checkpoint_sha256'])[:12]}, not {engine.model_type} with "
-            f"{engine.checkpoint_id[:12]}")
-    base = _base_linear(engine.model)
-    lora = LoRALinear(base, rank=int(state["rank"]), alpha=float(state["alpha"]))
-    with torch.no_grad():
-        lora.lora_a.copy_(state["lora_a"])
-        lora.lora_b.copy_(state["lora_b"])
-    lora.eval()
-    engine.model.mask_decoder.iou_prediction_head.layers[-1] = lora
-    return lora
-
-
-def remove_adapter(engine) -> None:
-    """Put the plain last IoU layer back."""
-    engine.model.mask_decoder.iou_prediction_head.layers[-1] = _base_linear(engine.model)
-
 
 @dataclass
 class AdaptConfig:
@@ -248,8 +181,6 @@ def adapt_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str |
     Raises:
         InputError: unusable input, or no usable mask at all.
     """
-    from .instances import EmbeddingSource, classify_segmentation
-
     t0 = time.perf_counter()
     cfg = cfg or RefineConfig()
     adapt = adapt or AdaptConfig()
@@ -287,7 +218,7 @@ def adapt_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str |
     if not hidden:
         raise InputError(f"{ann} has no usable mask to adapt on")
     data = RankingData(torch.from_numpy(np.concatenate(hidden)), torch.from_numpy(np.concatenate(ious)))
-    lora, history = train_lora(_base_linear(engine.model), data, adapt)
+    lora, history = train_lora(base_linear(engine.model), data, adapt)
     summary.history = history
     state = {"format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "rank": adapt.rank, "alpha": adapt.alpha,
              "lora_a": lora.lora_a.detach().cpu(), "lora_b": lora.lora_b.detach().cpu(),
@@ -295,7 +226,7 @@ def adapt_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str |
              "prompts": list(cfg.prompts), "objects": summary.objects, "steps": history["steps"]}
     with atomic_path(out) as tmp:
         torch.save(state, tmp)
-    from pseudolabel.config import write_run_config
+    from pseudolabel.core.config import write_run_config
 
     out = Path(out)
     write_run_config(out.with_name(out.stem + ".config.yaml"), "refine-adapt", adapt, refine=cfg,

@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from pseudolabel.coco import load_coco_json
-from pseudolabel.config import sidecar_path, to_jsonable, write_run_config
-from pseudolabel.io import write_json_atomic
-from pseudolabel.progress import logger, progress
-from pseudolabel.rle import decode_rle, encode_mask, rle_area, rle_to_bbox_xywh
+from pseudolabel.core.coco import load_coco_json
+from pseudolabel.core.config import sidecar_path, to_jsonable, write_run_config
+from pseudolabel.core.io import write_json_atomic
+from pseudolabel.core.progress import logger, progress
+from pseudolabel.core.rle import decode_rle, encode_mask, rle_area, rle_to_bbox_xywh
 
 
 @dataclass
@@ -138,7 +138,7 @@ def corrupt_coco(gt: str | os.PathLike, out: str | os.PathLike, cfg: CorruptConf
     Returns:
         Counts: ``corrupted``, ``passed_through``.
     """
-    from .instances import classify_segmentation
+    from .inputs import classify_segmentation
 
     cfg = cfg or CorruptConfig()
     coco = load_coco_json(gt)

@@ -28,23 +28,17 @@ from typing import Any
 
 import numpy as np
 
-from pseudolabel.coco import annotations_by_image, load_coco_json
-from pseudolabel.config import sidecar_path, write_run_config
-from pseudolabel.errors import ImageError, InputError
-from pseudolabel.images import file_sha256, load_image_rgb
-from pseudolabel.io import write_json_atomic
-from pseudolabel.progress import logger, logging_to_tqdm, progress
-from pseudolabel.rle import decode_rle, encode_masks, rle_area, rle_to_bbox_xywh, segmentation_to_rle
+from pseudolabel.core.coco import annotations_by_image, load_coco_json
+from pseudolabel.core.config import sidecar_path, write_run_config
+from pseudolabel.core.errors import ImageError, InputError
+from pseudolabel.core.images import file_sha256
+from pseudolabel.core.io import write_json_atomic
+from pseudolabel.core.progress import logger, logging_to_tqdm, progress
+from pseudolabel.core.rle import decode_rle, encode_masks, rle_area, rle_to_bbox_xywh
 
+from .inputs import BAD_MASK_REASONS, EmbeddingSource, classify_segmentation
+from .lora import apply_adapter
 from .refiner import RefineConfig, create_engine, refine_masks
-
-BAD_MASK_REASONS = {
-    "size": "whose RLE size disagrees with the image size",
-    "polygon": "whose polygon has fewer than 3 points",
-    "empty": "whose mask is empty (or lies outside the image)",
-    "malformed": "whose segmentation is malformed",
-}
-
 
 @dataclass
 class RefineSummary:
@@ -89,27 +83,6 @@ class RefineSummary:
         return out
 
 
-def classify_segmentation(seg: Any, height: int, width: int) -> tuple[dict | None, str | None]:
-    """``(rle, None)`` for a usable mask, ``(None, reason)`` (a key of :data:`BAD_MASK_REASONS`)
-    otherwise; ``(None, None)`` when there is no segmentation at all."""
-    if seg is None or (isinstance(seg, list) and len(seg) == 0):
-        return None, None
-    if isinstance(seg, dict) and "size" in seg:
-        try:
-            if [int(v) for v in seg["size"]] != [height, width]:
-                return None, "size"
-        except (TypeError, ValueError):
-            return None, "malformed"
-    if isinstance(seg, list) and any(isinstance(p, (list, tuple)) and len(p) < 6 for p in seg):
-        return None, "polygon"
-    try:
-        rle = segmentation_to_rle(seg, height, width)
-        area = rle_area(rle)
-    except (InputError, ValueError, TypeError, KeyError):
-        return None, "malformed"
-    return (rle, None) if area > 0 else (None, "empty")
-
-
 def _settings_digest(coco_sha: str, cfg: RefineConfig) -> str:
     blob = json.dumps({"input": coco_sha, "settings": cfg.result_settings()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -140,54 +113,6 @@ def _read_partial(path: Path, digest: str) -> dict[Any, dict]:
                 break  # a line cut by a crash: everything before it is good
             done[rec["image_id"]] = rec
     return done
-
-
-class EmbeddingSource:
-    """Image embeddings from a `sap proposals --save-embeddings` cache, else from the encoder."""
-
-    def __init__(self, engine, cache_dir: str | None) -> None:
-        self.engine = engine
-        self.cache_dir = cache_dir
-        self.from_cache = 0
-        self.encoded = 0
-        self.reader = None
-        if cache_dir is not None:
-            from pseudolabel.cache import CacheReader
-
-            with CacheReader(cache_dir) as reader:  # raises InputError when it is no cache
-                cfg = reader.config
-            if (cfg.get("model_type"), cfg.get("checkpoint_sha256")) != (engine.model_type, engine.checkpoint_id):
-                logger.warning("the cache %s holds embeddings of SAM %s (%s), not of %s (%s): "
-                               "every image will be encoded", cache_dir, cfg.get("model_type"),
-                               str(cfg.get("checkpoint_sha256"))[:12], engine.model_type,
-                               engine.checkpoint_id[:12])
-            if not cfg.get("save_embeddings", True):
-                logger.warning("the cache %s was made without --save-embeddings", cache_dir)
-            self.reader = CacheReader(cache_dir)  # kept open: one embedding query per image
-
-    def get(self, image: dict, path: Path):
-        """The embedding of ``image`` (its COCO record) whose file is ``path``."""
-        if self.cache_dir is not None:
-            from pseudolabel.cache import load_embedding
-
-            if not path.is_file():
-                raise ImageError(f"image file {path} is missing")
-            emb = load_embedding(self.reader, image["id"], file_sha256(path), self.engine.model_type,
-                                 self.engine.checkpoint_id, device=self.engine.device)
-            if emb is not None and tuple(emb.original_size) == (image["height"], image["width"]):
-                self.from_cache += 1
-                return emb
-        rgb = load_image_rgb(path, (image["width"], image["height"]))
-        self.encoded += 1
-        emb = self.engine.encode(rgb)
-        # The cache keeps embeddings in fp16; passing fresh ones through fp16 too makes a refine
-        # run give the same masks whether or not it found the embedding in a cache.
-        emb.features = emb.features.half().float()
-        return emb
-
-    def close(self) -> None:
-        if self.reader is not None:
-            self.reader.close()
 
 
 def refine_image(engine, emb, items: list[tuple[dict, dict]], cfg: RefineConfig) -> tuple[list[dict], int]:
@@ -223,7 +148,7 @@ def refine_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str 
         images_dir: folder of the images (``file_name`` relative to it).
         out: output COCO JSON.
         cfg: settings (model, prompts, ...).
-        engine: an existing :class:`pseudolabel.sam.SamEngine` (else built from ``cfg``).
+        engine: an existing :class:`pseudolabel.core.sam.SamEngine` (else built from ``cfg``).
         resume: use ``OUT.partial.jsonl`` from an interrupted run with the same input and settings.
 
     Raises:
@@ -240,8 +165,6 @@ def refine_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str 
     if engine is None:
         engine = create_engine(cfg)
     if cfg.adapter:
-        from .adapt import apply_adapter
-
         apply_adapter(engine, cfg.adapter)
     source = EmbeddingSource(engine, cfg.embeddings)
     summary = RefineSummary(images=len(coco["images"]), out=str(out))

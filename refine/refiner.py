@@ -20,8 +20,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from pseudolabel.errors import InputError
-from pseudolabel.sam import default_prompt_batch
+from pseudolabel.core.errors import InputError
+from pseudolabel.core.sam import default_prompt_batch
 
 from .cebox import CeBoxParams, FeatureSampler, elastic_box
 from .mask_prompt import mask_prompt
@@ -46,9 +46,9 @@ class RefineConfig:
             grew in this iteration (code: 1, so SAM may grow the mask).
         multimask: ask SAM for 3 masks and keep the best predicted IoU (else its single output).
     Engine and run:
-        model, checkpoint, precision, device: the SAM engine (see ``pseudolabel.sam``; precision
+        model, checkpoint, precision, device: the SAM engine (see ``pseudolabel.core.sam``; precision
             ``auto`` as in `sap proposals`).
-        chunk: objects per decoder call; 0 = :func:`pseudolabel.sam.default_prompt_batch` (measured
+        chunk: objects per decoder call; 0 = :func:`pseudolabel.core.sam.default_prompt_batch` (measured
             per device: 4 on a CPU, 64 on a GPU).
         adapter: SAMRefiner++ LoRA file from `sap refine adapt`, or None.
         embeddings: a `sap proposals --save-embeddings` cache folder, or None.
@@ -89,7 +89,7 @@ class RefineConfig:
 
     def result_settings(self) -> dict:
         """The settings that shape the refined masks (not device, chunking or the cache path)."""
-        from pseudolabel.config import to_jsonable
+        from pseudolabel.core.config import to_jsonable
 
         d = to_jsonable(self)
         for k in ("device", "chunk", "embeddings"):
@@ -98,9 +98,9 @@ class RefineConfig:
 
 
 def create_engine(cfg: RefineConfig):
-    """The :class:`pseudolabel.sam.SamEngine` the settings ask for."""
-    from pseudolabel.proposals import resolve_precision
-    from pseudolabel.sam import SamEngine, pick_device
+    """The :class:`pseudolabel.core.sam.SamEngine` the settings ask for."""
+    from pseudolabel.core.device import pick_device
+    from pseudolabel.core.sam import SamEngine, resolve_precision
 
     device = pick_device(cfg.device)
     return SamEngine.create(cfg.model, cfg.checkpoint, str(device), resolve_precision(cfg.precision, device))
@@ -226,8 +226,8 @@ def refine_masks(engine, emb, masks: np.ndarray, cfg: RefineConfig) -> RefineRes
     """Refine the ``N`` coarse masks of one image.
 
     Args:
-        engine: a :class:`pseudolabel.sam.SamEngine`.
-        emb: the image's :class:`pseudolabel.sam.ImageEmbedding`.
+        engine: a :class:`pseudolabel.core.sam.SamEngine`.
+        emb: the image's :class:`pseudolabel.core.sam.ImageEmbedding`.
         masks: ``N×H×W`` coarse masks at the original image size, each non-empty.
         cfg: settings.
 

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pseudolabel.config import write_run_config
-from pseudolabel.errors import ImageError, InputError
-from pseudolabel.images import load_image_rgb
-from pseudolabel.io import atomic_path, write_json_atomic
-from pseudolabel.progress import logger, logging_to_tqdm, progress
+from pseudolabel.core.config import write_run_config
+from pseudolabel.core.errors import ImageError, InputError
+from pseudolabel.core.images import load_image_rgb
+from pseudolabel.core.io import atomic_path, write_json_atomic
+from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 
 from .refiner import RefineConfig, create_engine, refine_masks
 from .stm import split_then_merge
@@ -159,7 +159,7 @@ def refine_semantic(label_dir: str | os.PathLike, images_dir: str | os.PathLike,
     if engine is None:
         engine = create_engine(cfg)
     if cfg.adapter:
-        from .adapt import apply_adapter
+        from .lora import apply_adapter
 
         apply_adapter(engine, cfg.adapter)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pseudolabel.evaluate import boundary_dilation, boundary_iou, evaluate_pseudo
-from pseudolabel.rle import decode_rle, encode_mask, segmentation_to_rle
+from pseudolabel.evaluate.masks import boundary_dilation, boundary_iou, evaluate_pseudo
+from pseudolabel.core.rle import decode_rle, encode_mask, segmentation_to_rle
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -29,11 +29,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pseudolabel.coco import load_coco_json  # noqa: E402
-from pseudolabel.images import load_image_rgb  # noqa: E402
-from pseudolabel.points import collect_points, derive_points  # noqa: E402
-from pseudolabel.proposals import ProposalConfig, run_proposals  # noqa: E402
-from pseudolabel.sam import SamEngine, load_sam, save_random_checkpoint  # noqa: E402
+from pseudolabel.core.coco import load_coco_json  # noqa: E402
+from pseudolabel.core.images import load_image_rgb  # noqa: E402
+from pseudolabel.core.points import collect_points, derive_points  # noqa: E402
+from pseudolabel.proposals.run import ProposalConfig, run_proposals  # noqa: E402
+from pseudolabel.core.sam import SamEngine  # noqa: E402
+from pseudolabel.core.sam_models import load_sam, save_random_checkpoint  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "coco_train2017_100"
 
@@ -96,8 +97,8 @@ def logits_error(ckpt: Path, model_type: str, points: Path) -> float:
 
 def agreement(ref_masks: dict, cache: Path) -> float:
     """Mean IoU between the reference's masks and ours (same prompts, fp32)."""
-    from pseudolabel.cache import load_bags
-    from pseudolabel.rle import decode_rle
+    from pseudolabel.core.bag_sources import load_bags
+    from pseudolabel.core.rle import decode_rle
 
     ious = []
     for bags in load_bags(cache).values():

@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pseudolabel.coco import load_coco_json
+from pseudolabel.core.coco import load_coco_json
 from pseudolabel.evaluate import evaluate_pseudo
-from pseudolabel.rle import decode_rle, segmentation_to_rle
-from pseudolabel.sam import SamEngine, save_random_checkpoint
+from pseudolabel.core.rle import decode_rle, segmentation_to_rle
+from pseudolabel.core.sam import SamEngine
+from pseudolabel.core.sam_models import save_random_checkpoint
 from refine.corrupt import CorruptConfig, corrupt_coco
 from refine.instances import refine_coco
 from refine.prompts import box_center_point, positive_point
@@ -127,7 +128,7 @@ def main() -> None:
         t0 = time.perf_counter()
         engine = SamEngine.create(args.model, str(ckpt), "cpu", "fp32")
         report["model_load_s"] = time.perf_counter() - t0
-        from pseudolabel.proposals import ProposalConfig, run_proposals
+        from pseudolabel.proposals.run import ProposalConfig, run_proposals
 
         t0 = time.perf_counter()
         run_proposals(tmp / "points.json", images_dir, tmp / "cache",

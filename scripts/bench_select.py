@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pseudolabel.evaluate import compare, evaluate_pseudo, format_table  # noqa: E402
-from pseudolabel.points import derive_points  # noqa: E402
-from pseudolabel.rle import rle_iou, segmentation_to_rle  # noqa: E402
+from pseudolabel.core.points import derive_points  # noqa: E402
+from pseudolabel.core.rle import rle_iou, segmentation_to_rle  # noqa: E402
 from pseudolabel.selector import SelectConfig, run_select  # noqa: E402
 from pseudolabel.selector.synthetic import LABELS, synthetic_bags, write_bags_cache  # noqa: E402
 

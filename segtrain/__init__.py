@@ -1,25 +1,18 @@
 """SOLOv2 trained on pseudo-labels (``sap train`` / ``sap predict``).
 
-Parts, one module each: ``backbone`` (ResNet + FPN), ``heads`` (instance and mask-feature
-branches), ``targets`` (assignment to grid cells), ``losses`` (focal, dice, MPS), ``postprocess``
-(point-NMS, maskness, matrix NMS, boxes from masks), ``model`` (composition + config), ``data``
-(COCO → samples), ``solver``, ``checkpoint``, ``engine`` (torch training loop), ``predict``
-(COCO results) and ``d2`` (the detectron2 engine, the only place detectron2 is imported).
+Parts, one module each: ``backbone`` (the shared ResNet-FPN in SOLOv2's shape), ``heads``
+(instance and mask-feature branches), ``targets`` (assignment to grid cells), ``losses`` (focal,
+dice, MPS), ``postprocess`` (point-NMS, maskness, matrix NMS, boxes from masks), ``model``
+(composition + config), ``data`` (COCO → samples), ``solver``, ``checkpoint``, ``config``
+(options and summary, shared by the engines), ``train`` (engines by name), ``engine`` (the plain
+PyTorch loop), ``d2`` (the detectron2 engine, the only place detectron2 is imported) and
+``predict`` (COCO results).
 """
 
-from __future__ import annotations
+from .config import TrainConfig, TrainSummary
+from .model import SOLOv2, SOLOv2Config, build_model
+from .predict import predict
+from .train import ENGINE_REGISTRY, train
 
-from typing import Any
-
-__all__ = ["SOLOv2", "SOLOv2Config", "build_model", "TrainConfig", "train", "predict"]
-
-_WHERE = {"SOLOv2": "model", "SOLOv2Config": "model", "build_model": "model", "TrainConfig": "engine",
-          "train": "engine", "predict": "predict"}
-
-
-def __getattr__(name: str) -> Any:  # lazy: importing the package does not import torch
-    if name in _WHERE:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(name)
+__all__ = ["ENGINE_REGISTRY", "SOLOv2", "SOLOv2Config", "TrainConfig", "TrainSummary", "build_model", "predict",
+           "train"]

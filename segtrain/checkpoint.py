@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pseudolabel.errors import InputError
-from pseudolabel.io import atomic_path, write_text_atomic
+from pseudolabel.core.errors import InputError
+from pseudolabel.core.io import atomic_path, write_text_atomic
 
 from .data import CategoryMap
 from .model import SOLOv2, SOLOv2Config

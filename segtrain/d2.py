@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pseudolabel.errors import InputError
-from pseudolabel.progress import logger
+from pseudolabel.core.errors import InputError
+from pseudolabel.core.progress import logger
 
 from .model import SOLOv2Config
 from .postprocess import InferenceParams
@@ -185,7 +185,7 @@ def build_d2_config(tcfg: Any, num_classes: int) -> Any:
     from detectron2.config import get_cfg
 
     from .data import parse_min_sizes
-    from .engine import lr_schedule_of
+    from .config import lr_schedule_of
 
     cfg = add_solov2_config(get_cfg())
     base = solov2_config_from_cfg(cfg)
@@ -257,13 +257,13 @@ def train_detectron2(tcfg: Any, resume: bool = False):
     require_detectron2()
     from detectron2.engine import launch
 
-    from pseudolabel.coco import load_coco_json
-    from pseudolabel.config import to_jsonable, write_run_config
-    from pseudolabel.images import file_sha256
+    from pseudolabel.core.coco import load_coco_json
+    from pseudolabel.core.config import to_jsonable, write_run_config
+    from pseudolabel.core.images import file_sha256
 
     from .checkpoint import save_checkpoint
     from .data import CategoryMap, check_same_categories, load_dataset
-    from .engine import TrainSummary
+    from .config import TrainSummary
 
     records, cats, stats = load_dataset(tcfg.train, tcfg.images, missing="error",
                                         keep_empty_images=tcfg.keep_empty_images)

@@ -26,10 +26,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
-from pseudolabel.coco import check_categories, load_coco_json
-from pseudolabel.errors import ImageError, InputError
-from pseudolabel.images import load_image_rgb
-from pseudolabel.rle import RLE, decode_rles, rle_area, segmentation_to_rle
+from pseudolabel.core.coco import check_categories, load_coco_json
+from pseudolabel.core.errors import ImageError, InputError
+from pseudolabel.core.images import load_image_rgb
+from pseudolabel.core.rle import RLE, decode_rles, rle_area, segmentation_to_rle
 
 from .targets import InstanceTargets, downsample_stride4, targets_from_masks
 

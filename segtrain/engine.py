@@ -17,163 +17,27 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from pseudolabel.config import to_jsonable, write_run_config
-from pseudolabel.errors import InputError
-from pseudolabel.images import file_sha256
-from pseudolabel.io import write_json_atomic, write_text_atomic
-from pseudolabel.progress import logger, logging_to_tqdm, progress
+from pseudolabel.core.config import to_jsonable, write_run_config
+from pseudolabel.core.device import DistInfo, init_distributed, pick_device
+from pseudolabel.core.errors import InputError
+from pseudolabel.core.images import file_sha256
+from pseudolabel.core.io import write_json_atomic, write_text_atomic
+from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 
+from .config import RESUME_FREE, TrainConfig, TrainSummary, check_config, lr_schedule_of
 from .checkpoint import last_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .data import (CategoryMap, DataStats, FailedSample, ResumableBatchSampler, TrainDataset,
+from .data import (CategoryMap, FailedSample, ResumableBatchSampler, TrainDataset,
                    check_same_categories, collate, load_dataset, parse_min_sizes)
 from .losses import MPS_REDUCTIONS
 from .model import SOLOv2, SOLOv2Config, build_model
-from .solver import LRSchedule, SCHEDULES, make_optimizer, make_schedule, set_lr
-
-ENGINES = ("torch", "detectron2")
-
-
-@dataclass
-class TrainConfig:
-    """Options of ``sap train`` (defaults: AdelaiDet SOLOv2 R50 1x).
-
-    ``model`` holds overrides of :class:`~segtrain.model.SOLOv2Config` fields (e.g.
-    ``{"head_channels": 256}``) from a configuration file.
-    """
-
-    train: str = ""
-    images: str = ""
-    out: str = ""
-    val: str | None = None
-    val_images: str | None = None
-    engine: str = "torch"
-    backbone: str = "resnet50"
-    backbone_weights: str = "imagenet"
-    schedule: str = "1x"
-    iters: int | None = None
-    batch: int = 16
-    base_lr: float = 0.01
-    base_batch: int = 16
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_iters: int = 1000
-    warmup_factor: float = 0.01
-    steps: list[int] | None = None
-    gamma: float = 0.1
-    clip_grad: float = 35.0
-    min_size: str = "640-800"
-    max_size: int = 1333
-    test_size: int | None = None
-    flip_prob: float = 0.5
-    amp: bool = True
-    mps_weight: float = 0.25
-    mps_reduce: str = "mean"
-    checkpoint_period: int = 5000
-    keep_checkpoints: int = 3
-    eval_period: int = 0
-    log_period: int = 20
-    seed: int = 0
-    workers: int = 4
-    device: str | None = None
-    skip_missing_images: bool = False
-    keep_empty_images: bool = False
-    model: dict[str, Any] = field(default_factory=dict)
-    # detectron2 engine only (its own launcher): GPUs per machine, machines, this machine, URL
-    num_gpus: int = 1
-    num_machines: int = 1
-    machine_rank: int = 0
-    dist_url: str = "auto"
-
-    def test_size_resolved(self) -> int:
-        return int(self.test_size or max(parse_min_sizes(self.min_size)))
-
-
-#: options that may change between a run and its resumption (they do not shape the result)
-RESUME_FREE = frozenset({"out", "images", "val", "val_images", "device", "workers", "log_period",
-                         "checkpoint_period", "keep_checkpoints", "eval_period", "train", "skip_missing_images",
-                         "test_size_resolved", "num_gpus", "num_machines", "machine_rank", "dist_url"})
-
-
-@dataclass
-class TrainSummary:
-    run_dir: Path
-    iters: int
-    start_iter: int
-    first_loss: float | None
-    last_loss: float | None
-    data: DataStats
-    failed_images: dict[int, str] = field(default_factory=dict)
-    final_eval: dict[str, float] | None = None
-    seconds: float = 0.0
-
-    def text(self) -> str:
-        s = f"trained {self.iters - self.start_iter} iterations (to {self.iters}) in {self.seconds:.0f} s"
-        if self.first_loss is not None and self.last_loss is not None:
-            s += f"; loss {self.first_loss:.3f} -> {self.last_loss:.3f}"
-        s += f"; data: {self.data.summary()}"
-        if self.final_eval:
-            s += "; val mask " + " ".join(f"{k} {v:.1f}" for k, v in self.final_eval.items())
-        if self.failed_images:
-            s += f"; {len(self.failed_images)} images failed: " + ", ".join(list(self.failed_images.values())[:10])
-        return s + f"; run folder {self.run_dir}"
-
-
-# ---- devices and processes -------------------------------------------------------------------
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def pick_device(device: str | None, local_rank: int = 0) -> torch.device:
-    """``device`` or the best available (``cuda:LOCAL_RANK``, else CPU).
-
-    Raises:
-        InputError: CUDA asked for but absent.
-    """
-    if device is None:
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"--device {device!r} is not a device (cpu, cuda, cuda:1 ...)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device} asks for CUDA but this machine has no usable GPU")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device(f"cuda:{local_rank}")
-    return dev
-
-
-def init_distributed() -> DistInfo:
-    """Join the process group that ``torchrun`` describes in the environment (if any)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    import torch.distributed as dist
-
-    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend)
-    return info
-
+from .solver import make_optimizer, set_lr
 
 def _barrier(info: DistInfo) -> None:
     if info.world_size > 1:
@@ -231,31 +95,10 @@ def _model_config(cfg: TrainConfig, num_classes: int) -> SOLOv2Config:
         raise InputError(f"bad model option in the configuration: {e}") from None
 
 
-def _check_inputs(cfg: TrainConfig) -> None:
-    if cfg.engine not in ENGINES:
-        raise InputError(f"--engine must be one of {', '.join(ENGINES)}")
-    if cfg.schedule not in SCHEDULES:
-        raise InputError(f"--schedule must be one of {', '.join(SCHEDULES)}")
-    if cfg.iters is not None and cfg.iters < 1:
-        raise InputError("--iters must be at least 1")
-    if cfg.batch < 1:
-        raise InputError("--batch must be at least 1")
-    if (cfg.val is None) != (cfg.val_images is None):
-        raise InputError("--val and --val-images go together")
-    if not cfg.out:
-        raise InputError("--out (the run folder) is required")
-
-
-def lr_schedule_of(cfg: TrainConfig) -> LRSchedule:
-    """The learning-rate schedule a configuration implies (base_lr scaled to the total batch)."""
-    return make_schedule(cfg.schedule, cfg.iters, cfg.base_lr, cfg.batch, cfg.base_batch, cfg.warmup_iters,
-                         cfg.warmup_factor, cfg.gamma, tuple(cfg.steps) if cfg.steps else None)
-
-
 def evaluate(model: SOLOv2, val_json: str, records, categories: CategoryMap, cfg: TrainConfig,
              out_json: Path | None = None) -> tuple[dict[str, float], list[FailedSample]]:
     """COCO mask AP of ``model`` on the validation images (rank 0)."""
-    from pseudolabel.evaluate import coco_mask_ap
+    from pseudolabel.core.cocoeval import coco_mask_ap
 
     from .predict import run_inference
 
@@ -266,7 +109,7 @@ def evaluate(model: SOLOv2, val_json: str, records, categories: CategoryMap, cfg
     return coco_mask_ap(val_json, results), failed
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
+def train_torch(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
     """Train SOLOv2 with the torch engine; see the module docstring for the run folder.
 
     Returns the summary on rank 0 (``None`` on the other ranks).
@@ -276,15 +119,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
             a run folder that already holds another run, a resume with a different configuration).
     """
     t_start = time.perf_counter()
-    _check_inputs(cfg)
-    if cfg.engine == "detectron2":
-        from .d2 import train_detectron2
-
-        return train_detectron2(cfg, resume=resume)
+    check_config(cfg)
     dist_info = init_distributed()
     if not dist_info.is_main:  # rank 0 speaks for the run
         logger.setLevel(logging.ERROR)
-    device = pick_device(cfg.device, dist_info.local_rank)
+    device = pick_device(cfg.device, dist_info.local_rank, mps=False)
     if cfg.batch % dist_info.world_size:
         raise InputError(f"--batch {cfg.batch} is not divisible by the {dist_info.world_size} processes")
     min_sizes = parse_min_sizes(cfg.min_size)
@@ -294,7 +133,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
                                         keep_empty_images=cfg.keep_empty_images)
     val_records = None
     if cfg.val is not None:
-        from pseudolabel.coco import load_coco_json
+        from pseudolabel.core.coco import load_coco_json
 
         check_same_categories(cats, CategoryMap.from_coco(load_coco_json(cfg.val)), Path(cfg.train).name,
                               Path(cfg.val).name)

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbone import ResNetFPN, build_backbone
+from pseudolabel.core.resnet_fpn import ResNetFPN, build_resnet_fpn
+
 from .heads import InstanceHead, MaskFeatureHead
 from .losses import solo_losses
 from .postprocess import InferenceParams, Prediction, point_nms, postprocess_image
@@ -96,7 +97,8 @@ class SOLOv2(nn.Module):
             raise ValueError("SOLOv2 needs 5 levels of num_grids, strides and scale_ranges")
         if backbone is None:
             norm = cfg.backbone_norm if cfg.backbone_norm != "auto" else "gn"
-            backbone = ResNetFPN(cfg.backbone, norm=norm, fpn_channels=cfg.fpn_channels, freeze_at=cfg.freeze_at)
+            backbone = ResNetFPN(cfg.backbone, norm=norm, fpn_channels=cfg.fpn_channels,
+                                 freeze_at=backbone_freeze_at(norm, cfg.freeze_at))
         self.cfg = dataclasses.replace(cfg, backbone_norm=backbone.norm)
         self.backbone = backbone
         c = backbone.out_channels
@@ -127,7 +129,7 @@ class SOLOv2(nn.Module):
         return batch, sizes
 
     def _heads(self, batch: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
-        p2, p3, p4, p5, p6 = self.backbone(batch)
+        p2, p3, p4, p5, p6 = self.backbone(batch).values()
         ins_feats = [
             F.interpolate(p2, scale_factor=0.5, mode="bilinear", align_corners=False),
             p3, p4, p5,
@@ -182,7 +184,27 @@ def build_model(cfg: SOLOv2Config, load_backbone_weights: bool = True) -> SOLOv2
     The returned model's ``cfg.backbone_norm`` says which norm was chosen.
     """
     if load_backbone_weights:
-        backbone = build_backbone(cfg.backbone, cfg.backbone_weights, cfg.backbone_norm, cfg.fpn_channels,
-                                  cfg.freeze_at)
+        backbone = build_solo_backbone(cfg.backbone, cfg.backbone_weights, cfg.backbone_norm, cfg.fpn_channels,
+                                       cfg.freeze_at)
         return SOLOv2(cfg, backbone=backbone)
     return SOLOv2(cfg)
+
+
+def backbone_freeze_at(norm: str, freeze_at: int) -> int:
+    """Stages to freeze: ``freeze_at`` under frozen BN (detectron2's ``FREEZE_AT``), none under a
+    trainable norm (a random start trains everything)."""
+    return freeze_at if norm == "frozen_bn" else 0
+
+
+def build_solo_backbone(name: str, weights: str | None = "imagenet", norm: str = "auto", fpn_channels: int = 256,
+                        freeze_at: int = 2) -> ResNetFPN:
+    """SOLOv2's backbone: ResNet + plain FPN, P6 by max-pool (detectron2's ``LastLevelMaxPool``).
+
+    ``norm="auto"`` is frozen BN with ImageNet weights (the published setting) and trainable
+    GroupNorm(32) from a random start; the chosen norm is on the module's ``norm``.
+    """
+    net, _ = build_resnet_fpn(name, weights, norm=norm, fpn_channels=fpn_channels, p6="maxpool", freeze_at=0,
+                              what=f"the SOLOv2 backbone {name}")
+    net.freeze(backbone_freeze_at(net.norm, freeze_at))
+    net.freeze_at = freeze_at
+    return net

@@ -14,11 +14,11 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from pseudolabel.config import sidecar_path, write_run_config
-from pseudolabel.errors import InputError
-from pseudolabel.io import write_json_atomic
-from pseudolabel.progress import logger, logging_to_tqdm, progress
-from pseudolabel.rle import encode_masks, rle_to_bbox_xywh
+from pseudolabel.core.config import sidecar_path, write_run_config
+from pseudolabel.core.errors import InputError
+from pseudolabel.core.io import write_json_atomic
+from pseudolabel.core.progress import logger, logging_to_tqdm, progress
+from pseudolabel.core.rle import encode_masks, rle_to_bbox_xywh
 
 from .data import CategoryMap, FailedSample, ImageRecord, InferenceDataset, collate, load_dataset
 from .model import SOLOv2
@@ -106,7 +106,7 @@ def predict(weights: str | os.PathLike, images: str | os.PathLike, out: str | os
             matrix NMS (0.05) is lowered to it when it is smaller.
     """
     from .checkpoint import load_checkpoint, model_from_checkpoint
-    from .engine import pick_device
+    from pseudolabel.core.device import pick_device
 
     images = Path(images)
     if not images.is_dir():

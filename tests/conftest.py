@@ -54,7 +54,8 @@ def small_gt(coco100, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_engine():
     """The tiny registered SAM type with seeded random weights, fp32 on the CPU (shared)."""
-    from pseudolabel.sam import SamEngine, load_sam
+    from pseudolabel.core.sam import SamEngine
+    from pseudolabel.core.sam_models import load_sam
 
     model, ckpt = load_sam("tiny", "none")
     return SamEngine(model, "tiny", ckpt, "cpu", "fp32")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from pseudolabel.rle import decode_rle, encode_mask, segmentation_to_rle
+from pseudolabel.core.rle import decode_rle, encode_mask, segmentation_to_rle
 
 
 def _shifted(gt: dict, dx: int) -> dict:

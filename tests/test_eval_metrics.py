@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pseudolabel.errors import InputError
+from pseudolabel.core.errors import InputError
 from pseudolabel.evaluate import (
     annotation_ious,
     boundary_dilation,
@@ -20,7 +20,7 @@ from pseudolabel.evaluate import (
     mask_boundary,
     size_bucket,
 )
-from pseudolabel.rle import encode_mask
+from pseudolabel.core.rle import encode_mask
 
 
 def _mask(h: int, w: int, rows: slice, cols: slice) -> np.ndarray:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pseudolabel.errors import ImageError, InputError
-from pseudolabel.images import load_image_rgb
-from pseudolabel.points import collect_points, derive_points, point_center, point_qc, point_uniform, read_point
+from pseudolabel.core.errors import ImageError, InputError
+from pseudolabel.core.images import load_image_rgb
+from pseudolabel.core.points import collect_points, derive_points, point_center, point_qc, point_uniform, read_point
 
 
 def _coco(anns, w=10, h=8):

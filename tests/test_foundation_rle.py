@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from pseudolabel.errors import InputError
-from pseudolabel.rle import (box_iou_xyxy, decode_rle, decode_rles, encode_mask, encode_masks,
+from pseudolabel.core.errors import InputError
+from pseudolabel.core.rle import (box_iou_xyxy, decode_rle, decode_rles, encode_mask, encode_masks,
                              mask_iou, mask_to_box_xyxy, masks_to_boxes_xyxy, rle_area, rle_iou,
                              rle_to_bbox_xywh, segmentation_to_rle, xywh_to_xyxy, xyxy_to_xywh)
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from pseudolabel.errors import InputError
-from pseudolabel.sam import (SAM_TYPES, SamEngine, boxes_to_input_frame, coords_to_input_frame, load_sam,
-                             resized_hw, save_random_checkpoint, stability_score)
+from pseudolabel.core.errors import InputError
+from pseudolabel.core.sam import SamEngine, boxes_to_input_frame, coords_to_input_frame, resized_hw, stability_score
+from pseudolabel.core.sam_models import SAM_TYPES, load_sam, save_random_checkpoint
 
 
 def test_transforms_into_the_1024_frame_by_hand():
@@ -116,7 +116,7 @@ def test_fused_attention_computes_what_sams_attention_computes(image):
     model, ckpt = load_sam("tiny", "none")
     plain = SamEngine(model, "tiny", ckpt, "cpu", "fp32", fused_attention=False).encode(image).features
     model2, _ = load_sam("tiny", "none")
-    from pseudolabel.sam import use_fused_attention
+    from pseudolabel.core.sam import use_fused_attention
 
     assert use_fused_attention(model2) == len(SAM_TYPES["tiny"].global_attn)
     fused = SamEngine(model2, "tiny", ckpt, "cpu", "fp32", fused_attention=False).encode(image).features

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import subset_coco
-from pseudolabel.errors import InputError
+from pseudolabel.core.errors import InputError
 from pseudolabel.pipeline import STAGES, Pipeline, PipelineConfig, closing_table, load_pipeline_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,8 +122,8 @@ def test_a_pipeline_killed_in_a_stage_resumes_it(gt_file, coco100_dir, tmp_path)
 
 
 def test_demo_dataset_is_exact_and_repeatable(tmp_path):
-    from pseudolabel.demo import make_demo_dataset
-    from pseudolabel.rle import decode_rle
+    from pseudolabel.pipeline.demo import make_demo_dataset
+    from pseudolabel.core.rle import decode_rle
 
     a_json, a_dir = make_demo_dataset(tmp_path / "a", n_images=3)
     b_json, _ = make_demo_dataset(tmp_path / "b", n_images=3)
@@ -137,11 +137,11 @@ def test_demo_dataset_is_exact_and_repeatable(tmp_path):
 
 @pytest.mark.parametrize("name", ["coco", "custom"])
 def test_shipped_example_configs_name_real_options(name):
-    from pseudolabel.config import resolve
-    from pseudolabel.proposals import ProposalConfig
+    from pseudolabel.core.config import resolve
+    from pseudolabel.proposals.run import ProposalConfig
     from pseudolabel.selector.options import SelectConfig
     from refine.refiner import RefineConfig
-    from segtrain.engine import TrainConfig
+    from segtrain import TrainConfig
 
     cfg = load_pipeline_config(name)
     ProposalConfig(**{**cfg.sam, **cfg.proposals})

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from conftest import subset_coco
-from pseudolabel.cache import CacheReader, cache_files, dump_cache, load_bags, load_embedding
-from pseudolabel.errors import InputError
-from pseudolabel.points import derive_points
-from pseudolabel.proposals import ProposalConfig, run_proposals
-from pseudolabel.rle import decode_rle, rle_area, rle_to_bbox_xywh
-from pseudolabel.sapnet_format import export_sapnet, read_sapnet
+from pseudolabel.core.bag_sources import load_bags
+from pseudolabel.core.cache import CacheReader, cache_files, dump_cache, load_embedding
+from pseudolabel.core.errors import InputError
+from pseudolabel.core.points import derive_points
+from pseudolabel.proposals.run import ProposalConfig, run_proposals
+from pseudolabel.core.rle import decode_rle, rle_area, rle_to_bbox_xywh
+from pseudolabel.core.sapnet_format import export_sapnet, read_sapnet
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,7 +67,7 @@ def test_every_point_gets_three_masks_per_prompt_kind(cache_run, coco100_dir, ti
     with CacheReader(tmp / "cache") as r:
         row = next(x for x in r.images() if x["image_id"] == image_id)
     emb = load_embedding(tmp / "cache", image_id, row["sha256"], "tiny", "random-init")
-    from pseudolabel.images import load_image_rgb
+    from pseudolabel.core.images import load_image_rgb
 
     fresh = tiny_engine.encode(load_image_rgb(coco100_dir / "images" / row["file_name"]))
     assert emb.input_size == fresh.input_size and emb.original_size == fresh.original_size

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pseudolabel.errors import InputError
-from pseudolabel.rle import mask_iou
+from pseudolabel.core.errors import InputError
+from pseudolabel.core.rle import mask_iou
 from refine.cebox import CeBoxParams, FeatureSampler, elastic_box, strip_width
 from refine.corrupt import CorruptConfig, annotation_rng, corrupt_mask
 from refine.mask_prompt import gaussian_field, mask_prompt

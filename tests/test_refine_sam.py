@@ -12,11 +12,12 @@ import torch
 from PIL import Image
 
 from conftest import subset_coco
-from pseudolabel.errors import InputError
-from pseudolabel.images import load_image_rgb
-from pseudolabel.rle import decode_rle, encode_mask, segmentation_to_rle
-from pseudolabel.sam import SamEngine
-from refine.adapt import AdaptConfig, LoRALinear, adapt_coco, apply_adapter, remove_adapter
+from pseudolabel.core.errors import InputError
+from pseudolabel.core.images import load_image_rgb
+from pseudolabel.core.rle import decode_rle, encode_mask, segmentation_to_rle
+from pseudolabel.core.sam import SamEngine
+from refine.adapt import AdaptConfig, adapt_coco
+from refine.lora import LoRALinear, apply_adapter, remove_adapter
 from refine.instances import partial_path, refine_coco
 from refine.refiner import RefineConfig
 from refine.semantic import SemanticConfig, refine_semantic
@@ -109,7 +110,7 @@ def test_resume_skips_journaled_images_and_gives_the_same_file(refined, coco100_
     target = tmp_path / "again.json"
     part = partial_path(target)
     from refine.instances import _settings_digest
-    from pseudolabel.images import file_sha256
+    from pseudolabel.core.images import file_sha256
 
     first_img = out["images"][0]["id"]
     done = [a for a in out["annotations"] if a["image_id"] == first_img and "refine_iou" in a]
@@ -124,8 +125,8 @@ def test_resume_skips_journaled_images_and_gives_the_same_file(refined, coco100_
 
 
 def test_cached_embedding_gives_the_results_of_re_encoding(coarse, coco100_dir, engine, tmp_path):
-    from pseudolabel.cache import CacheReader
-    from pseudolabel.proposals import ProposalConfig, run_proposals
+    from pseudolabel.core.cache import CacheReader
+    from pseudolabel.proposals.run import ProposalConfig, run_proposals
 
     one = {**coarse, "images": coarse["images"][:1]}
     one["annotations"] = [a for a in coarse["annotations"] if a["image_id"] == one["images"][0]["id"]

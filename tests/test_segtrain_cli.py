@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import subset_coco
-from pseudolabel.rle import rle_to_bbox_xywh
+from pseudolabel.core.rle import rle_to_bbox_xywh
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -9,7 +9,7 @@ import importlib.util
 import pytest
 import torch
 
-from pseudolabel.errors import InputError
+from pseudolabel.core.errors import InputError
 
 HAVE_D2 = importlib.util.find_spec("detectron2") is not None
 NEEDS_D2 = "detectron2 is not installed (it is installed from its source repository, not from PyPI)"
@@ -17,7 +17,7 @@ NEEDS_D2 = "detectron2 is not installed (it is installed from its source reposit
 
 @pytest.mark.skipif(HAVE_D2, reason="detectron2 is installed: the missing-engine message cannot be shown")
 def test_missing_detectron2_is_one_sentence_with_install_help(tmp_path):
-    from segtrain.engine import TrainConfig, train
+    from segtrain import TrainConfig, train
 
     with pytest.raises(InputError, match=r"needs detectron2, .* pip install 'git\+https://github.com/"
                                          r"facebookresearch/detectron2.git'"):

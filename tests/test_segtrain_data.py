@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pseudolabel.errors import InputError
-from pseudolabel.rle import encode_mask
+from pseudolabel.core.errors import InputError
+from pseudolabel.core.rle import encode_mask
 from segtrain.data import (CategoryMap, ResumableBatchSampler, TrainDataset, check_same_categories, load_dataset,
                            parse_min_sizes, resized_hw)
 

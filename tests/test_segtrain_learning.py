@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from conftest import subset_coco
-from pseudolabel.evaluate import coco_mask_ap
+from pseudolabel.core.cocoeval import coco_mask_ap
 from segtrain.data import load_dataset
-from segtrain.engine import TrainConfig, train
+from segtrain import TrainConfig, train
 from segtrain.model import SOLOv2, SOLOv2Config
 from segtrain.predict import run_inference
 

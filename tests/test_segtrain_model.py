@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from conftest import subset_coco
-from pseudolabel.errors import InputError
-from segtrain.backbone import BACKBONES, ResNetFPN, build_backbone
+from pseudolabel.core.errors import InputError
+from pseudolabel.core.resnet_fpn import BACKBONES, ResNetFPN
+from segtrain.model import build_solo_backbone as build_backbone
 from segtrain.checkpoint import load_checkpoint, model_from_checkpoint
-from segtrain.engine import TrainConfig, train
+from segtrain import TrainConfig, train
 from segtrain.model import SOLOv2, SOLOv2Config
 from segtrain.targets import targets_from_masks
 
@@ -55,12 +56,12 @@ def test_backbone_weights_from_a_file_select_frozen_bn(tmp_path):
     torch.save({"state_dict": state}, path)
     bb = build_backbone("resnet18", path, fpn_channels=32)
     assert bb.norm == "frozen_bn"
-    assert torch.equal(bb.net.body.conv1.weight, state["conv1.weight"])
-    assert not bb.net.body.layer1[0].conv1.weight.requires_grad  # FREEZE_AT = 2
-    assert bb.net.body.layer2[0].conv1.weight.requires_grad
+    assert torch.equal(bb.body.conv1.weight, state["conv1.weight"])
+    assert not bb.body.layer1[0].conv1.weight.requires_grad  # FREEZE_AT = 2
+    assert bb.body.layer2[0].conv1.weight.requires_grad
     random = build_backbone("resnet18", "none", fpn_channels=32)
     assert random.norm == "gn" and all(p.requires_grad for p in random.parameters())
-    with pytest.raises(InputError, match="fit only .* of a resnet50"):
+    with pytest.raises(InputError, match="do not fit a torchvision resnet50"):
         build_backbone("resnet50", path, fpn_channels=32)
     with pytest.raises(InputError, match="unknown backbone"):
         ResNetFPN("vgg16")

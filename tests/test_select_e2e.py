@@ -15,9 +15,9 @@ from pycocotools.coco import COCO
 
 import cli
 from conftest import subset_coco
-from pseudolabel.errors import InputError
-from pseudolabel.points import derive_points
-from pseudolabel.rle import rle_area, rle_to_bbox_xywh
+from pseudolabel.core.errors import InputError
+from pseudolabel.core.points import derive_points
+from pseudolabel.core.rle import rle_area, rle_to_bbox_xywh
 from pseudolabel.selector import SelectConfig, run_select
 from pseudolabel.selector.synthetic import LABELS, synthetic_bags, write_bags_cache
 
@@ -225,7 +225,7 @@ def test_sapnet_ablation_switches_train_and_select(data):
 
 
 def test_sapnet_format_json_is_read_and_checked_against_the_points(data, tmp_path):
-    from pseudolabel.sapnet_format import bags_to_sapnet
+    from pseudolabel.core.sapnet_format import bags_to_sapnet
 
     sapnet_json = tmp_path / "sapnet.json"
     sapnet_json.write_text(json.dumps(bags_to_sapnet(data.points, data.bags)))

@@ -91,7 +91,7 @@ def test_npg_keeps_low_iou_boxes_and_one_half_box_per_large_winner():
                         [0, 0, 60, 60]], dtype=float)  # 3600 ≤ 64²: none
     out = geo.npg_boxes(100, 80, proposals, winners, np.random.default_rng(1), n=500)
     rand = geo.npg_random_boxes(100, 80, 500, np.random.default_rng(1))
-    from pseudolabel.rle import box_iou_xyxy
+    from pseudolabel.core.rle import box_iou_xyxy
 
     kept = rand[box_iou_xyxy(rand, proposals).max(axis=1) < 0.3]
     assert 0 < len(kept) < 500

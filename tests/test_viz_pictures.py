@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 
 from conftest import run_cli
-from pseudolabel.bags import Bag
-from pseudolabel.images import load_image_rgb
-from pseudolabel.rle import decode_rle, encode_mask, mask_to_box_xyxy, segmentation_to_rle
+from pseudolabel.core.bags import Bag
+from pseudolabel.core.images import load_image_rgb
+from pseudolabel.core.rle import decode_rle, encode_mask, mask_to_box_xyxy, segmentation_to_rle
 from pseudolabel.viz import (
     Instance,
     draw_instances,

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..bags import Bag
-from ..errors import ImageError
-from ..images import load_image_rgb
+from pseudolabel.core.bags import Bag
+from pseudolabel.core.errors import ImageError
+from pseudolabel.core.images import load_image_rgb
 
 MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)  # RGB, 0..255
 STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)

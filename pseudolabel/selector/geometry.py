@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..rle import box_iou_xyxy
+from pseudolabel.core.rle import box_iou_xyxy
 
 # PPG: 15 centre-preserving up-scalings 1.01 … 1.15, then 5 growths 1.08 … 1.10 (no same-class
 # neighbour inside) or 5 shrinkings 1 − (0.005 / score)·n, n = 1..5.

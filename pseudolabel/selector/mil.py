@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import geometry as geo
+from pseudolabel.selector import geometry as geo
 from .data import Sample
 from .losses import negative_loss, prm_loss, proposal_scores, psm_loss
 from .model import SelectorNet

@@ -20,14 +20,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..bags import Bag
-from ..coco import load_coco_json
-from ..config import sidecar_path, write_run_config
-from ..errors import InputError
-from ..io import write_json_atomic
-from ..points import collect_points
-from ..progress import logger
-from ..rle import rle_area, rle_to_bbox_xywh
+from pseudolabel.core.bags import Bag
+from pseudolabel.core.coco import load_coco_json
+from pseudolabel.core.config import sidecar_path, write_run_config
+from pseudolabel.core.errors import InputError
+from pseudolabel.core.io import write_json_atomic
+from pseudolabel.core.points import collect_points
+from pseudolabel.core.progress import logger
+from pseudolabel.core.rle import rle_area, rle_to_bbox_xywh
 from .mil import PointChoice
 from .options import SelectConfig
 
@@ -68,8 +68,9 @@ def choose_sam_top1(ctx: SelectContext) -> MethodResult:
 def choose_learned(ctx: SelectContext) -> MethodResult:
     """``mil`` and ``sapnet``: train the selector (or load ``cfg.weights``), then choose."""
     from .data import BagDataset
-    from .train import (CHECKPOINT_NAME, build_model, init_distributed, load_checkpoint, load_net_state, resolve_device,
-                        run_selector, train_selector)
+    from pseudolabel.core.device import init_distributed, pick_device
+
+    from .train import CHECKPOINT_NAME, build_model, load_checkpoint, load_net_state, run_selector, train_selector
 
     cfg = ctx.cfg
     if ctx.images_dir is None:
@@ -77,7 +78,7 @@ def choose_learned(ctx: SelectContext) -> MethodResult:
     if not ctx.images_dir.is_dir():
         raise InputError(f"the images folder {ctx.images_dir} does not exist")
     info = init_distributed()
-    device = resolve_device(cfg.device, info)
+    device = pick_device(cfg.device, info.local_rank, mps=False)
     cat_index = {c: i for i, c in enumerate(ctx.categories)}
     images = ctx.points["images"]
     stats: dict[str, Any] = {}
@@ -200,7 +201,7 @@ def run_select(ann: str | os.PathLike, proposals: str | os.PathLike, out: str | 
     Raises:
         InputError: unusable point file or proposals, unknown method, mismatched weights.
     """
-    from ..cache import load_bags
+    from pseudolabel.core.bag_sources import load_bags
 
     if cfg.method not in METHODS:
         raise InputError(f"unknown selection method {cfg.method!r}; choose one of {', '.join(METHODS)}")

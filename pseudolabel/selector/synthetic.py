@@ -21,8 +21,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..bags import Bag
-from ..rle import decode_rle, encode_masks, masks_to_boxes_xyxy, rle_area, segmentation_to_rle
+from pseudolabel.core.bags import Bag
+from pseudolabel.core.rle import decode_rle, encode_masks, masks_to_boxes_xyxy, rle_area, segmentation_to_rle
 
 KINDS = ("point", "point", "point", "point_box", "point_box", "point_box")
 RANKS = (0, 1, 2, 0, 1, 2)
@@ -91,7 +91,7 @@ def synthetic_bags(gt: dict[str, Any], points: dict[str, Any], seed: int = 0) ->
     Args:
         gt: ground-truth COCO (masks; matched to the points by annotation id).
         points: a point file (``point: [x, y]`` per annotation, e.g. from
-            :func:`pseudolabel.points.derive_points`).
+            :func:`pseudolabel.core.points.derive_points`).
         seed: the random source, with the annotation id.
 
     Returns:
@@ -138,9 +138,9 @@ def write_bags_cache(cache_dir: str | os.PathLike, points: dict[str, Any], bags:
 
     Every point of an image with bags is stored; points without a bag get no proposals.
     """
-    from ..cache import ShardWriter, shard_filename
-    from ..images import file_sha256
-    from ..points import collect_points
+    from pseudolabel.core.cache import ShardWriter, shard_filename
+    from pseudolabel.core.images import file_sha256
+    from pseudolabel.core.points import collect_points
 
     by_image, _ = collect_points(points)
     cache_dir = Path(cache_dir)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from ..config import to_jsonable
-from ..errors import InputError
-from ..io import atomic_path, load_torch_file
-from ..progress import logger, logging_to_tqdm, progress
+from pseudolabel.core.config import to_jsonable
+from pseudolabel.core.device import DistInfo
+from pseudolabel.core.errors import InputError
+from pseudolabel.core.io import atomic_path, load_torch_file
+from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 from .data import BagDataset, collate
 from .mil import PointChoice, SelectorStep
 from .model import SelectorNet
@@ -31,43 +31,6 @@ from .options import SelectConfig
 
 CHECKPOINT_FORMAT = "sap-selector-1"
 CHECKPOINT_NAME = "selector.pt"
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """This process's place in a distributed run (rank 0 of 1 when alone)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed() -> DistInfo:
-    """Join the process group that ``torchrun`` describes in the environment, if any."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def resolve_device(device: str | None, info: DistInfo) -> torch.device:
-    """The requested device, else CUDA (this process's local GPU) when present, else CPU."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {device} was asked for but CUDA is not available")
-        if dev.index is None or info.world > 1:
-            dev = torch.device("cuda", info.local_rank if info.world > 1 else 0)
-        torch.cuda.set_device(dev)
-    return dev
 
 
 def learning_rate(cfg: SelectConfig, world: int, epoch: int, it: int) -> float:
@@ -164,10 +127,10 @@ def train_selector(step: SelectorStep, dataset: BagDataset, cfg: SelectConfig, c
         elif info.is_main:
             logger.warning(f"--resume: no checkpoint at {ckpt}; training from the start")
     model: torch.nn.Module = step
-    if info.world > 1:
+    if info.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             step, device_ids=[device.index] if device.type == "cuda" else None)
-    sampler = DistributedSampler(dataset, num_replicas=info.world, rank=info.rank, shuffle=True, seed=cfg.seed)
+    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                         collate_fn=collate, pin_memory=device.type == "cuda",
                         persistent_workers=False)
@@ -183,7 +146,7 @@ def train_selector(step: SelectorStep, dataset: BagDataset, cfg: SelectConfig, c
             for batch in bar:
                 for s in batch.failed:
                     logger.warning(f"image {s.image_id} skipped in training: {s.error}")
-                lr = learning_rate(cfg, info.world, epoch, it)
+                lr = learning_rate(cfg, info.world_size, epoch, it)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 rng = np.random.default_rng([cfg.seed, epoch, it, info.rank])
@@ -218,7 +181,7 @@ def run_selector(step: SelectorStep, dataset: BagDataset, cfg: SelectConfig, dev
         ``(choices by annotation id, reasons by image id of the images that could not be read)``.
     """
     step.to(device).eval()
-    shard = Subset(dataset, list(range(info.rank, len(dataset), info.world)))
+    shard = Subset(dataset, list(range(info.rank, len(dataset), info.world_size)))
     loader = DataLoader(shard, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
                         collate_fn=collate)
     choices: dict[int, PointChoice] = {}
@@ -232,8 +195,8 @@ def run_selector(step: SelectorStep, dataset: BagDataset, cfg: SelectConfig, dev
             with _autocast(device, cfg):
                 out = step(batch.images.to(device), batch.samples, False)
             choices.update({c.ann_id: c for c in out})
-    if info.world > 1:
-        gathered: list = [None] * info.world
+    if info.world_size > 1:
+        gathered: list = [None] * info.world_size
         dist.all_gather_object(gathered, (choices, failed))
         for c, f in gathered:
             choices.update(c)

@@ -12,7 +12,8 @@ def environment_report() -> str:
     import torch
 
     from .config import versions
-    from .sam import checkpoint_dir, pick_device
+    from .device import pick_device
+    from .sam_models import checkpoint_dir
 
     lines = [f"{k:<24}{v}" for k, v in versions().items()]
     lines.append(f"{'python executable':<24}{sys.executable}")

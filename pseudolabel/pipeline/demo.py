@@ -14,11 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .io import write_json_atomic
-from .pipeline import Pipeline, PipelineConfig, StageRecord, write_report
-from .progress import logger
-from .rle import encode_mask, rle_area, rle_to_bbox_xywh
+from pseudolabel.core.errors import InputError
+from pseudolabel.core.io import write_json_atomic
+from pseudolabel.core.progress import logger
+from pseudolabel.core.rle import encode_mask, rle_area, rle_to_bbox_xywh
+
+from .config import PipelineConfig
+from .pipeline import Pipeline, StageRecord
+from .report import write_report
 
 CATEGORIES = [{"id": 1, "name": "disc"}, {"id": 2, "name": "box"}, {"id": 3, "name": "triangle"}]
 
@@ -135,7 +138,7 @@ def run_demo(out: str | Path = "sap_runs/demo", checkpoint: str | None = None, m
     checkpoint folder or can be downloaded (not with ``offline``); else the tiny type with random
     weights, announced by a banner.
     """
-    from .sam import RANDOM_CHECKPOINT, SAM_TYPES, checkpoint_dir, download_checkpoint
+    from pseudolabel.core.sam_models import RANDOM_CHECKPOINT, SAM_TYPES, checkpoint_dir, download_checkpoint
 
     out = Path(out)
     data_json, images = make_demo_dataset(out / "data", n_images=n_images)

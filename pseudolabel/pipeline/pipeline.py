@@ -6,109 +6,41 @@ its key numbers and its time. A rerun skips a stage whose ``stage.json`` digest 
 whose outputs exist; a stage killed midway resumes through the stage's own resume (the proposal
 cache, refine's partial file, the trainer's last checkpoint).
 
-This module orchestrates the other packages (it imports `refine` and `segtrain` inside the
-stage functions); the stages themselves know nothing of it.
+This module is orchestration (layer 4): it calls the stage packages, which know nothing of it.
+Options: :mod:`.config`; closing table and report: :mod:`.report`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import load_config_file, to_jsonable, versions
-from .errors import InputError
-from .io import write_json_atomic, write_text_atomic
-from .progress import logger
+import yaml
+
+from pseudolabel.core.bag_sources import load_bags
+from pseudolabel.core.cocoeval import coco_mask_ap
+from pseudolabel.core.coco import load_coco_json
+from pseudolabel.core.config import resolve, to_jsonable, versions
+from pseudolabel.core.errors import InputError
+from pseudolabel.core.images import file_sha256
+from pseudolabel.core.io import write_json_atomic, write_text_atomic
+from pseudolabel.core.points import collect_points, derive_points
+from pseudolabel.core.progress import logger
+from pseudolabel.evaluate import compare, evaluate_pseudo, format_table, load_pseudo_file
+from pseudolabel.proposals import ProposalConfig, cache_overview, run_proposals
+from pseudolabel.selector import SelectConfig, run_select
+from pseudolabel.viz import render_disagreement_sheet, render_overlays, render_side_by_side
+from refine import RefineConfig, refine_coco
+from segtrain import TrainConfig, predict, train
+
+from .config import PipelineConfig
 
 STAGES = ("points", "proposals", "select", "refine", "train", "eval", "viz")
-
-
-@dataclass
-class PipelineConfig:
-    """Options of the pipeline. The stage sections hold overrides of each stage's own options."""
-
-    images: str = ""
-    out: str = "sap_runs/pipeline"
-    points: str | None = None  # point file; derived from `gt` when absent
-    gt: str | None = None  # full masks: derive points, measure pseudo-labels, default validation
-    point_mode: str = "center"
-    point_seed: int = 0
-    val: str | None = None  # validation COCO JSON for the trained model (default: gt)
-    val_images: str | None = None
-    sam: dict[str, Any] = field(default_factory=lambda: {"model": "vit_h", "checkpoint": None,
-                                                          "precision": "auto", "device": None})
-    proposals: dict[str, Any] = field(default_factory=lambda: {"prompts": "point,point_box",
-                                                                "save_embeddings": True})
-    select: dict[str, Any] = field(default_factory=dict)
-    refine: dict[str, Any] = field(default_factory=lambda: {"enabled": True})
-    train: dict[str, Any] = field(default_factory=dict)
-    viz: dict[str, Any] = field(default_factory=lambda: {"limit": 8, "sheet": 8})
-
-
-SECTIONS = ("sam", "proposals", "select", "refine", "train", "viz")
-
-
-EXAMPLE_CONFIGS = Path(__file__).parent / "configs"
-
-
-def resolve_config_name(path: str | Path | None) -> Path | None:
-    """A config file path, or the name of a shipped example (``coco``, ``custom``)."""
-    if path is None or Path(path).exists():
-        return Path(path) if path is not None else None
-    shipped = EXAMPLE_CONFIGS / f"{path}.yaml"
-    if shipped.is_file():
-        return shipped
-    names = ", ".join(p.stem for p in sorted(EXAMPLE_CONFIGS.glob("*.yaml")))
-    raise InputError(f"configuration {path} is neither a file nor a shipped example ({names})")
-
-
-def load_pipeline_config(path: str | Path | None, sets: list[str] | None = None, **flags: Any) -> PipelineConfig:
-    """Defaults → YAML file → ``--set section.key=value`` → flags (``None`` = not given)."""
-    cfg = PipelineConfig()
-    data = load_config_file(resolve_config_name(path))
-    names = {f.name for f in fields(PipelineConfig)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise InputError(f"unknown pipeline option(s): {', '.join(unknown)}")
-    for key, value in data.items():
-        if key in SECTIONS:
-            if not isinstance(value, dict):
-                raise InputError(f"pipeline option {key!r} must be a mapping")
-            getattr(cfg, key).update(value)
-        else:
-            setattr(cfg, key, value)
-    import yaml
-
-    for item in sets or []:
-        if "=" not in item:
-            raise InputError(f"--set takes section.key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
-        if "." in key:
-            section, sub = key.split(".", 1)
-            if section not in SECTIONS:
-                raise InputError(f"--set {key}: unknown section {section!r} ({', '.join(SECTIONS)})")
-            getattr(cfg, section)[sub] = value
-        elif key in names and key not in SECTIONS:
-            setattr(cfg, key, value)
-        else:
-            raise InputError(f"--set {key}: unknown option")
-    for key, value in flags.items():
-        if value is None:
-            continue
-        if key in ("model", "checkpoint", "precision", "device"):
-            cfg.sam[key] = value
-        else:
-            setattr(cfg, key, value)
-    if not cfg.images:
-        raise InputError("the pipeline needs an image folder (--images or 'images:' in the config)")
-    if not cfg.points and not cfg.gt:
-        raise InputError("the pipeline needs a point file (--points) or full masks to derive points from (--gt)")
-    return cfg
 
 
 def _digest(obj: Any) -> str:
@@ -118,7 +50,6 @@ def _digest(obj: Any) -> str:
 def _file_digest(path: str | Path | None) -> str | None:
     if path is None:
         return None
-    from .images import file_sha256
 
     return file_sha256(path)
 
@@ -192,8 +123,6 @@ class Pipeline:
             except (OSError, json.JSONDecodeError):
                 same = False
             if not same:
-                import shutil
-
                 shutil.rmtree(d)
         d.mkdir(parents=True, exist_ok=True)
         if not started.exists():
@@ -236,8 +165,6 @@ class Pipeline:
 
 
 def _yaml(obj: Any) -> str:
-    import yaml
-
     return yaml.safe_dump(obj, sort_keys=False)
 
 
@@ -245,13 +172,8 @@ def _yaml(obj: Any) -> str:
 
 def _points(p: Pipeline) -> tuple[dict, dict]:
     if p.cfg.points:
-        from .coco import load_coco_json
-        from .points import collect_points
-
         _, report = collect_points(load_coco_json(p.cfg.points), source=p.cfg.points)
         return {"points": p.cfg.points}, {"points": report.points}
-    from .coco import load_coco_json
-    from .points import derive_points
 
     pts, counts = derive_points(load_coco_json(p.cfg.gt), p.cfg.point_mode, p.cfg.point_seed)
     out = write_json_atomic(p.stage_dir("points") / "points.json", pts)
@@ -259,13 +181,9 @@ def _points(p: Pipeline) -> tuple[dict, dict]:
 
 
 def _proposals(p: Pipeline) -> tuple[dict, dict]:
-    from .proposals import ProposalConfig, run_proposals
-
     cfg = ProposalConfig(**{**p.cfg.sam, **p.cfg.proposals})
     cache = p.stage_dir("proposals") / "cache"
     summary = run_proposals(p.output("points", "points"), p.cfg.images, cache, cfg)
-    from .proposals import cache_overview
-
     ov = cache_overview(cache)
     return {"cache": cache}, {"proposals": ov["proposals"], "points": ov["points"],
                               "failed_images": len(ov["images_failed"]),
@@ -275,19 +193,12 @@ def _proposals(p: Pipeline) -> tuple[dict, dict]:
 def _pseudo_miou(p: Pipeline, path: str | Path) -> dict[str, Any]:
     if not p.cfg.gt:
         return {}
-    from .evaluate import evaluate_pseudo, load_pseudo_file
-    from .coco import load_coco_json
-
     m = evaluate_pseudo(load_coco_json(p.cfg.gt), load_pseudo_file(path))["overall"]
     return {"mask_miou": m["mask_miou"], "box_miou": m["box_miou"], "boundary_miou": m.get("boundary_miou"),
             "iou50": m["iou50"]}
 
 
 def _select(p: Pipeline) -> tuple[dict, dict]:
-    from .config import resolve
-    from .selector.options import SelectConfig
-    from .selector.select import run_select
-
     d = p.stage_dir("select")
     points, cache = p.output("points", "points"), p.output("proposals", "cache")
     cfg = resolve(SelectConfig(), p.cfg.select, device=p.cfg.sam.get("device"), work_dir=str(d / "work"),
@@ -309,8 +220,6 @@ def _refine(p: Pipeline) -> tuple[dict, dict]:
     opts = dict(p.cfg.refine)
     if not opts.pop("enabled", True):
         return {"labels": pseudo}, {"refined": 0, "note": "refinement disabled"}
-    from refine.instances import refine_coco
-    from refine.refiner import RefineConfig
 
     sam = {k: v for k, v in p.cfg.sam.items() if k in ("model", "checkpoint", "precision", "device")}
     cfg = RefineConfig(**{**sam, "embeddings": p.output("proposals", "cache"), **opts})
@@ -323,8 +232,6 @@ def _refine(p: Pipeline) -> tuple[dict, dict]:
 
 
 def _train(p: Pipeline) -> tuple[dict, dict]:
-    from segtrain.engine import TrainConfig, train
-
     d = p.stage_dir("train")
     val = p.cfg.val or p.cfg.gt
     opts = {"device": p.cfg.sam.get("device"), **p.cfg.train}
@@ -337,16 +244,11 @@ def _train(p: Pipeline) -> tuple[dict, dict]:
 
 
 def _eval(p: Pipeline) -> tuple[dict, dict]:
-    from .evaluate import coco_mask_ap, compare, evaluate_pseudo, format_table, load_pseudo_file
-    from .coco import load_coco_json
-
     d = p.stage_dir("eval")
     val = p.cfg.val or p.cfg.gt
     metrics: dict[str, Any] = {}
     outputs: dict[str, Any] = {}
     if val:
-        from segtrain.predict import predict
-
         pred = d / "predictions.json"
         predict(p.output("train", "weights"), p.cfg.val_images or p.cfg.images, pred, ann=val,
                 device=p.cfg.sam.get("device"))
@@ -367,10 +269,6 @@ def _eval(p: Pipeline) -> tuple[dict, dict]:
 
 
 def _viz(p: Pipeline) -> tuple[dict, dict]:
-    from .cache import load_bags
-    from .coco import load_coco_json
-    from .viz import render_disagreement_sheet, render_overlays, render_side_by_side
-
     d = p.stage_dir("viz")
     limit = int(p.cfg.viz.get("limit", 8))
     refined = load_coco_json(p.output("refine", "labels"))
@@ -393,46 +291,3 @@ STAGE_FUNCTIONS: dict[str, Callable[[Pipeline], tuple[dict, dict]]] = {
 }
 
 
-def closing_table(records: list[StageRecord]) -> str:
-    """One line per stage: status, seconds, and its key numbers."""
-    lines = [f"{'stage':<10}{'status':<9}{'seconds':>9}  key numbers"]
-    for r in records:
-        lines.append(f"{r.stage:<10}{r.status:<9}{r.seconds:>9.1f}  {_key_numbers(r)}")
-    return "\n".join(lines)
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-
-def _key_numbers(r: StageRecord) -> str:
-    m = r.metrics
-    if r.stage == "select":
-        parts = [f"{m.get('pseudo_masks')} pseudo-masks ({m.get('method')})"]
-        for name in ("sam-top1", m.get("method")):
-            if isinstance(m.get(name), dict) and m[name].get("mask_miou") is not None:
-                parts.append(f"{name} mIoU {m[name]['mask_miou']:.3f}")
-        return ", ".join(parts)
-    if r.stage == "refine" and "refined_miou" in m:
-        return f"{m['refined']} refined, mIoU {_fmt(m['refined_miou'].get('mask_miou'))}"
-    if r.stage == "eval" and "mask_ap" in m:
-        ap = m["mask_ap"]
-        return f"mask AP {ap['AP']:.1f}, AP50 {ap['AP50']:.1f}, AP75 {ap['AP75']:.1f}"
-    if r.stage == "train" and m:
-        return f"{m.get('iters')} iterations, loss {_fmt(m.get('first_loss'))} → {_fmt(m.get('last_loss'))}"
-    return ", ".join(f"{k} {_fmt(v)}" for k, v in m.items() if not isinstance(v, (dict, list)))
-
-
-def write_report(run: Path, records: list[StageRecord], banner: str | None = None) -> Path:
-    """``report.md`` of a run: the closing table, the pseudo-label table, where the pictures are."""
-    parts = ["# sap run report", ""]
-    if banner:
-        parts += ["```", banner.strip(), "```", ""]
-    parts += ["## Stages", "", "```", closing_table(records), "```", ""]
-    table = next((r.outputs.get("pseudo_table") for r in records if r.stage == "eval"), None)
-    if table and Path(table).is_file():
-        parts += ["## Pseudo-labels against the ground truth", "", "```", Path(table).read_text().rstrip(), "```", ""]
-    viz = next((r for r in records if r.stage == "viz"), None)
-    if viz:
-        parts += ["## Pictures", ""] + [f"- {k}: `{v}`" for k, v in viz.outputs.items()] + [""]
-    return write_text_atomic(run / "report.md", "\n".join(parts))

@@ -1,7 +1,7 @@
 """Prompt kinds for `sap proposals`: how one annotated point becomes one SAM prompt.
 
 Each kind maps the points of a chunk (and the proposals earlier kinds made for them) to the
-arguments of :meth:`pseudolabel.sam.SamEngine.decode`. Kinds run in the configured order, so a
+arguments of :meth:`pseudolabel.core.sam.SamEngine.decode`. Kinds run in the configured order, so a
 kind may build on an earlier one's masks.
 
 * ``point``: the point alone (SAM's multimask output for an ambiguous click).
@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import InputError
+from pseudolabel.core.errors import InputError
 
 
 @dataclass

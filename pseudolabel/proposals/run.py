@@ -15,18 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from .cache import ShardWriter, points_digest, shard_filename
-from .coco import load_coco_json
-from .config import write_run_config
-from .errors import ImageError, InputError
-from .images import file_sha256, load_image_rgb
-from .points import PointAnn, collect_points
-from .progress import logger, logging_to_tqdm, progress
+from pseudolabel.core.cache import ShardWriter, points_digest, shard_filename
+from pseudolabel.core.coco import load_coco_json
+from pseudolabel.core.config import write_run_config
+from pseudolabel.core.errors import ImageError, InputError
+from pseudolabel.core.images import file_sha256, load_image_rgb
+from pseudolabel.core.points import PointAnn, collect_points
+from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 from .prompt_kinds import PROMPT_KINDS, KindResult, mask_boxes_xyxy, parse_kinds
-from .rle import encode_masks
-from .sam import ImageEmbedding, SamEngine, default_prompt_batch, stability_score
+from pseudolabel.core.rle import encode_masks
+from pseudolabel.core.sam import ImageEmbedding, SamEngine, default_prompt_batch, stability_score
 
 MASK_PIXEL_BUDGET = 2 ** 26  # full-resolution mask pixels held at once (one chunk)
 
@@ -40,7 +39,7 @@ class ProposalConfig:
     precision: str = "auto"
     device: str | None = None
     prompts: str = "point"
-    points_per_batch: int = 0  # 0: pseudolabel.sam.default_prompt_batch (64 on a GPU, 4 on a CPU)
+    points_per_batch: int = 0  # 0: pseudolabel.core.sam.default_prompt_batch (64 on a GPU, 4 on a CPU)
     save_embeddings: bool = False
     shard: str | None = None  # "i/n"; under torchrun RANK/WORLD_SIZE
 
@@ -84,20 +83,6 @@ def resolve_shard(shard: str | None) -> tuple[int, int]:
             raise InputError(f"--shard {shard}: need 0 <= i < n")
         return i, n
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` → bf16 on CUDA with bf16 or CPUs with AVX512-BF16/AMX, fp16 on other GPUs, else fp32."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu":
-        cpu = torch.cpu
-        fast = getattr(cpu, "_is_avx512_bf16_supported", lambda: False)() or \
-            getattr(cpu, "_is_amx_tile_supported", lambda: False)()
-        return "bf16" if fast else "fp32"
-    return "fp32"
 
 
 def image_proposals(engine: SamEngine, emb: ImageEmbedding, points: list[PointAnn],
@@ -164,7 +149,8 @@ def run_proposals(ann: str | Path, images_dir: str | Path, out_dir: str | Path,
     kinds = parse_kinds(cfg.prompts)
     index, count = resolve_shard(cfg.shard)
     if engine is None:
-        from .sam import pick_device
+        from pseudolabel.core.device import pick_device
+        from pseudolabel.core.sam import resolve_precision
 
         device = pick_device(cfg.device)
         engine = SamEngine.create(cfg.model, cfg.checkpoint, str(device), resolve_precision(cfg.precision, device))
@@ -229,7 +215,7 @@ def run_proposals(ann: str | Path, images_dir: str | Path, out_dir: str | Path,
 
 def cache_overview(cache_dir: str | Path) -> dict[str, Any]:
     """Counts of a cache folder: images done/failed, points, proposals, config."""
-    from .cache import CacheReader
+    from pseudolabel.core.cache import CacheReader
 
     with CacheReader(cache_dir) as reader:
         rows = reader.images()

@@ -7,6 +7,7 @@ under ``$TORCH_HOME``), a local file, or nothing (a random start, announced loud
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from torch import Tensor
@@ -71,10 +72,38 @@ def fetch_resnet_weights(name: str, spec: str | os.PathLike | None, what: str = 
             state = state[key]
     if not isinstance(state, dict):
         raise InputError(f"backbone weights file {path} does not hold a state dict")
+    return torchvision_resnet_names(state), f"file:{path}"
+
+
+_D2_STEM = re.compile(r"^stem\.conv1\.(norm\.)?(.+)$")
+_D2_BLOCK = re.compile(r"^res([2-5])\.(\d+)\.(conv[1-3]|shortcut)\.(norm\.)?(.+)$")
+
+
+def torchvision_resnet_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A ResNet state dict renamed to torchvision's names.
+
+    Accepts torchvision's own names, with ``module.`` (DDP), ``backbone.body.`` (torchvision
+    detection models) or ``backbone.`` (mmdetection) prefixes, and detectron2's
+    (``[backbone.bottom_up.]stem.conv1[.norm]``, ``res2.0.conv1[.norm]``, ``res2.0.shortcut[.norm]``).
+    Other keys (FPN, heads) pass through and are ignored by the loaders. Detectron2's MSRA ResNets
+    put the stride in the 1×1 conv where torchvision puts it in the 3×3: their weights load, but
+    the network is not quite the one they were trained in.
+    """
     clean = {}
     for k, v in state.items():
-        for prefix in ("module.", "backbone.body.", "backbone."):
+        for prefix in ("module.", "backbone.bottom_up.", "backbone.body.", "backbone."):
             if k.startswith(prefix):
                 k = k[len(prefix):]
+        m = _D2_STEM.match(k)
+        if m:
+            k = f"bn1.{m.group(2)}" if m.group(1) else f"conv1.{m.group(2)}"
+        m = _D2_BLOCK.match(k)
+        if m:
+            stage, block, conv, norm, leaf = m.groups()
+            layer = f"layer{int(stage) - 1}.{block}"
+            if conv == "shortcut":
+                k = f"{layer}.downsample.{1 if norm else 0}.{leaf}"
+            else:
+                k = f"{layer}.{'bn' + conv[-1] if norm else conv}.{leaf}"
         clean[k] = v
-    return clean, f"file:{path}"
+    return clean

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .bags import Bag
+from .cache import CacheReader
 from .coco import load_coco_json
 from .errors import InputError
 from .rle import rle_area, segmentation_to_rle, xywh_to_xyxy, xyxy_to_xywh
@@ -85,8 +86,6 @@ def read_sapnet(path: str | Path) -> dict[int, list[Bag]]:
 
 def export_sapnet(cache_dir: str | Path, points_json: str | Path | None = None) -> dict[str, Any]:
     """The SAPNet-format dict of a cache (images and categories from the point file if given)."""
-    from .cache import CacheReader
-
     with CacheReader(cache_dir) as reader:
         bags = reader.bags()
         rows = reader.images()

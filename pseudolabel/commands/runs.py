@@ -1,0 +1,60 @@
+"""`sap pipeline` and `sap demo` (orchestration)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import ConfigOpt, DeviceOpt
+
+
+commands = typer.Typer()
+
+
+@commands.command("pipeline")
+def pipeline_cmd(
+    config: ConfigOpt = None,
+    images: Annotated[Optional[Path], typer.Option("--images", help="Folder of the images.")] = None,
+    points: Annotated[Optional[Path], typer.Option("--points", help="Point file (COCO JSON with a point per object).")] = None,
+    gt: Annotated[Optional[Path], typer.Option("--gt", help="Full masks: derive points from them and measure every stage.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="SAM type.")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="SAM checkpoint ('none' = random).")] = None,
+    device: DeviceOpt = None,
+    sets: Annotated[Optional[list[str]], typer.Option("--set", help="section.key=value, e.g. train.iters=2000 (repeatable).")] = None,
+    start: Annotated[Optional[str], typer.Option("--from", help="First stage to run.")] = None,
+    until: Annotated[Optional[str], typer.Option("--until", help="Last stage to run.")] = None,
+) -> None:
+    """Run points → proposals → select → refine → train → eval → viz in one resumable run folder."""
+    from pseudolabel.pipeline import Pipeline, closing_table, load_pipeline_config, write_report
+
+    cfg = load_pipeline_config(config, sets, images=str(images) if images else None,
+                               points=str(points) if points else None, gt=str(gt) if gt else None,
+                               out=str(out) if out else None, model=model, checkpoint=checkpoint, device=device)
+    records = Pipeline(cfg).run_stages(start, until)
+    report = write_report(Path(cfg.out), records)
+    typer.echo(closing_table(records))
+    typer.echo(f"report: {report}")
+
+
+@commands.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("sap_runs/demo"),
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="SAM checkpoint file ('none' = random tiny SAM).")] = None,
+    model: Annotated[str, typer.Option("--model", help="SAM type of the checkpoint.")] = "vit_b",
+    device: DeviceOpt = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Do not try to download a SAM checkpoint.")] = False,
+) -> None:
+    """The whole pipeline on a small shapes dataset it makes itself (real SAM if available)."""
+    from pseudolabel.pipeline import closing_table, run_demo
+
+    records, report = run_demo(out, checkpoint, model, device, offline)
+    typer.echo(closing_table(records))
+    typer.echo(f"report: {report}")
+    typer.echo(f"overlays: {Path(out) / 'run' / '7_viz'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(commands)

@@ -1,0 +1,60 @@
+"""`sap select` (stage 2, SAPNet)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import ConfigOpt, DeviceOpt, VerboseOpt, exit_for_failures
+
+
+commands = typer.Typer()
+
+
+@commands.command("select")
+def select_cmd(
+    ann: Annotated[Path, typer.Option("--ann", help="COCO JSON with a point per annotation.")],
+    proposals: Annotated[Path, typer.Option("--proposals", help="sap proposals cache folder, or a SAPNet-format JSON.")],
+    out: Annotated[Path, typer.Option("--out", help="Pseudo-label COCO JSON to write.")],
+    images: Annotated[Optional[Path], typer.Option("--images", help="Folder of the images (mil, sapnet).")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="sapnet (default) | mil (PSM only) | sam-top1 (SAM's best, no training).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Training epochs (12).")] = None,
+    backbone: Annotated[Optional[str], typer.Option("--backbone", help="resnet50 (default), resnet18, resnet34, resnet101.")] = None,
+    backbone_weights: Annotated[Optional[str], typer.Option("--backbone-weights", help="imagenet (torchvision download, default) | PATH to a ResNet state dict | none (random: tests only).")] = None,
+    pdg: Annotated[Optional[bool], typer.Option("--pdg/--no-pdg", help="Point distance guidance in the stage-0 loss.")] = None,
+    pnpg: Annotated[Optional[bool], typer.Option("--pnpg/--no-pnpg", help="Positive and negative proposal generation for stage 1.")] = None,
+    bms: Annotated[Optional[bool], typer.Option("--bms/--no-bms", help="Box mining after each stage's top-1.")] = None,
+    missing: Annotated[Optional[str], typer.Option("--missing", help="Points of unreadable images: fallback (SAM's top-1) | skip.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per step per process (4); lr = 0.015 × total / 32.")] = None,
+    min_size: Annotated[Optional[int], typer.Option("--min-size", help="Short side of the network input (800).")] = None,
+    max_size: Annotated[Optional[int], typer.Option("--max-size", help="Long side limit of the network input (1333).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Data-loading processes (2).")] = None,
+    work_dir: Annotated[Optional[str], typer.Option("--work-dir", help="Checkpoint folder (default OUT.selector/).")] = None,
+    resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue training from WORK_DIR/selector.pt.")] = None,
+    weights: Annotated[Optional[str], typer.Option("--weights", help="A selector.pt to select with, without training.")] = None,
+    device: DeviceOpt = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (0).")] = None,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Choose one SAM proposal per point (SAPNet MIL selection) and write pseudo-masks as COCO JSON.
+
+    Multi-GPU: torchrun --nproc_per_node N $(which sap) select ...
+    """
+    from pseudolabel.core.config import load_config_file, resolve
+    from pseudolabel.selector import SelectConfig, run_select
+
+    cfg = resolve(SelectConfig(), load_config_file(config), method=method, epochs=epochs, backbone=backbone,
+                  backbone_weights=backbone_weights, pdg=pdg, pnpg=pnpg, bms=bms, missing=missing,
+                  batch_size=batch_size, min_size=min_size, max_size=max_size, workers=workers,
+                  work_dir=work_dir, resume=resume, weights=weights, device=device, seed=seed)
+    summary = run_select(ann, proposals, out, cfg, images=images)
+    if summary.out is not None:  # rank 0
+        typer.echo(summary.text())
+    exit_for_failures(len(summary.failed_images))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(commands)

@@ -1,0 +1,91 @@
+"""What the refine stage reads: which coarse masks are usable, and where image embeddings come from.
+
+:func:`classify_segmentation` sorts a COCO ``segmentation`` into a usable RLE or a reason
+(a key of :data:`BAD_MASK_REASONS`); :class:`EmbeddingSource` gives each image's SAM embedding
+from a `sap proposals --save-embeddings` cache when it holds one for this model, checkpoint and
+image content, else from the encoder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pseudolabel.core.cache import CacheReader, load_embedding
+from pseudolabel.core.errors import ImageError, InputError
+from pseudolabel.core.images import file_sha256, load_image_rgb
+from pseudolabel.core.progress import logger
+from pseudolabel.core.rle import rle_area, segmentation_to_rle
+
+BAD_MASK_REASONS = {
+    "size": "whose RLE size disagrees with the image size",
+    "polygon": "whose polygon has fewer than 3 points",
+    "empty": "whose mask is empty (or lies outside the image)",
+    "malformed": "whose segmentation is malformed",
+}
+
+
+
+def classify_segmentation(seg: Any, height: int, width: int) -> tuple[dict | None, str | None]:
+    """``(rle, None)`` for a usable mask, ``(None, reason)`` (a key of :data:`BAD_MASK_REASONS`)
+    otherwise; ``(None, None)`` when there is no segmentation at all."""
+    if seg is None or (isinstance(seg, list) and len(seg) == 0):
+        return None, None
+    if isinstance(seg, dict) and "size" in seg:
+        try:
+            if [int(v) for v in seg["size"]] != [height, width]:
+                return None, "size"
+        except (TypeError, ValueError):
+            return None, "malformed"
+    if isinstance(seg, list) and any(isinstance(p, (list, tuple)) and len(p) < 6 for p in seg):
+        return None, "polygon"
+    try:
+        rle = segmentation_to_rle(seg, height, width)
+        area = rle_area(rle)
+    except (InputError, ValueError, TypeError, KeyError):
+        return None, "malformed"
+    return (rle, None) if area > 0 else (None, "empty")
+
+
+class EmbeddingSource:
+    """Image embeddings from a `sap proposals --save-embeddings` cache, else from the encoder."""
+
+    def __init__(self, engine, cache_dir: str | None) -> None:
+        self.engine = engine
+        self.cache_dir = cache_dir
+        self.from_cache = 0
+        self.encoded = 0
+        self.reader = None
+        if cache_dir is not None:
+            with CacheReader(cache_dir) as reader:  # raises InputError when it is no cache
+                cfg = reader.config
+            if (cfg.get("model_type"), cfg.get("checkpoint_sha256")) != (engine.model_type, engine.checkpoint_id):
+                logger.warning("the cache %s holds embeddings of SAM %s (%s), not of %s (%s): "
+                               "every image will be encoded", cache_dir, cfg.get("model_type"),
+                               str(cfg.get("checkpoint_sha256"))[:12], engine.model_type,
+                               engine.checkpoint_id[:12])
+            if not cfg.get("save_embeddings", True):
+                logger.warning("the cache %s was made without --save-embeddings", cache_dir)
+            self.reader = CacheReader(cache_dir)  # kept open: one embedding query per image
+
+    def get(self, image: dict, path: Path):
+        """The embedding of ``image`` (its COCO record) whose file is ``path``."""
+        if self.cache_dir is not None:
+            if not path.is_file():
+                raise ImageError(f"image file {path} is missing")
+            emb = load_embedding(self.reader, image["id"], file_sha256(path), self.engine.model_type,
+                                 self.engine.checkpoint_id, device=self.engine.device)
+            if emb is not None and tuple(emb.original_size) == (image["height"], image["width"]):
+                self.from_cache += 1
+                return emb
+        rgb = load_image_rgb(path, (image["width"], image["height"]))
+        self.encoded += 1
+        emb = self.engine.encode(rgb)
+        # The cache keeps embeddings in fp16; passing fresh ones through fp16 too makes a refine
+        # run give the same masks whether or not it found the embedding in a cache.
+        emb.features = emb.features.half().float()
+        return emb
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
