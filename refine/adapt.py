@@ -38,7 +38,7 @@ from pseudolabel.core.sam import default_prompt_batch
 
 from .inputs import EmbeddingSource, classify_segmentation
 from .lora import ADAPTER_FORMAT, ADAPTER_VERSION, LoRALinear, base_linear, iou_head_last_layer, remove_adapter
-from .refiner import PromptState, RefineConfig, build_prompts, create_engine, needs_features
+from .refiner import PromptState, RefineConfig, build_prompts, create_engine, make_sampler
 
 @dataclass
 class AdaptConfig:
@@ -72,9 +72,7 @@ class RankingData:
 @torch.no_grad()
 def collect_image(engine, emb, masks: np.ndarray, cfg: RefineConfig) -> tuple[np.ndarray, np.ndarray]:
     """Hidden vectors (``N×256``) and output-vs-coarse IoUs (``N×3``) of one image's masks."""
-    from .cebox import FeatureSampler
-
-    sampler = FeatureSampler(emb.features, emb.original_size, emb.input_size) if needs_features(cfg) else None
+    sampler = make_sampler(cfg, emb)
     captured: list[np.ndarray] = []
     layer = iou_head_last_layer(engine.model)
     hook = layer.register_forward_hook(lambda m, inp, out: captured.append(inp[0].float().cpu().numpy().copy()))
@@ -191,7 +189,7 @@ def adapt_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str |
     if engine is None:
         engine = create_engine(cfg)
     remove_adapter(engine)
-    source = EmbeddingSource(engine, cfg.embeddings)
+    source = EmbeddingSource(engine, cfg.embeddings, cfg.rules.fp16_embeddings)
     summary = AdaptSummary(out=str(out))
     images = {img["id"]: img for img in coco["images"]}
     hidden, ious = [], []

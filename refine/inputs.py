@@ -50,7 +50,8 @@ def classify_segmentation(seg: Any, height: int, width: int) -> tuple[dict | Non
 class EmbeddingSource:
     """Image embeddings from a `sap proposals --save-embeddings` cache, else from the encoder."""
 
-    def __init__(self, engine, cache_dir: str | None) -> None:
+    def __init__(self, engine, cache_dir: str | None, fp16_fresh: bool = True) -> None:
+        self.fp16_fresh = fp16_fresh
         self.engine = engine
         self.cache_dir = cache_dir
         self.from_cache = 0
@@ -81,9 +82,11 @@ class EmbeddingSource:
         rgb = load_image_rgb(path, (image["width"], image["height"]))
         self.encoded += 1
         emb = self.engine.encode(rgb)
-        # The cache keeps embeddings in fp16; passing fresh ones through fp16 too makes a refine
-        # run give the same masks whether or not it found the embedding in a cache.
-        emb.features = emb.features.half().float()
+        if self.fp16_fresh:
+            # The cache keeps embeddings in fp16; passing fresh ones through fp16 too makes a
+            # refine run give the same masks whether or not it found the embedding in a cache
+            # (rule fp16_embeddings; the official code keeps them fp32).
+            emb.features = emb.features.half().float()
         return emb
 
     def close(self) -> None:

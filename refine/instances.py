@@ -13,6 +13,18 @@ the output, one JSON line per image, headed by a digest of the input and the set
 with the same input and settings skips the images found there. The output itself is written
 once, atomically, at the end; the partial file is then removed, unless some images failed (a
 rerun then retries only those).
+
+Prompts: with ``dump_prompts`` each image's record in the partial file also holds the prompts
+handed to SAM, and at the end they are written (atomically, in input order) as JSON Lines, one
+line per annotation per iteration::
+
+    {"id": 7, "iteration": 0, "pos": [[x, y]], "neg": [[x, y]], "box": [x0, y0, x1, y1], "cebox": null}
+
+``iteration`` is 0-based; coordinates are original-image pixels exactly as handed to SAM's
+predictor (integer pixel indices; boxes with inclusive max); ``box`` is null when the box prompt
+is off, ``cebox`` is CEBox's box when CEBox ran (then equal to ``box``), else null; ``neg`` is
+empty when the negative point is off or omitted. The format is stable: it is how `sap viz
+prompts` draws them and how the prompts are compared with the official code from outside.
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ from pseudolabel.core.coco import annotations_by_image, load_coco_json
 from pseudolabel.core.config import sidecar_path, write_run_config
 from pseudolabel.core.errors import ImageError, InputError
 from pseudolabel.core.images import file_sha256
-from pseudolabel.core.io import write_json_atomic
+from pseudolabel.core.io import atomic_path, write_json_atomic
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 from pseudolabel.core.rle import decode_rle, encode_masks, rle_area, rle_to_bbox_xywh
 
@@ -115,17 +127,22 @@ def _read_partial(path: Path, digest: str) -> dict[Any, dict]:
     return done
 
 
-def refine_image(engine, emb, items: list[tuple[dict, dict]], cfg: RefineConfig) -> tuple[list[dict], int]:
+def refine_image(engine, emb, items: list[tuple[dict, dict]], cfg: RefineConfig,
+                 prompts: list | None = None) -> tuple[list[dict], int]:
     """Refined copies of one image's annotations.
 
     Args:
         items: ``(annotation, coarse RLE)`` pairs of the image.
+        prompts: if a list, the ``--dump-prompts`` lines of the image are appended to it.
 
     Returns:
         ``(annotations, kept_coarse)``.
     """
     masks = np.stack([decode_rle(rle) for _, rle in items]).astype(bool)
-    result = refine_masks(engine, emb, masks, cfg)
+    result = refine_masks(engine, emb, masks, cfg, record=prompts is not None)
+    if prompts is not None:
+        for (ann, _), recs in zip(items, result.prompts):
+            prompts.extend({"id": ann["id"], "iteration": k, **rec} for k, rec in enumerate(recs))
     rles = encode_masks(result.masks)
     out = []
     for (ann, _), rle, score, kept in zip(items, rles, result.scores, result.kept_coarse):
@@ -139,8 +156,33 @@ def refine_image(engine, emb, items: list[tuple[dict, dict]], cfg: RefineConfig)
     return out, int(result.kept_coarse.sum())
 
 
+def _write_dump(part: Path, dump: Path, order: list) -> None:
+    """Write the prompts of the images in ``order`` from the partial file to ``dump`` (JSONL),
+    reading one image record at a time (the last record of an image wins)."""
+    offsets: dict[Any, int] = {}
+    with open(part, "rb") as f:
+        f.readline()
+        while True:
+            pos = f.tell()
+            line = f.readline()
+            if not line:
+                break
+            try:
+                offsets[json.loads(line)["image_id"]] = pos
+            except (json.JSONDecodeError, KeyError):
+                break
+        with atomic_path(dump) as tmp, open(tmp, "w", encoding="utf-8") as out:
+            for img_id in order:
+                if img_id not in offsets:
+                    continue
+                f.seek(offsets[img_id])
+                for rec in json.loads(f.readline()).get("prompts", []):
+                    out.write(json.dumps(rec) + "\n")
+
+
 def refine_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str | os.PathLike,
-                cfg: RefineConfig | None = None, engine=None, resume: bool = True) -> RefineSummary:
+                cfg: RefineConfig | None = None, engine=None, resume: bool = True,
+                dump_prompts: str | os.PathLike | None = None) -> RefineSummary:
     """Refine every mask of a COCO JSON file and write the result (see the module docstring).
 
     Args:
@@ -150,6 +192,7 @@ def refine_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str 
         cfg: settings (model, prompts, ...).
         engine: an existing :class:`pseudolabel.core.sam.SamEngine` (else built from ``cfg``).
         resume: use ``OUT.partial.jsonl`` from an interrupted run with the same input and settings.
+        dump_prompts: also write the prompts of every iteration there (see the module docstring).
 
     Raises:
         InputError: unusable input file, image folder, cache or adapter.
@@ -166,7 +209,7 @@ def refine_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str 
         engine = create_engine(cfg)
     if cfg.adapter:
         apply_adapter(engine, cfg.adapter)
-    source = EmbeddingSource(engine, cfg.embeddings)
+    source = EmbeddingSource(engine, cfg.embeddings, cfg.rules.fp16_embeddings)
     summary = RefineSummary(images=len(coco["images"]), out=str(out))
 
     # Which annotations are refined, image by image; the others pass through.
@@ -189,6 +232,8 @@ def refine_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str 
     digest = _settings_digest(file_sha256(ann), cfg)
     part = partial_path(out)
     done = _read_partial(part, digest) if resume else {}
+    if dump_prompts is not None:  # images refined by a run that did not keep prompts are redone
+        done = {k: v for k, v in done.items() if "prompts" in v}
     if done:
         logger.info("resuming: %d images already refined in %s", len(done), part.name)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -212,12 +257,16 @@ def refine_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str 
             img = images[img_id]
             try:
                 emb = source.get(img, images_dir / img["file_name"])
-                new_anns, kept = refine_image(engine, emb, work[img_id], cfg)
+                lines = [] if dump_prompts is not None else None
+                new_anns, kept = refine_image(engine, emb, work[img_id], cfg, lines)
             except ImageError as e:
                 summary.failed.append((img_id, str(e)))
                 logger.warning("image %s failed: %s", img_id, e)
                 continue
-            journal.write(json.dumps({"image_id": img_id, "annotations": new_anns, "kept": kept}) + "\n")
+            record = {"image_id": img_id, "annotations": new_anns, "kept": kept}
+            if lines is not None:
+                record["prompts"] = lines
+            journal.write(json.dumps(record) + "\n")
             journal.flush()
             os.fsync(journal.fileno())
             for a in new_anns:
@@ -237,6 +286,8 @@ def refine_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str 
                           "summary": summary.to_dict()}
     result["info"] = info
     write_json_atomic(out, result)
+    if dump_prompts is not None:
+        _write_dump(part, Path(dump_prompts), list(work))
     write_run_config(sidecar_path(out), "refine", cfg, sam=engine.info(),
                      inputs={"ann": str(ann), "images": str(images_dir)}, summary=summary.to_dict())
     if summary.failed:

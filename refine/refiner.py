@@ -5,11 +5,13 @@ enabled prompt kinds for every object still changing, runs the decoder on them i
 ``chunk`` objects, keeps SAM's multimask output with the highest predicted IoU (logits > 0) and
 re-derives the prompts from that mask. An object leaves the loop early when its mask stops
 changing (the next iteration would repeat it exactly) or when SAM returns an empty mask (its
-previous mask is kept).
+previous mask is kept; the official code would go on with the empty mask, see docs/fidelity.md).
 
 Prompt kinds are chosen by name from :data:`PROMPT_KINDS` and always built in the registry's
 order (``point``, ``box``, ``mask``) because the mask prompt depends on whether CEBox grew the
-box. Any non-empty subset reproduces the paper's prompt ablation.
+box. Any non-empty subset reproduces the paper's prompt ablation. The rules that differ between
+the official code and the paper come from :mod:`refine.reference` (``reference`` plus per-rule
+overrides).
 """
 
 from __future__ import annotations
@@ -24,26 +26,30 @@ from pseudolabel.core.errors import InputError
 from pseudolabel.core.sam import default_prompt_batch
 
 from .cebox import CeBoxParams, FeatureSampler, elastic_box
+from .cebox_official import OfficialFeatures, official_elastic_box
+from .distance import distance_maps
 from .mask_prompt import mask_prompt
-from .prompts import NEGATIVE_FALLBACKS, interior_distance_crop, negative_point, positive_point
+from .prompts import negative_point, positive_point
+from .reference import REFERENCES, Rules, resolve_rules
 
 
 @dataclass
 class RefineConfig:
-    """Every setting of `sap refine` (defaults follow ALGORITHMS.md §4).
+    """Every setting of `sap refine`.
 
     Algorithm:
-        iters: refinement iterations (code default 5).
+        reference: ``official`` (linyq2117/SAMRefiner@0b2db8c, the default) or ``paper``; picks
+            the rules of :mod:`refine.reference`.
+        distance, negative_region, negative_fallback, mask_outside, strength, cebox_margin,
+            cebox_rule, stm, upscale, fp16_embeddings: per-rule overrides (None = the
+            reference's; see :class:`refine.reference.Rules`).
+        iters: refinement iterations (5 in paper and code).
         prompts: enabled prompt kinds, names of :data:`PROMPT_KINDS`.
         negative_point: add the distance-guided negative point to the point prompt.
-        negative_fallback: when the mask fills its box: ``omit`` the negative point (ALGORITHMS.md)
-            or put it at pixel (0, 0) (``origin``, the public code).
-        cebox_margin: CEBox growth margin (paper 0.1; 0 = off, the public code's default).
         cebox_threshold: cosine similarity counted as "similar" (0.5).
-        strength: mask-prompt amplitude (code 30; paper 15).
         gamma: mask-prompt span (4).
         grown_strength: amplitude used instead of ``strength`` for an object whose box CEBox
-            grew in this iteration (code: 1, so SAM may grow the mask).
+            grew in this iteration (code: 1, so SAM may grow the mask; decided per object).
         multimask: ask SAM for 3 masks and keep the best predicted IoU (else its single output).
     Engine and run:
         model, checkpoint, precision, device: the SAM engine (see ``pseudolabel.core.sam``; precision
@@ -54,13 +60,21 @@ class RefineConfig:
         embeddings: a `sap proposals --save-embeddings` cache folder, or None.
     """
 
+    reference: str = "official"
+    distance: Optional[str] = None
+    negative_region: Optional[str] = None
+    negative_fallback: Optional[str] = None
+    mask_outside: Optional[str] = None
+    strength: Optional[float] = None
+    cebox_margin: Optional[float] = None
+    cebox_rule: Optional[str] = None
+    stm: Optional[str] = None
+    upscale: Optional[str] = None
+    fp16_embeddings: Optional[bool] = None
     iters: int = 5
     prompts: tuple[str, ...] = ("point", "box", "mask")
     negative_point: bool = True
-    negative_fallback: str = "omit"
-    cebox_margin: float = 0.1
     cebox_threshold: float = 0.5
-    strength: float = 30.0
     gamma: float = 4.0
     grown_strength: float = 1.0
     multimask: bool = True
@@ -74,26 +88,41 @@ class RefineConfig:
 
     def __post_init__(self) -> None:
         self.prompts = parse_prompts(self.prompts)
+        if self.reference not in REFERENCES:
+            raise InputError(f"--reference must be one of {', '.join(REFERENCES)}, got {self.reference!r}")
+        try:
+            self.rules  # noqa: B018  (validates the overrides)
+        except ValueError as e:
+            raise InputError(str(e)) from None
         if self.iters < 1:
             raise InputError("--iters must be at least 1")
-        if self.negative_fallback not in NEGATIVE_FALLBACKS:
-            raise InputError(f"negative_fallback must be one of {', '.join(NEGATIVE_FALLBACKS)}")
         if self.chunk < 0:
             raise InputError("chunk must be at least 1 (or 0 for the device's default)")
         if self.gamma <= 0:
             raise InputError("--gamma must be positive")
 
     @property
+    def rules(self) -> Rules:
+        """The reference's rules with this configuration's overrides."""
+        return resolve_rules(self.reference, distance=self.distance, negative_region=self.negative_region,
+                             negative_fallback=self.negative_fallback, mask_outside=self.mask_outside,
+                             strength=self.strength, cebox_margin=self.cebox_margin,
+                             cebox_rule=self.cebox_rule, stm=self.stm, upscale=self.upscale,
+                             fp16_embeddings=self.fp16_embeddings)
+
+    @property
     def cebox(self) -> CeBoxParams:
-        return CeBoxParams(margin=self.cebox_margin, threshold=self.cebox_threshold)
+        return CeBoxParams(margin=self.rules.cebox_margin, threshold=self.cebox_threshold)
 
     def result_settings(self) -> dict:
-        """The settings that shape the refined masks (not device, chunking or the cache path)."""
+        """The settings that shape the refined masks (not device, chunking or the cache path),
+        with the resolved rules under ``rules``."""
         from pseudolabel.core.config import to_jsonable
 
         d = to_jsonable(self)
         for k in ("device", "chunk", "embeddings"):
             d.pop(k, None)
+        d["rules"] = to_jsonable(self.rules)
         return d
 
 
@@ -108,6 +137,15 @@ def create_engine(cfg: RefineConfig):
 
 # ---- prompt kinds ------------------------------------------------------------------------------
 
+def make_sampler(cfg: RefineConfig, emb):
+    """The image's features as the CEBox rule reads them, or None when CEBox does not run."""
+    if not needs_features(cfg):
+        return None
+    if cfg.rules.cebox_rule == "official":
+        return OfficialFeatures(emb.features, emb.original_size)
+    return FeatureSampler(emb.features, emb.original_size, emb.input_size)
+
+
 @dataclass
 class PromptState:
     """The objects of one decoder call and what the prompt kinds derived for them.
@@ -115,38 +153,42 @@ class PromptState:
     Attributes:
         masks: ``B×H×W`` bool current masks (non-empty).
         cfg: the settings.
-        sampler: the image's features for CEBox (None when CEBox is off).
-        boxes: ``B×4`` tight XYXY boxes (exclusive right/bottom).
+        sampler: the image's features for CEBox (:func:`make_sampler`; None when CEBox is off).
+        rules: ``cfg.rules``.
+        maps: per object, its :class:`~refine.distance.DistanceMaps` (shared by the point and
+            mask kinds).
+        boxes: ``B×4`` tight boxes ``(x0, y0, x1, y1)``, inclusive max.
         grew: ``(B,)`` bool, set by the ``box`` kind: whether CEBox moved a side.
-        dist_crops: per object, the interior distance map of its tight-box crop (shared by the
-            point and mask kinds).
+        cebox: ``B×4`` CEBox's boxes when it ran (set by the ``box`` kind), else None.
     """
 
     masks: np.ndarray
     cfg: RefineConfig
-    sampler: FeatureSampler | None = None
+    sampler: object | None = None
+    rules: Rules = field(init=False)
+    maps: list = field(init=False)
     boxes: np.ndarray = field(init=False)
     grew: np.ndarray = field(init=False)
-    dist_crops: list = field(init=False)
+    cebox: np.ndarray | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.dist_crops = [interior_distance_crop(m) for m in self.masks]
-        self.boxes = np.array([[x0, y0, x1, y1] for _, (y0, y1, x0, x1) in self.dist_crops],
-                              dtype=np.float64).reshape(-1, 4)
+        self.rules = self.cfg.rules
+        self.maps = distance_maps(self.masks, self.rules.distance)
+        self.boxes = np.array([m.box for m in self.maps], dtype=np.float64).reshape(-1, 4)
         self.grew = np.zeros(len(self.masks), dtype=bool)
 
 
 def build_points(state: PromptState) -> dict:
     """Positive point (and negative point) per object: ``point_coords`` ``B×K×2`` (x, y),
     ``point_labels`` ``B×K`` (1, 0, or -1 where an object has no negative point)."""
-    cfg = state.cfg
+    cfg, rules = state.cfg, state.rules
     k = 2 if cfg.negative_point else 1
     coords = np.zeros((len(state.masks), k, 2), dtype=np.float64)
     labels = np.ones((len(state.masks), k), dtype=np.int64)
-    for i, m in enumerate(state.masks):
-        coords[i, 0] = positive_point(m, state.dist_crops[i])
+    for i, maps in enumerate(state.maps):
+        coords[i, 0] = positive_point(maps)
         if cfg.negative_point:
-            neg = negative_point(m, state.boxes[i], fallback=cfg.negative_fallback)
+            neg = negative_point(maps, rules.negative_region, rules.negative_fallback)
             if neg is None:
                 labels[i, 1] = -1  # SAM's padding label: "not a point"
             else:
@@ -155,22 +197,39 @@ def build_points(state: PromptState) -> dict:
     return {"point_coords": coords, "point_labels": labels}
 
 
+def _grow(state: PromptState, i: int) -> tuple[np.ndarray, bool]:
+    """One CEBox step for object ``i`` by the configured rule: ``(box, grew)`` (inclusive max)."""
+    box = state.boxes[i]
+    if state.rules.cebox_rule == "official":
+        new, grew = official_elastic_box(state.masks[i], tuple(int(v) for v in box), state.sampler,
+                                         state.rules.cebox_margin, state.cfg.cebox_threshold)
+        return np.asarray(new, dtype=np.float64), grew
+    exclusive = box + np.array([0, 0, 1, 1])
+    query = state.sampler.query(state.masks[i])
+    new, sides = elastic_box(exclusive, query, state.sampler, state.cfg.cebox)
+    return new - np.array([0, 0, 1, 1]), bool(sides.any())
+
+
 def build_box(state: PromptState) -> dict:
-    """Tight box per object, grown by one CEBox step where enabled: ``boxes`` ``B×4`` XYXY."""
+    """Tight box per object, grown by one CEBox step where enabled: ``boxes`` ``B×4``
+    ``(x0, y0, x1, y1)`` with inclusive max, as SAM's ``batched_mask_to_box``."""
     boxes = state.boxes.copy()
     if state.sampler is not None and state.cfg.cebox.enabled:
-        for i, m in enumerate(state.masks):
-            query = state.sampler.query(m)
-            boxes[i], grew = elastic_box(boxes[i], query, state.sampler, state.cfg.cebox)
-            state.grew[i] = grew.any()
+        for i in range(len(state.masks)):
+            boxes[i], state.grew[i] = _grow(state, i)
+        state.cebox = boxes.copy()
     return {"boxes": boxes}
 
 
 def build_mask(state: PromptState, input_size: tuple[int, int]) -> dict:
-    """Gaussian-style mask prompt per object: ``mask_input`` ``B×1×256×256`` logits."""
-    cfg = state.cfg
-    strength = np.where(state.grew, cfg.grown_strength, cfg.strength)
-    return {"mask_input": mask_prompt(state.masks, input_size, strength, cfg.gamma, state.dist_crops)}
+    """Gaussian-style mask prompt per object: ``mask_input`` ``B×1×256×256`` logits.
+
+    The amplitude is decided per object (``grown_strength`` where CEBox grew its box); the
+    official code lets the last object of the image decide for all of them (a bug)."""
+    cfg, rules = state.cfg, state.rules
+    strength = np.where(state.grew, cfg.grown_strength, rules.strength)
+    return {"mask_input": mask_prompt(state.masks, state.maps, input_size, strength, cfg.gamma,
+                                      rules.mask_outside)}
 
 
 PromptFn = Callable[..., dict]
@@ -197,6 +256,24 @@ def build_prompts(state: PromptState, input_size: tuple[int, int]) -> dict:
     return args
 
 
+def prompt_records(state: PromptState, args: dict) -> list[dict]:
+    """Per object, the prompts handed to SAM, in original-image pixels: ``pos``/``neg`` lists of
+    ``[x, y]``, ``box`` ``[x0, y0, x1, y1]`` (inclusive max) or None, ``cebox`` (CEBox's box
+    when it ran) or None — the ``--dump-prompts`` record without ``id`` and ``iteration``."""
+    out = []
+    coords, labels = args.get("point_coords"), args.get("point_labels")
+    for i in range(len(state.masks)):
+        rec: dict = {"pos": [], "neg": []}
+        if coords is not None:
+            for (x, y), lab in zip(coords[i].tolist(), labels[i].tolist()):
+                if lab in (0, 1):
+                    rec["pos" if lab == 1 else "neg"].append([int(x), int(y)])
+        rec["box"] = [int(v) for v in args["boxes"][i]] if "boxes" in args else None
+        rec["cebox"] = [int(v) for v in state.cebox[i]] if state.cebox is not None else None
+        out.append(rec)
+    return out
+
+
 # ---- the loop ----------------------------------------------------------------------------------
 
 @dataclass
@@ -210,19 +287,39 @@ class RefineResult:
         iterations: ``(N,)`` decoder iterations each object went through.
         kept_coarse: ``(N,)`` bool, the coarse mask was kept unchanged because SAM returned an
             empty mask at the first iteration.
+        prompts: with ``record=True``, per object the list of :func:`prompt_records` of each
+            iteration (an object that converged early repeats its last prompts up to ``iters``,
+            exactly what further iterations would hand SAM; one that SAM emptied stops); else None.
     """
 
     masks: np.ndarray
     scores: np.ndarray
     iterations: np.ndarray
     kept_coarse: np.ndarray
+    prompts: list | None = None
 
 
 def needs_features(cfg: RefineConfig) -> bool:
     return "box" in cfg.prompts and cfg.cebox.enabled
 
 
-def refine_masks(engine, emb, masks: np.ndarray, cfg: RefineConfig) -> RefineResult:
+UPSCALES = ("sam", "direct")
+
+
+def upscale_masks(engine, low_res: torch.Tensor, emb, rule: str) -> np.ndarray:
+    """``B×1×256×256`` logits → ``B×H×W`` bool masks (logits > 0).
+
+    ``sam``: SAM's own ``postprocess_masks`` (bilinear to 1024², crop the non-padded part,
+    bilinear to the image), as the official code; ``direct``: the engine's one bilinear sampling.
+    """
+    if rule == "sam":
+        with torch.inference_mode():
+            up = engine.model.postprocess_masks(low_res.float(), tuple(emb.input_size), tuple(emb.original_size))
+        return (up[:, 0] > 0).cpu().numpy()
+    return engine.upscale(low_res, emb)[:, 0].cpu().numpy()
+
+
+def refine_masks(engine, emb, masks: np.ndarray, cfg: RefineConfig, record: bool = False) -> RefineResult:
     """Refine the ``N`` coarse masks of one image.
 
     Args:
@@ -230,6 +327,7 @@ def refine_masks(engine, emb, masks: np.ndarray, cfg: RefineConfig) -> RefineRes
         emb: the image's :class:`pseudolabel.core.sam.ImageEmbedding`.
         masks: ``N×H×W`` coarse masks at the original image size, each non-empty.
         cfg: settings.
+        record: keep the prompts of every iteration (:attr:`RefineResult.prompts`).
 
     Returns:
         A :class:`RefineResult`.
@@ -244,7 +342,10 @@ def refine_masks(engine, emb, masks: np.ndarray, cfg: RefineConfig) -> RefineRes
     active = masks.reshape(n, -1).any(axis=1)
     if not active.all():
         raise ValueError("refine_masks got an empty mask")
-    sampler = FeatureSampler(emb.features, emb.original_size, emb.input_size) if needs_features(cfg) else None
+    rules = cfg.rules
+    converged = np.zeros(n, dtype=bool)
+    prompts: list[list[dict]] = [[] for _ in range(n)]
+    sampler = make_sampler(cfg, emb)
     for _ in range(cfg.iters):
         todo = np.flatnonzero(active)
         if todo.size == 0:
@@ -253,10 +354,14 @@ def refine_masks(engine, emb, masks: np.ndarray, cfg: RefineConfig) -> RefineRes
         for start in range(0, todo.size, chunk):
             idx = todo[start:start + chunk]
             state = PromptState(current[idx], cfg, sampler)
-            low_res, iou = engine.decode(emb, **build_prompts(state, emb.input_size), multimask=cfg.multimask)
+            args = build_prompts(state, emb.input_size)
+            if record:
+                for obj, rec in zip(idx, prompt_records(state, args)):
+                    prompts[obj].append(rec)
+            low_res, iou = engine.decode(emb, **args, multimask=cfg.multimask)
             best = iou.argmax(dim=1)
             rows = torch.arange(len(idx), device=low_res.device)
-            new = engine.upscale(low_res[rows, best][:, None], emb)[:, 0].cpu().numpy()
+            new = upscale_masks(engine, low_res[rows, best][:, None], emb, rules.upscale)
             best_iou = iou[rows, best].float().cpu().numpy()
             for j, obj in enumerate(idx):
                 iterations[obj] += 1
@@ -265,8 +370,13 @@ def refine_masks(engine, emb, masks: np.ndarray, cfg: RefineConfig) -> RefineRes
                 elif np.array_equal(new[j], current[obj]):
                     scores[obj] = best_iou[j]
                     active[obj] = False  # converged: the next iteration would repeat this one
+                    converged[obj] = True
                 else:
                     current[obj] = new[j]
                     scores[obj] = best_iou[j]
+    if record:
+        for obj in np.flatnonzero(converged):
+            while len(prompts[obj]) < cfg.iters:
+                prompts[obj].append(dict(prompts[obj][-1]))
     kept = np.isnan(scores)
-    return RefineResult(current, scores, iterations, kept)
+    return RefineResult(current, scores, iterations, kept, prompts if record else None)

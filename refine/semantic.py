@@ -2,8 +2,8 @@
 
 Each label map (one class index per pixel, PNG mode ``L``, ``P`` or 16-bit) is paired with the
 image of the same file stem in the image folder. For every class present except the background
-and the ignore label, :func:`~refine.stm.split_then_merge` turns its pixels into object-like
-regions; all regions of the image are refined together by SAMRefiner (one encoder pass); the
+and the ignore label, split-then-merge (:data:`refine.stm.STM_RULES`, rule ``stm``) turns its
+pixels into object-like regions; all regions of the image are refined together by SAMRefiner (one encoder pass); the
 refined regions are painted back, a pixel claimed by regions of several classes going to the
 region with the highest predicted IoU. Pixels no region claims become background, except
 ignore-label pixels, which stay ignore. Palette PNGs keep their palette.
@@ -30,7 +30,7 @@ from pseudolabel.core.io import atomic_path, write_json_atomic
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 
 from .refiner import RefineConfig, create_engine, refine_masks
-from .stm import split_then_merge
+from .stm import STM_RULES
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -111,7 +111,7 @@ def refine_label_map(engine, emb, labels: np.ndarray, cfg: RefineConfig, scfg: S
     for c in np.unique(labels):
         if c in (scfg.background, scfg.ignore_label):
             continue
-        for r in split_then_merge(labels == c, mu=scfg.stm_mu, min_size=scfg.min_region):
+        for r in STM_RULES[cfg.rules.stm](labels == c, mu=scfg.stm_mu, min_size=scfg.min_region):
             regions.append(r)
             classes.append(int(c))
     out = np.full(labels.shape, scfg.background, dtype=np.int64)

@@ -87,3 +87,53 @@ def split_then_merge(mask: np.ndarray, mu: float = 0.5, min_size: int = 5) -> li
     out = [np.isin(labels, r.labels) for r in regions]
     out.sort(key=lambda m: int(np.argmax(m.ravel())))
     return out
+
+def official_split_then_merge(mask: np.ndarray, mu: float = 0.5, min_size: int = 5) -> list[np.ndarray]:
+    """Split-then-merge as the official script does it (sem2ins_mask.py ``merge_regions``).
+
+    Differences from :func:`split_then_merge`: components are OpenCV's 8-connected labels (in
+    OpenCV's order); a mask of a single component is returned as it is, however small; merging
+    is sequential — each region, in label order, absorbs every later region that passes the test
+    against its current extent — instead of best pair first; box areas count inclusive pixels
+    (``(w + 1)(h + 1)``) but the union area does not (``(x1 − x0)(y1 − y0)``; a zero union area
+    always merges).
+
+    Returns:
+        The regions as ``H×W`` bool masks, in the order of their region ids.
+    """
+    import cv2
+
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(np.asarray(mask, dtype=np.uint8), connectivity=8)
+    n -= 1  # label 0 is the background
+    if n <= 1:
+        return [labels == k for k in range(1, n + 1)]
+    area = stats[1:, cv2.CC_STAT_AREA].astype(np.int64)
+    x0, y0 = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
+    boxes = np.stack([x0, y0, x0 + stats[1:, cv2.CC_STAT_WIDTH] - 1, y0 + stats[1:, cv2.CC_STAT_HEIGHT] - 1], 1)
+    region = np.where(area >= min_size, np.arange(n), -1)  # component → region id (-1: dropped)
+
+    def extent(rid: int) -> tuple[np.ndarray, int, int]:
+        members = region == rid
+        b = boxes[members]
+        box = np.array([b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()])
+        return box, int(area[members].sum()), int((box[2] - box[0] + 1) * (box[3] - box[1] + 1))
+
+    for i in range(n):
+        ri = region[i]
+        if ri < 0:
+            continue
+        bi, mi, ai = extent(ri)
+        for j in range(i + 1, n):
+            rj = region[j]
+            if rj < 0 or rj == ri:
+                continue
+            bj, mj, aj = extent(rj)
+            union = int((max(bi[2], bj[2]) - min(bi[0], bj[0])) * (max(bi[3], bj[3]) - min(bi[1], bj[1])))
+            joint = (mi + mj) / union if union else float("inf")
+            if ai + aj > union * mu and joint > min(mu, min(mi / ai, mj / aj) - 0.1):
+                region[region == rj] = ri
+                bi, mi, ai = extent(ri)
+    return [np.isin(labels, np.flatnonzero(region == rid) + 1) for rid in np.unique(region[region >= 0])]
+
+
+STM_RULES = {"official": official_split_then_merge, "greedy": split_then_merge}

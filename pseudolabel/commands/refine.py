@@ -25,12 +25,14 @@ def refine_cmd(
     semantic: Annotated[Optional[Path], typer.Option("--semantic", help="Folder of PNG label maps to refine instead of --ann.")] = None,
     images: Annotated[Optional[Path], typer.Option("--images", help="Folder of the images.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Refined COCO JSON (with --ann) or folder of PNGs (with --semantic).")] = None,
+    reference: Annotated[Optional[str], typer.Option("--reference", help="Rules to follow: official (linyq2117/SAMRefiner's code, the default) or paper; single rules can be overridden in --config (docs/fidelity.md).")] = None,
+    dump_prompts: Annotated[Optional[Path], typer.Option("--dump-prompts", help="Also write the prompts handed to SAM, one JSON line per annotation per iteration (--ann only).")] = None,
     iters: Annotated[Optional[int], typer.Option("--iters", help="Refinement iterations (default 5).")] = None,
     prompts: RefinePromptsOpt = None,
     negative_point: Annotated[Optional[bool], typer.Option("--negative-point/--no-negative-point", help="Add the distance-guided negative point (default on).")] = None,
-    negative_fallback: Annotated[Optional[str], typer.Option("--negative-fallback", help="When a mask fills its box: omit (default) or origin (pixel (0,0), as the public code).")] = None,
-    cebox_margin: Annotated[Optional[float], typer.Option("--cebox-margin", help="CEBox growth margin (paper 0.1, the default; 0 = off, the public code).")] = None,
-    strength: Annotated[Optional[float], typer.Option("--strength", help="Mask-prompt amplitude (code 30, the default; paper 15).")] = None,
+    negative_fallback: Annotated[Optional[str], typer.Option("--negative-fallback", help="When the box holds no background: origin (pixel (0,0), official) or omit (paper).")] = None,
+    cebox_margin: Annotated[Optional[float], typer.Option("--cebox-margin", help="CEBox growth margin (0 = off: official; paper 0.1).")] = None,
+    strength: Annotated[Optional[float], typer.Option("--strength", help="Mask-prompt amplitude (official 30, paper 15).")] = None,
     gamma: Annotated[Optional[float], typer.Option("--gamma", help="Mask-prompt span (default 4).")] = None,
     grown_strength: Annotated[Optional[float], typer.Option("--grown-strength", help="Mask-prompt amplitude where CEBox grew the box (default 1).")] = None,
     multimask: Annotated[Optional[bool], typer.Option("--multimask/--single-mask", help="Keep the best of SAM's 3 outputs (default) or its single output.")] = None,
@@ -60,7 +62,7 @@ def refine_cmd(
         raise InputError("sap refine needs either --ann or --semantic, and --images and --out "
                          "(see sap refine --help)")
     file_refine, file_sem = split_file_values(load_config_file(config), RefineConfig, SemanticConfig)
-    cfg = resolve(RefineConfig(), file_refine, iters=iters, prompts=prompts, negative_point=negative_point,
+    cfg = resolve(RefineConfig(), file_refine, reference=reference, iters=iters, prompts=prompts, negative_point=negative_point,
                   negative_fallback=negative_fallback, cebox_margin=cebox_margin, strength=strength,
                   gamma=gamma, grown_strength=grown_strength, multimask=multimask, adapter=adapter,
                   embeddings=embeddings, model=model, checkpoint=checkpoint, precision=precision,
@@ -68,15 +70,15 @@ def refine_cmd(
     if semantic is not None:
         from refine.semantic import refine_semantic
 
-        if embeddings is not None:
-            raise InputError("--embeddings works with --ann only (label maps have no image ids)")
+        if embeddings is not None or dump_prompts is not None:
+            raise InputError("--embeddings and --dump-prompts work with --ann only (label maps have no annotation ids)")
         scfg = resolve(SemanticConfig(), file_sem, stm_mu=stm_mu, num_classes=num_classes,
                        ignore_label=ignore_label, background=background)
         summary = refine_semantic(semantic, images, out, cfg, scfg)
     else:
         from refine.instances import refine_coco
 
-        summary = refine_coco(ann, images, out, cfg, resume=resume)
+        summary = refine_coco(ann, images, out, cfg, resume=resume, dump_prompts=dump_prompts)
     for line in summary.lines():
         typer.echo(line)
     exit_for_failures(len(summary.failed))
@@ -88,8 +90,9 @@ def refine_adapt_cmd(
     images: ImagesOpt,
     out: Annotated[Path, typer.Option("--out", help="Adapter file to write (.pt).")],
     prompts: RefinePromptsOpt = None,
-    cebox_margin: Annotated[Optional[float], typer.Option("--cebox-margin", help="CEBox margin of the prompts (default 0.1).")] = None,
-    strength: Annotated[Optional[float], typer.Option("--strength", help="Mask-prompt amplitude (default 30).")] = None,
+    cebox_margin: Annotated[Optional[float], typer.Option("--cebox-margin", help="CEBox margin of the prompts (0 = off: official; paper 0.1).")] = None,
+    strength: Annotated[Optional[float], typer.Option("--strength", help="Mask-prompt amplitude (official 30, paper 15).")] = None,
+    reference: Annotated[Optional[str], typer.Option("--reference", help="Prompt rules: official (default) or paper.")] = None,
     rank: Annotated[Optional[int], typer.Option("--rank", help="LoRA rank (default 4).")] = None,
     margin: Annotated[Optional[float], typer.Option("--margin", help="Ranking-loss margin (default 0.02).")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="SGD learning rate (default 0.01; /10 at steps 60 and 100).")] = None,
@@ -109,7 +112,7 @@ def refine_adapt_cmd(
     from refine.refiner import RefineConfig
 
     file_refine, file_adapt = split_file_values(load_config_file(config), RefineConfig, AdaptConfig)
-    cfg = resolve(RefineConfig(), file_refine, prompts=prompts, cebox_margin=cebox_margin, strength=strength,
+    cfg = resolve(RefineConfig(), file_refine, reference=reference, prompts=prompts, cebox_margin=cebox_margin, strength=strength,
                   embeddings=embeddings, model=model, checkpoint=checkpoint, precision=precision, device=device)
     acfg = resolve(AdaptConfig(), file_adapt, rank=rank, alpha=None if rank is None else float(rank),
                    margin=margin, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed)
