@@ -141,15 +141,18 @@ def test_cached_embedding_gives_the_results_of_re_encoding(coarse, coco100_dir, 
                   ProposalConfig(model="tiny", checkpoint="none", precision="fp32", save_embeddings=True),
                   engine=engine)
     images = coco100_dir / "images"
+    assert CFG.rules.fp16_embeddings is False  # the official code keeps fresh embeddings fp32
+    cfg16 = dataclasses.replace(CFG, fp16_embeddings=True)
     cached = refine_coco(tmp_path / "coarse.json", images, tmp_path / "a.json",
-                         dataclasses.replace(CFG, embeddings=str(tmp_path / "cache")), engine=engine)
-    encoded = refine_coco(tmp_path / "coarse.json", images, tmp_path / "b.json", CFG, engine=engine)
+                         dataclasses.replace(cfg16, embeddings=str(tmp_path / "cache")), engine=engine)
+    encoded = refine_coco(tmp_path / "coarse.json", images, tmp_path / "b.json", cfg16, engine=engine)
     assert (cached.from_cache, cached.encoded) == (1, 0) and (encoded.from_cache, encoded.encoded) == (0, 1)
     a = json.loads((tmp_path / "a.json").read_text())["annotations"]
     b = json.loads((tmp_path / "b.json").read_text())["annotations"]
     assert [x["id"] for x in a] == [x["id"] for x in b]
 
-    # The cache stores the encoder's output in fp16, and fresh encodings go through fp16 too:
+    # The cache stores the encoder's output in fp16, and with fp16_embeddings fresh encodings go
+    # through fp16 too:
     # the stored embedding is exactly the rounded encoder output, and both runs agree bit for bit.
     img = one["images"][0]
     emb = engine.encode(load_image_rgb(images / img["file_name"]))

@@ -45,7 +45,7 @@ def eval_cmd(
         typer.echo(f"metrics written to {out}")
 
 
-viz_app = typer.Typer(help="Pictures: overlays, side-by-side stages, disagreement contact sheet.",
+viz_app = typer.Typer(help="Pictures: overlays, side-by-side stages, disagreement contact sheet, refine prompts.",
                       no_args_is_help=True, rich_markup_mode=None)
 VizOutDirOpt = Annotated[Path, typer.Option("--out", help="Folder for the PNGs.")]
 ImageIdOpt = Annotated[Optional[list[int]], typer.Option("--image-id", help="Only this image (repeatable).")]
@@ -81,6 +81,28 @@ def viz_overlay_cmd(
     report = render_overlays(load_coco_json(ann), images, out, image_ids=image_id, limit=limit,
                              alpha=alpha, labels=not no_labels)
     _viz_summary(report, "overlays", out)
+
+
+@viz_app.command("prompts")
+def viz_prompts_cmd(
+    dump: Annotated[Path, typer.Option("--dump", help="JSON Lines from sap refine --dump-prompts.")],
+    ann: Annotated[Path, typer.Option("--ann", help="COCO JSON whose masks are outlined (e.g. the coarse input).")],
+    images: ImagesOpt,
+    out: VizOutDirOpt,
+    iteration: Annotated[int, typer.Option("--iteration", help="Which iteration's prompts (0-based).")] = 0,
+    image_id: ImageIdOpt = None,
+    limit: LimitOpt = None,
+) -> None:
+    """One PNG per image: the points (green +, red −), box and CEBox box that SAM was given.
+
+    Example: sap viz prompts --dump prompts.jsonl --ann coarse.json --images coco/images --out viz/
+    """
+    from pseudolabel.core.coco import load_coco_json
+    from pseudolabel.viz.prompts import render_prompts
+
+    report = render_prompts(load_coco_json(ann), dump, images, out, iteration=iteration,
+                            image_ids=image_id, limit=limit)
+    _viz_summary(report, "prompt pictures", out)
 
 
 @viz_app.command("compare")
