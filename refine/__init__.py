@@ -1,8 +1,10 @@
-"""Stage 3, `sap refine`: SAMRefiner, refine any coarse mask with prompts mined from it (ALGORITHMS.md §4).
+"""Stage 3, `sap refine`: SAMRefiner, refine any coarse mask with prompts mined from it.
 
-Modules: ``prompts`` (distance-guided points, tight box), ``cebox`` (context-aware elastic box),
-``mask_prompt`` (Gaussian-style mask prompt), ``stm`` (split-then-merge), ``refiner`` (the
-per-image loop and the prompt-kind registry), ``inputs`` (usable coarse masks, embeddings from a
+By default it follows the official code rule for rule (docs/fidelity.md). Modules: ``reference``
+(the official code's rules vs the paper's, by name), ``distance`` (chamfer and Euclidean distance
+maps), ``prompts`` (distance-guided points, tight box), ``cebox`` and ``cebox_official``
+(context-aware elastic box), ``mask_prompt`` (Gaussian-style mask prompt), ``stm``
+(split-then-merge), ``refiner`` (the per-image loop and the prompt-kind registry), ``inputs`` (usable coarse masks, embeddings from a
 cache or the encoder), ``instances`` (COCO JSON in and out), ``semantic`` (PNG label maps),
 ``lora`` and ``adapt`` (SAMRefiner++ IoU LoRA and its training), ``corrupt`` (coarse masks from
 ground truth for benchmarks).
