@@ -1,8 +1,8 @@
 """`sap viz prompts`: draw the prompts `sap refine --dump-prompts` handed to SAM.
 
 One PNG per image: each annotation's mask (from the COCO file given, e.g. the coarse input) as an
-outline in its colour, its box in the same colour, CEBox's box (when CEBox ran) as a white
-outline, positive points as green discs and negative points as red discs, all of the chosen
+outline in its colour, its box in the same colour (on a white halo where CEBox ran and gave
+it), positive points as green discs and negative points as red discs, all of the chosen
 iteration. Dump lines are ``{"id", "iteration", "pos", "neg", "box", "cebox"}`` with ``(x, y)``
 pixel indices and boxes ``[x0, y0, x1, y1]`` with inclusive max (refine/instances.py).
 """
@@ -62,12 +62,12 @@ def draw_prompts(image: np.ndarray, lines: Sequence[Mapping[str, Any]],
     radius = max(3, 2 * t + 1)
     for r in lines:
         color = instance_color(r["id"])
+        if r["cebox"] is not None:  # a white halo under the box: CEBox ran (and gave this box)
+            x0, y0, x1, y1 = (int(v) for v in r["cebox"])
+            cv2.rectangle(canvas, (x0, y0), (x1, y1), CEBOX, 3 * t)
         if r["box"] is not None:
             x0, y0, x1, y1 = (int(v) for v in r["box"])
             cv2.rectangle(canvas, (x0, y0), (x1, y1), color, t)
-        if r["cebox"] is not None:
-            x0, y0, x1, y1 = (int(v) for v in r["cebox"])
-            cv2.rectangle(canvas, (x0, y0), (x1, y1), CEBOX, max(1, t // 2))
         for key, c in (("pos", POSITIVE), ("neg", NEGATIVE)):
             for x, y in r[key]:
                 cv2.circle(canvas, (int(x), int(y)), radius, c, -1)
