@@ -1,5 +1,8 @@
 """Context-aware elastic box (CEBox): let a coarse mask's box grow towards similar features.
 
+This is ``sap``'s exact-geometry version (rule ``cebox_rule: sap``, used by ``--reference paper``);
+:mod:`refine.cebox_official` is the official code's. Boxes here have an exclusive max.
+
 A coarse mask often misses part of its object, and so does its tight box; SAM then cannot
 recover the part. CEBox compares SAM's image features just outside each side of the box with
 the object's mean feature and moves that side outwards when enough of them look alike.

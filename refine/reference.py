@@ -4,8 +4,8 @@
 including the quirks that change results; ``--reference paper`` follows the paper (ICLR 2025)
 where the code departs from it, and our own choice where the paper is silent. Each rule can be
 overridden on its own in a ``--config`` file (``distance: euclidean``, ``cebox_margin: 0.1``,
-...). Two official bugs are fixed under both references: the tight box uses SAM's inclusive
-maximum (both already do in the official code; an earlier ``sap`` added 1), and CEBox's
+...). Two bugs are fixed under both references: the tight box has SAM's inclusive maximum
+(as the official code and SAM's ``batched_mask_to_box``; an earlier ``sap`` added 1), and CEBox's
 "grown" amplitude is decided per object, not by the last object of the image. docs/fidelity.md
 lists every rule with the official file:line and its measured effect.
 """
