@@ -84,13 +84,22 @@ class SelectorStep(nn.Module):
 
     Wrapping both in one module lets DistributedDataParallel see the whole step as its forward.
     The rules where the official code and the paper differ come from ``cfg`` after
-    :func:`.reference.apply_reference` (applied here when the caller has not).
+    :func:`.reference.apply_reference` (applied on assignment).
     """
 
     def __init__(self, net: SelectorNet, cfg: SelectConfig) -> None:
         super().__init__()
         self.net = net
-        self.cfg = apply_reference(cfg)
+        self.cfg = cfg
+
+    @property
+    def cfg(self) -> SelectConfig:
+        """The options, every rule resolved (assigning a config applies its reference)."""
+        return self._cfg
+
+    @cfg.setter
+    def cfg(self, value: SelectConfig) -> None:
+        self._cfg = apply_reference(value)
 
     def forward(self, images: torch.Tensor, samples: list[Sample], train: bool = True,
                 rng: np.random.Generator | None = None, trace: dict | None = None):
@@ -109,7 +118,8 @@ class SelectorStep(nn.Module):
             order of the samples' points.
         """
         cfg = self.cfg
-        trace = trace if trace is not None else {}
+        keep = trace is not None
+        trace = trace if keep else {}
         if not samples:  # keeps every rank's step alike when a whole batch failed to load
             zero = sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
             return {"empty": zero} if train else []
@@ -131,13 +141,15 @@ class SelectorStep(nn.Module):
         label_weights = score0.sum(dim=1)  # stage-0 bag score at the label
         pdg = [a for s in samples
                for a in geo.image_pdg_scores(self._pdg_points(s), s.labels, s.boxes, cfg.pdg_root)]
-        trace["score0"] = score0.float().cpu().numpy()
+        if keep:
+            trace["score0"] = score0.float().cpu().numpy()
         losses: dict[str, torch.Tensor] = {}
         if train:
             factor = None
             if cfg.pdg and self.net.stages == 2:
                 factor = _pad([geo.pdg_penalty(a, cfg.pdg_power) for a in pdg], valid0.shape[1], 1.0, device)
-                trace["pdg_factor"] = factor.cpu().numpy()
+                if keep:
+                    trace["pdg_factor"] = factor.cpu().numpy()
             losses["psm"] = psm_loss(cls0, ins0, valid0, labels, factor, cfg.psm_weight)
         if self.net.stages == 1:
             if train:
@@ -146,11 +158,13 @@ class SelectorStep(nn.Module):
 
         top0 = [self._top1(b[winner0[p]], score0[p, winner0[p]], img_hw[p]) for p, b in enumerate(bags)]
         pseudo0 = [self._bms(box, b)[0] if cfg.bms else box for box, b in zip(top0, bags)]
-        trace["top1_0"], trace["mined_0"] = np.array(top0), np.array(pseudo0)
+        if keep:
+            trace["top1_0"], trace["mined_0"] = np.array(top0), np.array(pseudo0)
 
         # ---- stage 1: PRM over PPG's bag, NPG's negatives ----
         bags1 = [self._ppg(b, pseudo0[p], pdg[p], winner0[p]) for p, b in enumerate(bags)] if cfg.pnpg else bags
-        trace["bags1"] = np.concatenate(bags1)
+        if keep:
+            trace["bags1"] = np.concatenate(bags1)
         cls1, ins1 = self.net.forward_boxes(feats, _boxes_per_image(samples, bags1, device), hw, stage=1)
         index1, valid1 = _dense_index([len(b) for b in bags1], device)
         cls1, ins1 = _dense(cls1, index1), _dense(ins1, index1)
@@ -166,13 +180,15 @@ class SelectorStep(nn.Module):
                                         cfg.npg_num, cfg.npg_iou, cfg.npg_part_iou, cfg.npg_part_min_area)
                     negs.append(torch.as_tensor(neg, dtype=torch.float32, device=device))
                     p += n
-                trace["negs"] = [n.cpu().numpy() for n in negs]
+                if keep:
+                    trace["negs"] = [n.cpu().numpy() for n in negs]
                 neg_cls, _ = self.net.forward_boxes(feats, negs, hw, stage=1)
                 losses["neg"] = negative_loss(neg_cls, len(bags), label_weights, cfg.neg_weight, cfg.rule_neg_norm)
             return losses
         score1, clsat1 = proposal_scores(cls1, ins1, valid1, labels, cfg.prm_select)
         winner1 = score1.argmax(dim=1).cpu().numpy()
-        trace["score1"] = score1.float().cpu().numpy()
+        if keep:
+            trace["score1"] = score1.float().cpu().numpy()
         pseudo1, top1 = [], []
         for p, b in enumerate(bags1):
             box = self._top1(b[winner1[p]], score1[p, winner1[p]], img_hw[p])
@@ -181,7 +197,8 @@ class SelectorStep(nn.Module):
             if cfg.bms:
                 box, branch = self._bms(box, bags[p])
             pseudo1.append((box, branch))
-        trace["top1_1"], trace["mined_1"] = np.array(top1), np.array([m for m, _ in pseudo1])
+        if keep:
+            trace["top1_1"], trace["mined_1"] = np.array(top1), np.array([m for m, _ in pseudo1])
         return self._choices(samples, bags, winner1, score1, clsat1, pseudo1, cfg.rule_bms == "official")
 
     def _pdg_points(self, s: Sample) -> np.ndarray:
