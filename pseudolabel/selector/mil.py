@@ -156,7 +156,8 @@ class SelectorStep(nn.Module):
                 return losses
             return self._choices(samples, bags, winner0, score0, clsat0, [None] * len(bags))
 
-        top0 = [self._top1(b[winner0[p]], score0[p, winner0[p]], img_hw[p]) for p, b in enumerate(bags)]
+        best0 = score0.max(dim=1).values.float().cpu()  # one device sync for the batch
+        top0 = [self._top1(b[winner0[p]], best0[p], img_hw[p]) for p, b in enumerate(bags)]
         pseudo0 = [self._bms(box, b)[0] if cfg.bms else box for box, b in zip(top0, bags)]
         if keep:
             trace["top1_0"], trace["mined_0"] = np.array(top0), np.array(pseudo0)
@@ -190,8 +191,9 @@ class SelectorStep(nn.Module):
         if keep:
             trace["score1"] = score1.float().cpu().numpy()
         pseudo1, top1 = [], []
+        best1 = score1.max(dim=1).values.float().cpu()
         for p, b in enumerate(bags1):
-            box = self._top1(b[winner1[p]], score1[p, winner1[p]], img_hw[p])
+            box = self._top1(b[winner1[p]], best1[p], img_hw[p])
             top1.append(box)
             branch = "none"
             if cfg.bms:
@@ -210,7 +212,7 @@ class SelectorStep(nn.Module):
     def _top1(self, proposal: np.ndarray, score: torch.Tensor, hw: tuple[int, int]) -> np.ndarray:
         """A stage's top-1 box before BMS (official: float32 ``s / (s + 1e-8)`` weighting)."""
         if self.cfg.rule_bms == "official":
-            return official.top1_box(proposal, score.detach().float().cpu(), hw[1], hw[0]).numpy()
+            return official.top1_box(proposal, score, hw[1], hw[0]).numpy()
         return geo.clamp_box(proposal, hw[1], hw[0])
 
     def _bms(self, box: np.ndarray, bag: np.ndarray) -> tuple[np.ndarray, str]:
