@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
-from pseudolabel.core.coco import check_categories, load_coco_json
+from pseudolabel.core.coco import check_categories, load_coco_json, mps_alternatives
 from pseudolabel.core.errors import ImageError, InputError
 from pseudolabel.core.images import load_image_rgb
 from pseudolabel.core.rle import RLE, decode_rles, rle_area, segmentation_to_rle
@@ -174,7 +174,7 @@ def load_dataset(json_path: str | os.PathLike, images_dir: str | os.PathLike, *,
             continue
         if ann["category_id"] not in index:
             raise InputError(f"{json_path.name} uses category {ann['category_id']}, unknown to the trained model")
-        alts = [segmentation_to_rle(a, rec.height, rec.width) for a in ann.get("alternatives") or []]
+        alts = [segmentation_to_rle(a, rec.height, rec.width) for a in mps_alternatives(ann)]
         stats.with_alternatives += bool(alts)
         rec.labels.append(index[ann["category_id"]])
         rec.rles.append(rle)

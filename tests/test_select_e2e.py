@@ -171,6 +171,7 @@ def test_cli_select_and_one_sentence_errors(data, sapnet_run, tmp_path, monkeypa
         "damaged or not a proposal cache": ["--ann", data.ann, "--proposals", broken],
         "unknown selection method": ["--ann", data.ann, "--proposals", data.cache, "--method", "best"],
         "needs the images": ["--ann", data.ann, "--proposals", data.cache, "--method", "mil"],
+        "--reference must be one of": ["--ann", data.ann, "--proposals", data.cache, "--reference", "code"],
     }
     for expected, args in cases.items():
         out = tmp_path / "never.json"

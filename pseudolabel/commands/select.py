@@ -26,6 +26,7 @@ def select_cmd(
     pdg: Annotated[Optional[bool], typer.Option("--pdg/--no-pdg", help="Point distance guidance in the stage-0 loss.")] = None,
     pnpg: Annotated[Optional[bool], typer.Option("--pnpg/--no-pnpg", help="Positive and negative proposal generation for stage 1.")] = None,
     bms: Annotated[Optional[bool], typer.Option("--bms/--no-bms", help="Box mining after each stage's top-1.")] = None,
+    reference: Annotated[Optional[str], typer.Option("--reference", help="official (default: the official SAPNet code's rules, quirks included) | paper (the paper's rules); per-rule overrides (rule_bms, rule_ppg_box, rule_mps, rule_roi_align, rule_bn, rule_pdg_point, rule_neg_norm) go in --config.")] = None,
     missing: Annotated[Optional[str], typer.Option("--missing", help="Points of unreadable images: fallback (SAM's top-1) | skip.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per step per process (4); lr = 0.015 × total / 32.")] = None,
     min_size: Annotated[Optional[int], typer.Option("--min-size", help="Short side of the network input (800).")] = None,
@@ -47,7 +48,7 @@ def select_cmd(
     from pseudolabel.selector import SelectConfig, run_select
 
     cfg = resolve(SelectConfig(), load_config_file(config), method=method, epochs=epochs, backbone=backbone,
-                  backbone_weights=backbone_weights, pdg=pdg, pnpg=pnpg, bms=bms, missing=missing,
+                  backbone_weights=backbone_weights, pdg=pdg, pnpg=pnpg, bms=bms, reference=reference, missing=missing,
                   batch_size=batch_size, min_size=min_size, max_size=max_size, workers=workers,
                   work_dir=work_dir, resume=resume, weights=weights, device=device, seed=seed)
     summary = run_select(ann, proposals, out, cfg, images=images)

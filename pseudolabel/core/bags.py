@@ -30,6 +30,8 @@ class Bag:
         kinds: K prompt kind names (``"point"``, ``"point_box"``, ...).
         ranks: ``K`` ints, SAM's multimask output index within the kind (0, 1, 2).
         stability: ``K`` stability scores (``nan`` where unknown).
+        true_box: the ``true_bbox`` of an official SAPNet file as XYXY (original pixels), whose
+            centre the official code uses as the point; None when the source has none.
     """
 
     ann_id: int
@@ -42,6 +44,7 @@ class Bag:
     kinds: list[str]
     ranks: np.ndarray
     stability: np.ndarray = field(default=None)  # type: ignore[assignment]
+    true_box: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)

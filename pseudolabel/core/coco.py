@@ -88,3 +88,31 @@ def check_categories(coco: dict[str, Any], source: str = "the annotation file") 
     if missing:
         cats = ", ".join(str(k) for k in sorted(missing, key=str))
         raise InputError(f"{source} uses category ids absent from its categories list: {cats}")
+
+
+def mps_alternatives(ann: dict[str, Any]) -> list[Any]:
+    """A pseudo-label's proposal masks in MPS rank order from rank 2: rank ``r`` ↦ element ``r − 2``.
+
+    `sap select` writes ``alternatives`` (the other proposals, best first), ``sap.order`` (all
+    proposals ranked, best first), ``sap.proposal_index`` (the selected one) and ``sap.mps``,
+    the rule of SAPNet's multi-mask supervision:
+
+    * ``"official"`` (the official code): rank ``r`` is proposal ``order[r − 1]`` of the ranking
+      of *all* proposals, which is the selected mask itself (``segmentation``) when it ranks there;
+    * ``"paper"``, or a file without ``sap.mps``: rank ``r`` is ``alternatives[r − 2]``.
+
+    Raises:
+        InputError: ``sap.order`` and ``alternatives`` do not describe the same proposals.
+    """
+    alts = list(ann.get("alternatives") or [])
+    sap = ann.get("sap") or {}
+    if sap.get("mps") != "official" or "order" not in sap or "proposal_index" not in sap:
+        return alts
+    order, chosen = [int(j) for j in sap["order"]], int(sap["proposal_index"])
+    others = [j for j in order if j != chosen]
+    if len(others) != len(alts) or chosen not in order:
+        raise InputError(f"annotation {ann.get('id')}: 'sap.order' ranks {len(order)} proposals but "
+                         f"'alternatives' holds {len(alts)} besides the selected one")
+    mask = dict(zip(others, alts))
+    mask[chosen] = ann["segmentation"]
+    return [mask[j] for j in order[1:]]

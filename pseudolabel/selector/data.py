@@ -47,6 +47,8 @@ class Sample:
         labels: ``P`` contiguous class indices.
         boxes: P arrays ``K_i×4`` XYXY, the proposals of each point.
         error: why the image could not be read, else None.
+        true_centres: ``P×2`` centres of the points' ``true_bbox`` (official SAPNet files), NaN
+            where the bag has none; scaled and flipped like ``points``.
     """
 
     image_id: int
@@ -59,6 +61,7 @@ class Sample:
     labels: np.ndarray
     boxes: list[np.ndarray] = field(default_factory=list)
     error: str | None = None
+    true_centres: np.ndarray | None = None
 
 
 @dataclass
@@ -116,12 +119,16 @@ class BagDataset(Dataset):
         flipped = bool(self.flip_prob > 0 and rng.random() < self.flip_prob)
         bags = self.bags[img["id"]]
         points = np.array([b.point for b in bags], dtype=np.float64).reshape(-1, 2) * [sx, sy]
+        centres = np.array([(b.true_box[:2] + b.true_box[2:]) / 2 if b.true_box is not None else (np.nan, np.nan)
+                            for b in bags], dtype=np.float64).reshape(-1, 2) * [sx, sy]
         boxes = [b.boxes * [sx, sy, sx, sy] for b in bags]
         if flipped:
             points[:, 0] = w - points[:, 0]
+            centres[:, 0] = w - centres[:, 0]
             boxes = [np.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], axis=1) for b in boxes]
         sample = Sample(int(img["id"]), None, (h, w), (sx, sy), flipped, [b.ann_id for b in bags], points,
-                        np.array([self.cat_index[b.category_id] for b in bags], dtype=np.int64), boxes)
+                        np.array([self.cat_index[b.category_id] for b in bags], dtype=np.int64), boxes,
+                        true_centres=centres)
         try:
             rgb = load_image_rgb(self.images_dir / img["file_name"], (w0, h0))
         except ImageError as e:

@@ -41,7 +41,9 @@ def proposal_scores(cls_logits: torch.Tensor, ins_logits: torch.Tensor, valid: t
         probability at the label.
     """
     cls = cls_logits.float().softmax(dim=-1) if activation == "softmax" else cls_logits.float().sigmoid()
-    ins = instance_probs(ins_logits, valid)
+    # L1-normalised again as the official code does (a no-op up to rounding; the official top-1
+    # box depends on the score's last bits, see official.top1_box)
+    ins = F.normalize(instance_probs(ins_logits, valid), p=1, dim=1)
     idx = labels.view(-1, 1, 1).expand(-1, cls.shape[1], 1)
     cls_at = cls.gather(2, idx)[..., 0] * valid
     return cls_at * ins.gather(2, idx)[..., 0], cls_at
@@ -96,14 +98,16 @@ def prm_loss(cls_logits: torch.Tensor, ins_logits: torch.Tensor, valid: torch.Te
 
 
 def negative_loss(neg_cls_logits: torch.Tensor, num_points: int, label_weights: torch.Tensor,
-                  weight: float = 0.75) -> torch.Tensor:
+                  weight: float = 0.75, norm: str = "points") -> torch.Tensor:
     """Stage-1 loss on negative boxes: gfocal with target 0 on their sigmoid class scores.
 
-    Summed over boxes and classes, divided by the number of points, times
+    Summed over boxes and classes, divided by the number of points (``norm="points"``, the
+    official code) or of negative boxes (``"negatives"``, the paper's mean), times
     ``weight × mean(label_weights)``.
     """
     if neg_cls_logits.numel() == 0:
         return neg_cls_logits.float().sum() * 0.0
     p = neg_cls_logits.float().sigmoid()
     loss = gfocal(p, torch.zeros_like(p)).sum()
-    return weight * label_weights.float().mean() * loss / max(num_points, 1)
+    count = num_points if norm == "points" else len(neg_cls_logits)
+    return weight * label_weights.float().mean() * loss / max(count, 1)

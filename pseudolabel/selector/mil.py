@@ -15,10 +15,12 @@ import torch
 from torch import nn
 
 from pseudolabel.selector import geometry as geo
+from . import official
 from .data import Sample
 from .losses import negative_loss, prm_loss, proposal_scores, psm_loss
 from .model import SelectorNet
 from .options import SelectConfig
+from .reference import apply_reference
 
 
 @dataclass
@@ -81,6 +83,8 @@ class SelectorStep(nn.Module):
     """The selector network plus the MIL logic; ``forward`` is one training or selection step.
 
     Wrapping both in one module lets DistributedDataParallel see the whole step as its forward.
+    The rules where the official code and the paper differ come from ``cfg`` after
+    :func:`.reference.apply_reference` (applied on assignment).
     """
 
     def __init__(self, net: SelectorNet, cfg: SelectConfig) -> None:
@@ -88,8 +92,17 @@ class SelectorStep(nn.Module):
         self.net = net
         self.cfg = cfg
 
+    @property
+    def cfg(self) -> SelectConfig:
+        """The options, every rule resolved (assigning a config applies its reference)."""
+        return self._cfg
+
+    @cfg.setter
+    def cfg(self, value: SelectConfig) -> None:
+        self._cfg = apply_reference(value)
+
     def forward(self, images: torch.Tensor, samples: list[Sample], train: bool = True,
-                rng: np.random.Generator | None = None):
+                rng: np.random.Generator | None = None, trace: dict | None = None):
         """Run the stages on a batch.
 
         Args:
@@ -97,12 +110,16 @@ class SelectorStep(nn.Module):
             samples: the readable samples of the batch, in the order of ``images``.
             train: return losses (True) or choices (False).
             rng: random source of NPG (training only).
+            trace: when a dict, filled with the intermediate values (scores, PDG factors, top-1
+                and mined boxes, PPG bags, NPG boxes) in point order, for tests and diagnosis.
 
         Returns:
             ``dict[str, Tensor]`` of losses when training, else ``list[PointChoice]`` in the
             order of the samples' points.
         """
         cfg = self.cfg
+        keep = trace is not None
+        trace = trace if keep else {}
         if not samples:  # keeps every rank's step alike when a whole batch failed to load
             zero = sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
             return {"empty": zero} if train else []
@@ -122,32 +139,33 @@ class SelectorStep(nn.Module):
             score0, clsat0 = proposal_scores(cls0, ins0, valid0, labels, "softmax")
         winner0 = score0.argmax(dim=1).cpu().numpy()
         label_weights = score0.sum(dim=1)  # stage-0 bag score at the label
-        pdg = [a for s in samples for a in geo.image_pdg_scores(s.points, s.labels, s.boxes, cfg.pdg_root)]
+        pdg = [a for s in samples
+               for a in geo.image_pdg_scores(self._pdg_points(s), s.labels, s.boxes, cfg.pdg_root)]
+        if keep:
+            trace["score0"] = score0.float().cpu().numpy()
         losses: dict[str, torch.Tensor] = {}
         if train:
             factor = None
             if cfg.pdg and self.net.stages == 2:
                 factor = _pad([geo.pdg_penalty(a, cfg.pdg_power) for a in pdg], valid0.shape[1], 1.0, device)
+                if keep:
+                    trace["pdg_factor"] = factor.cpu().numpy()
             losses["psm"] = psm_loss(cls0, ins0, valid0, labels, factor, cfg.psm_weight)
         if self.net.stages == 1:
             if train:
                 return losses
             return self._choices(samples, bags, winner0, score0, clsat0, [None] * len(bags))
 
-        pseudo0 = []
-        for p, b in enumerate(bags):
-            box = geo.clamp_box(b[winner0[p]], img_hw[p][1], img_hw[p][0])
-            if cfg.bms:
-                box, _ = self._bms(box, b)
-            pseudo0.append(box)
+        best0 = score0.max(dim=1).values.float().cpu()  # one device sync for the batch
+        top0 = [self._top1(b[winner0[p]], best0[p], img_hw[p]) for p, b in enumerate(bags)]
+        pseudo0 = [self._bms(box, b)[0] if cfg.bms else box for box, b in zip(top0, bags)]
+        if keep:
+            trace["top1_0"], trace["mined_0"] = np.array(top0), np.array(pseudo0)
 
         # ---- stage 1: PRM over PPG's bag, NPG's negatives ----
-        # PPG rescales the stage-0 box as mined by BMS (the paper's b*). The official code rescales
-        # the proposal equal to that box, and the bag's last proposal when BMS has moved it.
-        if cfg.pnpg:
-            bags1 = [geo.ppg_boxes(b, pseudo0[p], pdg[p][winner0[p]]) for p, b in enumerate(bags)]
-        else:
-            bags1 = bags
+        bags1 = [self._ppg(b, pseudo0[p], pdg[p], winner0[p]) for p, b in enumerate(bags)] if cfg.pnpg else bags
+        if keep:
+            trace["bags1"] = np.concatenate(bags1)
         cls1, ins1 = self.net.forward_boxes(feats, _boxes_per_image(samples, bags1, device), hw, stage=1)
         index1, valid1 = _dense_index([len(b) for b in bags1], device)
         cls1, ins1 = _dense(cls1, index1), _dense(ins1, index1)
@@ -163,27 +181,60 @@ class SelectorStep(nn.Module):
                                         cfg.npg_num, cfg.npg_iou, cfg.npg_part_iou, cfg.npg_part_min_area)
                     negs.append(torch.as_tensor(neg, dtype=torch.float32, device=device))
                     p += n
+                if keep:
+                    trace["negs"] = [n.cpu().numpy() for n in negs]
                 neg_cls, _ = self.net.forward_boxes(feats, negs, hw, stage=1)
-                losses["neg"] = negative_loss(neg_cls, len(bags), label_weights, cfg.neg_weight)
+                losses["neg"] = negative_loss(neg_cls, len(bags), label_weights, cfg.neg_weight, cfg.rule_neg_norm)
             return losses
         score1, clsat1 = proposal_scores(cls1, ins1, valid1, labels, cfg.prm_select)
         winner1 = score1.argmax(dim=1).cpu().numpy()
-        pseudo1 = []
+        if keep:
+            trace["score1"] = score1.float().cpu().numpy()
+        pseudo1, top1 = [], []
+        best1 = score1.max(dim=1).values.float().cpu()
         for p, b in enumerate(bags1):
-            box = geo.clamp_box(b[winner1[p]], img_hw[p][1], img_hw[p][0])
+            box = self._top1(b[winner1[p]], best1[p], img_hw[p])
+            top1.append(box)
             branch = "none"
             if cfg.bms:
                 box, branch = self._bms(box, bags[p])
             pseudo1.append((box, branch))
-        return self._choices(samples, bags, winner1, score1, clsat1, pseudo1)
+        if keep:
+            trace["top1_1"], trace["mined_1"] = np.array(top1), np.array([m for m, _ in pseudo1])
+        return self._choices(samples, bags, winner1, score1, clsat1, pseudo1, cfg.rule_bms == "official")
+
+    def _pdg_points(self, s: Sample) -> np.ndarray:
+        """PDG's points: the centres of ``true_bbox`` where given (official rule), else the points."""
+        if self.cfg.rule_pdg_point != "official" or s.true_centres is None:
+            return s.points
+        return np.where(np.isnan(s.true_centres), s.points, s.true_centres)
+
+    def _top1(self, proposal: np.ndarray, score: torch.Tensor, hw: tuple[int, int]) -> np.ndarray:
+        """A stage's top-1 box before BMS (official: float32 ``s / (s + 1e-8)`` weighting)."""
+        if self.cfg.rule_bms == "official":
+            return official.top1_box(proposal, score, hw[1], hw[0]).numpy()
+        return geo.clamp_box(proposal, hw[1], hw[0])
 
     def _bms(self, box: np.ndarray, bag: np.ndarray) -> tuple[np.ndarray, str]:
         cfg = self.cfg
-        return geo.bms(box, bag[: cfg.bms_candidates], cfg.bms_expand_iou, cfg.bms_contain_iou, cfg.bms_slack)
+        cands = bag[: cfg.bms_candidates]
+        if cfg.rule_bms == "official":
+            mined, branch = official.bms(torch.as_tensor(box, dtype=torch.float32), cands, cfg.bms_expand_iou,
+                                         cfg.bms_contain_iou, cfg.bms_slack)
+            return mined.numpy(), branch
+        return geo.bms(box, cands, cfg.bms_expand_iou, cfg.bms_contain_iou, cfg.bms_slack)
+
+    def _ppg(self, proposals: np.ndarray, mined: np.ndarray, pdg: np.ndarray, winner: int) -> np.ndarray:
+        """PPG's bag: official rescales the proposal matching the mined box (else the last one),
+        the paper the mined box b* itself; the growth/shrink follows that box's PDG score."""
+        if self.cfg.rule_ppg_box == "official":
+            j = official.ppg_source_index(proposals, mined)
+            return geo.ppg_boxes(proposals, proposals[j], pdg[j])
+        return geo.ppg_boxes(proposals, mined, pdg[winner])
 
     @staticmethod
     def _choices(samples: list[Sample], bags: list[np.ndarray], winner: np.ndarray, score: torch.Tensor,
-                 clsat: torch.Tensor, mined: list) -> list[PointChoice]:
+                 clsat: torch.Tensor, mined: list, float32: bool = False) -> list[PointChoice]:
         ann_ids = [a for s in samples for a in s.ann_ids]
         score = score.float().cpu().numpy()
         clsat = clsat.float().cpu().numpy()
@@ -195,6 +246,6 @@ class SelectorStep(nn.Module):
                 index, branch = int(winner[p]), "none"
             else:
                 box, branch = mined[p]
-                index = geo.final_mask_index(b, box)
+                index = official.final_index(b, box) if float32 else geo.final_mask_index(b, box)
             out.append(PointChoice(ann_ids[p], index, float(clsat[p, winner[p]]), order, branch))
         return out

@@ -1,6 +1,12 @@
 """SAPNet's selector network: ResNet + FPN (GN, P2–P6), RoIAlign 7×7, two shared FC of 1024,
 and one class/instance head pair per MIL stage (PSM: ``C + 1`` outputs, PRM: ``C``).
 
+Two rules of :mod:`.reference` shape it: ``rule_roi_align`` (``official``: mmcv's aligned
+RoIAlign with adaptive sampling and mmdetection's level rule; ``legacy``: torchvision's
+MultiScaleRoIAlign, not aligned, sampling 2) and ``rule_bn`` (``official``: BatchNorm
+statistics frozen, affine weights of ResNet layers 2–4 trained, as mmdetection's ``norm_eval``
+with ``requires_grad``; ``frozen``: FrozenBatchNorm everywhere).
+
 Images enter as ``B×3×H×W`` float tensors normalised with the ImageNet mean/std (see
 :mod:`.data`); boxes are ``XYXY`` in the pixels of that input.
 """
@@ -15,23 +21,28 @@ import torch
 from torch import nn
 from torchvision.ops import MultiScaleRoIAlign
 
-from pseudolabel.core.resnet_fpn import FEATURE_NAMES, ResNetFPN, build_resnet_fpn
+from pseudolabel.core.resnet_fpn import FEATURE_NAMES, STRIDES, ResNetFPN, build_resnet_fpn
+from .roi import LevelRoIAlign
 
 FPN_CHANNELS = 256
 ROI_SIZE = 7
 FC_DIM = 1024
 
 
-def build_backbone(name: str = "resnet50", weights: str | os.PathLike | None = "imagenet"
-                   ) -> tuple[ResNetFPN, str]:
-    """SAPNet's backbone: ResNet (frozen BN, stem and ``layer1`` frozen) + FPN of 256 channels with
+def build_backbone(name: str = "resnet50", weights: str | os.PathLike | None = "imagenet",
+                   bn: str = "official") -> tuple[ResNetFPN, str]:
+    """SAPNet's backbone: ResNet (stem and ``layer1`` frozen) + FPN of 256 channels with
     GroupNorm(32) and P6 by a stride-2 conv on C5 (see :mod:`pseudolabel.core.resnet_fpn`).
+
+    Args:
+        bn: ``"official"`` (BatchNorm2d: :meth:`SelectorNet.train` keeps its statistics frozen,
+            its affine weights train in layers 2–4) or ``"frozen"`` (FrozenBatchNorm2d).
 
     Returns:
         ``(module, weights_loaded)``; the module maps images to an ordered dict ``p2 … p6``.
     """
-    return build_resnet_fpn(name, weights, norm="frozen_bn", fpn_channels=FPN_CHANNELS, fpn_norm="gn", p6="conv",
-                            freeze_at=2, what="the selector's backbone")
+    return build_resnet_fpn(name, weights, norm="frozen_bn" if bn == "frozen" else "bn", fpn_channels=FPN_CHANNELS,
+                            fpn_norm="gn", p6="conv", freeze_at=2, what="the selector's backbone")
 
 
 class SelectorNet(nn.Module):
@@ -42,17 +53,24 @@ class SelectorNet(nn.Module):
         stages: 1 (PSM only, the ``mil`` method) or 2 (PSM + PRM, ``sapnet``).
         backbone: a name of :data:`pseudolabel.core.resnet_fpn.BACKBONES`.
         backbone_weights: see :func:`~pseudolabel.core.resnet_fpn.build_resnet_fpn`.
+        roi_align: ``"official"`` (:class:`.roi.LevelRoIAlign`) or ``"legacy"``.
+        bn: ``"official"`` or ``"frozen"`` (see :func:`build_backbone`).
     """
 
     def __init__(self, num_classes: int, stages: int = 2, backbone: str = "resnet50",
-                 backbone_weights: str | os.PathLike | None = "imagenet") -> None:
+                 backbone_weights: str | os.PathLike | None = "imagenet", roi_align: str = "official",
+                 bn: str = "official") -> None:
         super().__init__()
         if stages not in (1, 2):
             raise ValueError("stages must be 1 or 2")
         self.num_classes = num_classes
         self.stages = stages
-        self.backbone, self.backbone_weights = build_backbone(backbone, backbone_weights)
-        self.roi_align = MultiScaleRoIAlign(list(FEATURE_NAMES), ROI_SIZE, sampling_ratio=2)
+        self.backbone, self.backbone_weights = build_backbone(backbone, backbone_weights, bn=bn)
+        if roi_align == "legacy":
+            self.roi_align = MultiScaleRoIAlign(list(FEATURE_NAMES), ROI_SIZE, sampling_ratio=2)
+        else:
+            self.roi_align = LevelRoIAlign(list(FEATURE_NAMES), list(STRIDES), ROI_SIZE, sampling_ratio=0,
+                                           aligned=True)
         self.shared_fcs = nn.Sequential(
             nn.Flatten(1), nn.Linear(FPN_CHANNELS * ROI_SIZE * ROI_SIZE, FC_DIM), nn.ReLU(inplace=True),
             nn.Linear(FC_DIM, FC_DIM), nn.ReLU(inplace=True))
@@ -69,6 +87,14 @@ class SelectorNet(nn.Module):
                 nn.init.zeros_(m.bias)
         for m in self.fc_cls:
             nn.init.constant_(m.bias, prior_bias)
+
+    def train(self, mode: bool = True) -> "SelectorNet":
+        """Train mode everywhere except the BatchNorm layers, whose statistics stay frozen."""
+        super().train(mode)
+        for m in self.backbone.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
 
     def features(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         """FPN features ``p2 … p6`` of a ``B×3×H×W`` batch (H, W multiples of 32)."""

@@ -1,4 +1,9 @@
-"""Every option of `sap select`, with SAPNet's official values as defaults (ALGORITHMS.md §3)."""
+"""Every option of `sap select`, with SAPNet's official values as defaults (ALGORITHMS.md §3).
+
+The options named in :mod:`.reference` (``rule_*``, ``pdg_root``, ``pdg_power``, ``prm_select``)
+default to ``None``: :func:`.reference.apply_reference` fills them from ``reference``
+(``official`` or ``paper``) unless the configuration file sets them one by one.
+"""
 
 from __future__ import annotations
 
@@ -41,12 +46,21 @@ class SelectConfig:
     pdg: bool = True
     pnpg: bool = True
     bms: bool = True
+    # official code or paper, rule by rule (None: from `reference`; see reference.py)
+    reference: str = "official"            # official | paper
+    rule_bms: Optional[str] = None         # official (float32 top-1 weighting) | paper
+    rule_ppg_box: Optional[str] = None     # official (matching proposal, else the last) | paper (mined box)
+    rule_mps: Optional[str] = None         # official (ranks of all proposals) | paper (of the others)
+    rule_roi_align: Optional[str] = None   # official (aligned, adaptive sampling) | legacy
+    rule_bn: Optional[str] = None          # official (affine trained in layers 2-4) | frozen
+    rule_pdg_point: Optional[str] = None   # official (true_bbox centre when given) | paper (the point)
+    rule_neg_norm: Optional[str] = None    # points (official) | negatives (paper)
     # numbers of the method (official code; paper values in comments)
     psm_weight: float = 0.25
     prm_weight: float = 0.25
     neg_weight: float = 0.75               # paper: L = α·pos + (1 − α)·neg, α = 0.25
-    pdg_root: float = 0.25                 # (dx² + dy²)^0.25; paper: plain distance (0.5)
-    pdg_power: float = 1.0 / 64            # paper: d = 0.015
+    pdg_root: Optional[float] = None       # official (dx² + dy²)^0.25; paper: plain distance (0.5)
+    pdg_power: Optional[float] = None      # official 1/64; paper: d = 0.015
     npg_num: int = 500
     npg_iou: float = 0.3
     npg_part_iou: float = 0.5
@@ -55,7 +69,7 @@ class SelectConfig:
     bms_contain_iou: float = 0.3
     bms_slack: float = 2.0
     bms_candidates: int = 3                # BMS mines among the first 3 proposals of a bag
-    prm_select: str = "softmax"            # stage-1 selection: softmax (code) or sigmoid (its loss)
+    prm_select: Optional[str] = None       # stage-1 selection: softmax (code) or sigmoid (paper)
 
     @property
     def stages(self) -> int:

@@ -30,6 +30,7 @@ from pseudolabel.core.progress import logger
 from pseudolabel.core.rle import rle_area, rle_to_bbox_xywh
 from .mil import PointChoice
 from .options import SelectConfig
+from .reference import apply_reference
 
 
 @dataclass
@@ -54,15 +55,37 @@ class MethodResult:
     is_main: bool = True
 
 
+def has_scores(bag: Bag) -> bool:
+    """Whether SAM's predicted IoU is known for at least one proposal of the bag."""
+    return bool(len(bag)) and not bool(np.isnan(bag.scores).all())
+
+
 def sam_top1_choice(bag: Bag) -> PointChoice:
-    """The proposal with SAM's highest predicted IoU (first on ties); order by that score."""
-    order = [int(i) for i in np.argsort(-bag.scores, kind="stable")]
+    """The proposal with SAM's highest predicted IoU (first on ties; proposals without a score
+    last); order by that score.
+
+    Raises:
+        InputError: the bag has no scores at all.
+    """
+    if not has_scores(bag):
+        raise InputError(f"annotation {bag.ann_id} has no SAM scores ('score' or 'scores'), so SAM's top-1 "
+                         "is undefined")
+    order = [int(i) for i in np.argsort(-bag.scores, kind="stable")]  # NaN sorts last
     return PointChoice(bag.ann_id, order[0], float(bag.scores[order[0]]), order)
 
 
 def choose_sam_top1(ctx: SelectContext) -> MethodResult:
-    """``sam-top1``: no training, no images."""
-    return MethodResult({b.ann_id: sam_top1_choice(b) for bags in ctx.bags.values() for b in bags if len(b)})
+    """``sam-top1``: no training, no images.
+
+    Raises:
+        InputError: some bag has no SAM scores (e.g. an official SAPNet file without ``scores``).
+    """
+    bags = [b for image_bags in ctx.bags.values() for b in image_bags if len(b)]
+    unscored = [b.ann_id for b in bags if not has_scores(b)]
+    if unscored:
+        raise InputError(f"--method sam-top1 needs SAM's scores, but {len(unscored)} bags have none "
+                         f"(first annotation {unscored[0]}; the file lacks 'score' and 'scores')")
+    return MethodResult({b.ann_id: sam_top1_choice(b) for b in bags})
 
 
 def choose_learned(ctx: SelectContext) -> MethodResult:
@@ -109,12 +132,18 @@ METHODS: dict[str, Callable[[SelectContext], MethodResult]] = {
 MISSING_POLICIES = ("fallback", "skip")
 
 
-def pseudo_annotation(bag: Bag, choice: PointChoice, method: str, fallback: bool = False) -> dict[str, Any]:
-    """The output annotation of one point: chosen mask, box, area, score, provenance, alternatives."""
+def pseudo_annotation(bag: Bag, choice: PointChoice, method: str, fallback: bool = False,
+                      mps: str = "official") -> dict[str, Any]:
+    """The output annotation of one point: chosen mask, box, area, score, provenance, alternatives.
+
+    ``alternatives`` are the other proposals, best first; ``sap.order`` ranks all of them and
+    ``sap.mps`` names the rule by which `sap train` picks its MPS targets from that ranking
+    (see :func:`pseudolabel.core.coco.mps_alternatives`).
+    """
     i = choice.index
     rle = {"size": [int(v) for v in bag.rles[i]["size"]], "counts": bag.rles[i]["counts"]}
     sap = {"method": method, "prompt_kind": bag.kinds[i], "rank": int(bag.ranks[i]), "proposal_index": int(i),
-           "order": [int(j) for j in choice.order]}
+           "order": [int(j) for j in choice.order], "mps": mps}
     if fallback:
         sap["fallback"] = True
     return {
@@ -205,6 +234,7 @@ def run_select(ann: str | os.PathLike, proposals: str | os.PathLike, out: str | 
 
     if cfg.method not in METHODS:
         raise InputError(f"unknown selection method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    cfg = apply_reference(cfg)
     if cfg.missing not in MISSING_POLICIES:
         raise InputError(f"--missing must be one of {', '.join(MISSING_POLICIES)}, not {cfg.missing!r}")
     points = load_coco_json(ann)
@@ -221,8 +251,8 @@ def run_select(ann: str | os.PathLike, proposals: str | os.PathLike, out: str | 
     finally:
         _leave_process_group()
     bag_of = {b.ann_id: b for image_bags in bags.values() for b in image_bags}
-    annotations, no_props, fallback, skipped = [], [], [], []
-    changed = 0
+    annotations, no_props, fallback, skipped, unscored = [], [], [], [], []
+    changed = compared = 0
     for image in points["images"]:
         for p in by_image.get(image["id"], []):
             bag = bag_of.get(p.ann_id)
@@ -231,18 +261,23 @@ def run_select(ann: str | os.PathLike, proposals: str | os.PathLike, out: str | 
                 continue
             choice = result.choices.get(p.ann_id)
             if choice is None:  # its image could not be read
-                if cfg.missing == "skip":
+                if cfg.missing == "skip" or not has_scores(bag):
                     skipped.append(p.ann_id)
+                    unscored += [] if cfg.missing == "skip" else [p.ann_id]
                     continue
                 fallback.append(p.ann_id)
-                annotations.append(pseudo_annotation(bag, sam_top1_choice(bag), "sam-top1", fallback=True))
+                annotations.append(pseudo_annotation(bag, sam_top1_choice(bag), "sam-top1", True, cfg.rule_mps))
                 continue
-            changed += int(choice.index != sam_top1_choice(bag).index)
-            annotations.append(pseudo_annotation(bag, choice, cfg.method))
+            if has_scores(bag):
+                changed += int(choice.index != sam_top1_choice(bag).index)
+                compared += 1
+            annotations.append(pseudo_annotation(bag, choice, cfg.method, mps=cfg.rule_mps))
+    if unscored:
+        logger.warning(f"{len(unscored)} points of unreadable images have no SAM scores to fall back on "
+                       f"and were skipped (first annotation {unscored[0]})")
     n_points = sum(len(v) for v in by_image.values())
-    chosen = len(annotations) - len(fallback)
     summary = SelectSummary(n_points, len(annotations), no_props, fallback, skipped, result.failed_images,
-                            changed / max(chosen, 1), result.stats, None, None)
+                            changed / max(compared, 1), result.stats, None, None)
     if not result.is_main:
         return summary
     for image_id, reason in result.failed_images.items():

@@ -28,6 +28,7 @@ from .data import BagDataset, collate
 from .mil import PointChoice, SelectorStep
 from .model import SelectorNet
 from .options import SelectConfig
+from .reference import apply_reference
 
 CHECKPOINT_FORMAT = "sap-selector-1"
 CHECKPOINT_NAME = "selector.pt"
@@ -46,7 +47,8 @@ def learning_rate(cfg: SelectConfig, world: int, epoch: int, it: int) -> float:
 def build_model(cfg: SelectConfig, num_classes: int) -> SelectorStep:
     """The selector for ``cfg.method`` (seeded, so every rank starts from the same weights)."""
     torch.manual_seed(cfg.seed)
-    net = SelectorNet(num_classes, cfg.stages, cfg.backbone, cfg.backbone_weights)
+    cfg = apply_reference(cfg)
+    net = SelectorNet(num_classes, cfg.stages, cfg.backbone, cfg.backbone_weights, cfg.rule_roi_align, cfg.rule_bn)
     return SelectorStep(net, cfg)
 
 
@@ -83,6 +85,10 @@ def load_checkpoint(path: str | os.PathLike, categories: list[int], cfg: SelectC
     if state["backbone"] != cfg.backbone:
         raise InputError(f"selector weights {path} use backbone {state['backbone']}, not {cfg.backbone} "
                          f"(pass --backbone {state['backbone']})")
+    trained_bn = (state.get("config") or {}).get("rule_bn") or "frozen"  # before rule_bn: frozen BN
+    if trained_bn != apply_reference(cfg).rule_bn:
+        raise InputError(f"selector weights {path} were trained with rule_bn: {trained_bn}; "
+                         f"put 'rule_bn: {trained_bn}' in the --config file to use them")
     return state
 
 
