@@ -3,7 +3,8 @@
 Each annotation with a usable mask gets a refined ``segmentation`` (compressed RLE), ``bbox`` and
 ``area`` and a ``refine_iou`` field (SAM's predicted IoU of the kept mask; absent where the
 coarse mask was kept); every other field and every annotation id is kept. Annotations without a
-mask, and those whose mask cannot be used (size disagreeing with the image, polygon with fewer
+mask, locked annotations (a person's correction, see
+:func:`pseudolabel.core.coco.is_locked`), and those whose mask cannot be used (size disagreeing with the image, polygon with fewer
 than 3 points, empty), pass through unchanged and are counted. Images that fail (missing,
 unreadable, wrong size) keep their annotations unchanged, are listed in the output's ``info``,
 and the run goes on.
@@ -40,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from pseudolabel.core.coco import annotations_by_image, load_coco_json
+from pseudolabel.core.coco import annotations_by_image, is_locked, load_coco_json
 from pseudolabel.core.config import sidecar_path, write_run_config
 from pseudolabel.core.errors import ImageError, InputError
 from pseudolabel.core.images import file_sha256
@@ -63,6 +64,7 @@ class RefineSummary:
     refined: int = 0
     kept_coarse: int = 0
     without_mask: int = 0
+    locked: int = 0
     bad: dict[str, list] = field(default_factory=dict)  # reason → annotation ids
     from_cache: int = 0
     encoded: int = 0
@@ -75,6 +77,7 @@ class RefineSummary:
                 "failed_images": [{"image_id": i, "reason": r} for i, r in self.failed],
                 "refined_annotations": self.refined, "kept_coarse": self.kept_coarse,
                 "passed_through_without_mask": self.without_mask,
+                "passed_through_locked": self.locked,
                 "skipped_bad_masks": {k: len(v) for k, v in self.bad.items()},
                 "embeddings_from_cache": self.from_cache, "embeddings_encoded": self.encoded,
                 "wall_s": round(self.wall_s, 2)}
@@ -85,6 +88,8 @@ class RefineSummary:
                f"embeddings: {self.from_cache} from the cache, {self.encoded} encoded"]
         if self.without_mask:
             out.append(f"{self.without_mask} annotations without a mask passed through unchanged")
+        if self.locked:
+            out.append(f"{self.locked} locked annotations (corrections) passed through untouched")
         for reason, ids in self.bad.items():
             out.append(f"{len(ids)} annotations {BAD_MASK_REASONS[reason]} passed through unchanged "
                        f"(first: id {ids[0]})")
@@ -218,6 +223,9 @@ def refine_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str 
     for img_id, anns in annotations_by_image(coco).items():
         img = images[img_id]
         for a in anns:
+            if is_locked(a):
+                summary.locked += 1
+                continue
             rle, reason = classify_segmentation(a.get("segmentation"), img["height"], img["width"])
             if rle is not None:
                 work.setdefault(img_id, []).append((a, rle))

@@ -116,3 +116,44 @@ def mps_alternatives(ann: dict[str, Any]) -> list[Any]:
     mask = dict(zip(others, alts))
     mask[chosen] = ann["segmentation"]
     return [mask[j] for j in order[1:]]
+
+
+# ---- locked annotations ---------------------------------------------------------------------------
+# A person's correction (`sap import`) is an ordinary COCO annotation whose ``"sap"`` field holds
+# ``"locked": true`` and where it came from under ``"correction"``. Every stage passes a locked
+# annotation through untouched (same id, same bytes of mask), training uses it like any other,
+# and the review queue shows it as done.
+
+LOCK_KEY = "locked"
+
+
+def is_locked(ann: dict[str, Any]) -> bool:
+    """Whether ``ann`` is a person's correction that no stage may change."""
+    sap = ann.get("sap")
+    return isinstance(sap, dict) and sap.get(LOCK_KEY) is True
+
+
+def lock_annotation(ann: dict[str, Any], source: str, **details: Any) -> dict[str, Any]:
+    """A locked copy of ``ann``: ``sap.locked = true``, ``sap.correction = {source, ...details}``.
+
+    The selector's ``alternatives`` are dropped, and with them ``sap.mps`` (the rule that reads
+    them, :func:`mps_alternatives`): they were proposals for the mask before the correction, and
+    training must not pull a checked mask towards them.
+    """
+    new = {k: v for k, v in ann.items() if k != "alternatives"}
+    sap = dict(new.get("sap") or {})
+    sap.pop("mps", None)
+    sap[LOCK_KEY] = True
+    sap["correction"] = {"source": source, **details}
+    new["sap"] = sap
+    return new
+
+
+def with_locked(coco: dict[str, Any], locked: list[dict[str, Any]]) -> dict[str, Any]:
+    """A copy of ``coco`` in which every locked annotation replaces the one of the same id
+    (annotations of new ids are appended, in the order given)."""
+    by_id = {a["id"]: a for a in locked}
+    out = {k: v for k, v in coco.items() if k != "annotations"}
+    anns = [by_id.pop(a["id"], a) for a in coco["annotations"]]
+    out["annotations"] = anns + list(by_id.values())
+    return out
