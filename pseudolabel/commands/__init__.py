@@ -4,7 +4,7 @@ Each command is thin: options in, one library call, the summary out. Library mod
 inside the commands so that ``sap --help`` stays fast.
 """
 
-from . import basics, proposals, refine, runs, select, tools, train
+from . import basics, loop, proposals, refine, runs, select, tools, train
 
 #: the command modules in the order ``sap --help`` lists them
-MODULES = (basics, proposals, select, refine, train, tools, runs)
+MODULES = (basics, proposals, select, refine, train, tools, loop, runs)

@@ -4,7 +4,10 @@ Each stage writes into its own subfolder and, when it completes, a ``stage.json`
 digest of everything that shapes its result (its settings, its inputs' digests), its outputs,
 its key numbers and its time. A rerun skips a stage whose ``stage.json`` digest is unchanged and
 whose outputs exist; a stage killed midway resumes through the stage's own resume (the proposal
-cache, refine's partial file, the trainer's last checkpoint).
+cache, refine's partial file, the trainer's last checkpoint). Corrections that `sap import`
+wrote to ``RUN/corrections.json`` are laid over the selection before refining (refine passes
+these locked annotations through untouched); their digest joins refine's, so a rerun after an
+import redoes refine and everything after it, and keeps every correction.
 
 This module is orchestration (layer 4): it calls the stage packages, which know nothing of it.
 Options: :mod:`.config`; closing table and report: :mod:`.report`.
@@ -24,7 +27,7 @@ import yaml
 
 from pseudolabel.core.bag_sources import load_bags
 from pseudolabel.core.cocoeval import coco_mask_ap
-from pseudolabel.core.coco import load_coco_json
+from pseudolabel.core.coco import load_coco_json, with_locked
 from pseudolabel.core.config import resolve, to_jsonable, versions
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.images import file_sha256
@@ -78,6 +81,11 @@ class Pipeline:
     def stage_dir(self, stage: str) -> Path:
         return self.run / f"{STAGES.index(stage) + 1}_{stage}"
 
+    def corrections(self) -> Path | None:
+        """``RUN/corrections.json`` (written by `sap import`) if there is one."""
+        path = self.run / "corrections.json"
+        return path if path.is_file() else None
+
     def _marker(self, stage: str) -> Path:
         return self.stage_dir(stage) / "stage.json"
 
@@ -106,7 +114,8 @@ class Pipeline:
                           "mode": c.point_mode, "seed": c.point_seed},
                "proposals": {"sam": c.sam, "proposals": c.proposals, "images": c.images},
                "select": {"select": c.select, "gt": _file_digest(c.gt)},
-               "refine": {"refine": c.refine, "sam": c.sam},
+               "refine": {"refine": c.refine, "sam": c.sam,  # + corrections, once `sap import` wrote some
+                          **({"corrections": _file_digest(self.corrections())} if self.corrections() else {})},
                "train": {"train": c.train, "val": c.val, "val_images": c.val_images},
                "eval": {"gt": _file_digest(c.gt), "val": _file_digest(c.val)},
                "viz": {"viz": c.viz}}[stage]
@@ -217,6 +226,11 @@ def _select(p: Pipeline) -> tuple[dict, dict]:
 
 def _refine(p: Pipeline) -> tuple[dict, dict]:
     pseudo = p.output("select", "pseudo")
+    corrections = p.corrections()
+    if corrections is not None:  # a person's corrections replace the selection; refine keeps them
+        locked = load_coco_json(corrections)["annotations"]
+        pseudo = write_json_atomic(p.stage_dir("refine") / "input_with_corrections.json",
+                                   with_locked(load_coco_json(pseudo), locked))
     opts = dict(p.cfg.refine)
     if not opts.pop("enabled", True):
         return {"labels": pseudo}, {"refined": 0, "note": "refinement disabled"}
