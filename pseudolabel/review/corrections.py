@@ -97,8 +97,11 @@ def _read(source: str, path: Path, images: dict[Any, dict], by_name: dict[str, d
         if img is None or not a.get("segmentation"):
             objs.append((a["id"], a["image_id"], a.get("category_id"), None))
             continue
-        objs.append((a["id"], a["image_id"], a.get("category_id"),
-                     segmentation_to_rle(a["segmentation"], int(img["height"]), int(img["width"]))))
+        try:
+            rle = segmentation_to_rle(a["segmentation"], int(img["height"]), int(img["width"]))
+        except InputError:  # a mask that does not fit its image: reported as without a usable mask
+            rle = None
+        objs.append((a["id"], a["image_id"], a.get("category_id"), rle))
     return {"objects": objs, "deleted": [], "new": []}
 
 
