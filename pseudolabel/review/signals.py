@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from pseudolabel.core.coco import is_locked
-from pseudolabel.core.rle import decode_rle, rle_iou, segmentation_to_rle
+from pseudolabel.core.rle import decode_rle, rle_iou, rle_to_bbox_xywh, segmentation_to_rle
 
 #: weight of each signal in the combined risk (see :func:`combine`)
 WEIGHTS: dict[str, float] = {
@@ -86,13 +86,17 @@ def _iou(a: dict | None, b: dict | None) -> float | None:
     return float(rle_iou([a], [b])[0, 0])
 
 
-def shape_signals(mask: np.ndarray, point: Any) -> dict[str, float]:
-    """``tiny``, ``fragmented`` and ``point_outside`` of one ``H×W`` mask (``point`` = (x, y) or None)."""
-    area = int(mask.sum())
+def shape_signals(mask: np.ndarray, point: Any, box_xywh: Any = None) -> dict[str, float]:
+    """``tiny``, ``fragmented`` and ``point_outside`` of one ``H×W`` mask (``point`` = (x, y) or
+    None; ``box_xywh``: the mask's tight COCO box when known, which saves a pass over the image)."""
+    if box_xywh is None:
+        ys, xs = np.nonzero(mask)
+        box_xywh = [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1] if len(xs) else [0, 0, 0, 0]
+    x0, y0, bw, bh = (int(round(float(v))) for v in box_xywh)
+    crop = mask[y0:y0 + bh, x0:x0 + bw].astype(np.uint8)
+    area = int(crop.sum())
     out = {"tiny": float(min(max(1.0 - math.sqrt(area) / 32.0, 0.0), 1.0))}
     if area:
-        ys, xs = np.nonzero(mask)
-        crop = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.uint8)
         n, _, stats, _ = cv2.connectedComponentsWithStats(crop, connectivity=8)
         largest = int(stats[1:, cv2.CC_STAT_AREA].max()) if n > 1 else area
         out["fragmented"] = 1.0 - largest / area
@@ -150,7 +154,7 @@ def annotation_signals(ann: dict, h: int, w: int, ctx: Context) -> tuple[dict[st
         rles = [r for r in (_rle(p, h, w) for p in preds) if r is not None]
         out["model_disagree"] = 1.0 - (float(rle_iou([rle], rles).max()) if rles else 0.0)
     if rle is not None:
-        out.update(shape_signals(decode_rle(rle), ann.get("point")))
+        out.update(shape_signals(decode_rle(rle), ann.get("point"), rle_to_bbox_xywh(rle)))
     runner = None
     alts = ann.get("alternatives")
     if alts:
