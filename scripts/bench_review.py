@@ -15,7 +15,7 @@ those in the first 20 % of the queue — for the combined risk, for each signal 
 random order (mean of 1000 shuffles) and for the best possible order (oracle); plus the queue's
 speed (annotations per second, signals only) and that of writing the page with thumbnails.
 
-    python scripts/bench_review.py [--method sapnet] [--epochs 1] [--min-size 192]
+    python scripts/bench_review.py [--method sapnet] [--epochs 1] [--min-size 192] [--out DIR [--reuse]]
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--max-size", type=int, default=320)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="folder for the outputs (default: temporary)")
+    ap.add_argument("--reuse", action="store_true", help="reuse the selection already in --out")
     args = ap.parse_args()
 
     gt = json.loads((args.data / "annotations.json").read_text())
@@ -86,12 +87,19 @@ def main() -> None:
     print("\n".join(rows))
     if args.method != "none":
         t = time.perf_counter()
-        s = run_select(work / "points.json", cache, work / f"{args.method}.json", replace(base, method=args.method),
-                       images=args.data / "images")
-        sel = json.loads((work / f"{args.method}.json").read_text())
+        done = work / f"{args.method}.json"
+        if args.reuse and done.is_file():  # the selection of an earlier run in the same --out
+            changed = None
+        else:
+            changed = run_select(work / "points.json", cache, done, replace(base, method=args.method),
+                                 images=args.data / "images").changed_vs_sam_top1
+        sel = json.loads(done.read_text())
+        if changed is None:
+            changed = sum(a["sap"]["proposal_index"] != b["sap"]["proposal_index"]
+                          for a, b in zip(sel["annotations"], top1["annotations"])) / len(sel["annotations"])
         margin = sum(1 for a in sel["annotations"] if "margin" in (a.get("sap") or {}))
         print(f"\npseudo-labels = {args.method} ({args.backbone}, random init, {args.epochs} epoch(s), "
-              f"{time.perf_counter() - t:.0f} s; differs from SAM's top-1 on {100 * s.changed_vs_sam_top1:.0f} %; "
+              f"{time.perf_counter() - t:.0f} s; differs from SAM's top-1 on {100 * changed:.0f} %; "
               f"margin on {margin} annotations)")
         ctx = Context(sam_top1={a["id"]: a for a in top1["annotations"]}, bags=by_id)
         rows, (items, runner) = measure(sel, ctx, gt)

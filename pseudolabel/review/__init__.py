@@ -10,7 +10,7 @@ folder holds).
 from .corrections import SOURCES, ImportSummary, import_corrections
 from .queue import build_queue, share_of_bad_in_top
 from .run import ReviewSummary, run_review
-from .signals import SIGNALS, WEIGHTS, Context, combine
+from .signals import SIGNALS, WEIGHTS, Context, combine, evidence
 
-__all__ = ["Context", "ImportSummary", "ReviewSummary", "SIGNALS", "SOURCES", "WEIGHTS", "build_queue", "combine",
+__all__ = ["Context", "ImportSummary", "ReviewSummary", "SIGNALS", "SOURCES", "WEIGHTS", "build_queue", "combine", "evidence",
            "import_corrections", "run_review", "share_of_bad_in_top"]

@@ -1,10 +1,10 @@
 """The review queue: every annotation with its signals and risk, worst first; ``worst.json``.
 
 An item is a plain dict (it goes into the page as JSON):
-``{"id", "image_id", "file_name", "category", "category_id", "risk", "rank", "signals", "top",
-"done", "gt_iou"?}``, where ``top`` is the signal contributing most to the risk and ``done`` says a
-person has checked it (a locked annotation). Items to do come first, by falling risk (ties by
-id); done items follow, by id.
+``{"id", "image_id", "file_name", "category", "category_id", "risk", "evidence", "rank", "signals",
+"top", "done", "gt_iou"?}``, where ``top`` is the signal contributing most to the risk and ``done``
+says a person has checked it (a locked annotation). Items to do come first, by falling evidence
+(the risk before it saturates at 1; ties by id); done items follow, by id.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pseudolabel.core.io import write_json_atomic
 from pseudolabel.core.progress import progress
 from pseudolabel.core.rle import rle_iou, segmentation_to_rle
 
-from .signals import WEIGHTS, Context, annotation_signals, combine
+from .signals import WEIGHTS, Context, annotation_signals, combine, evidence
 
 
 def _top(signals: dict[str, float], weights: dict[str, float]) -> str | None:
@@ -29,6 +29,10 @@ def _top(signals: dict[str, float], weights: dict[str, float]) -> str | None:
         return None
     key = max(signals, key=lambda k: (weights.get(k, 0.0) * -math.log1p(-min(signals[k], 0.999)), k))
     return key if signals[key] > 0 else None
+
+
+def _id_key(ann_id: Any) -> tuple:
+    return (0, ann_id, "") if isinstance(ann_id, (int, float)) else (1, 0, str(ann_id))
 
 
 def build_queue(labels: dict[str, Any], ctx: Context, gt: dict[str, Any] | None = None,
@@ -54,7 +58,8 @@ def build_queue(labels: dict[str, Any], ctx: Context, gt: dict[str, Any] | None 
             runner[ann["id"]] = ru
         item = {"id": ann["id"], "image_id": ann["image_id"], "file_name": img["file_name"],
                 "category_id": ann.get("category_id"), "category": names.get(ann.get("category_id"), str(ann.get("category_id"))),
-                "risk": round(combine(signals, weights), 5), "signals": signals, "top": _top(signals, weights),
+                "risk": round(combine(signals, weights), 5), "evidence": round(evidence(signals, weights), 6),
+                "signals": signals, "top": _top(signals, weights),
                 "done": is_locked(ann)}
         if ann["id"] in truth and ann.get("segmentation"):
             try:
@@ -64,7 +69,7 @@ def build_queue(labels: dict[str, Any], ctx: Context, gt: dict[str, Any] | None 
             except Exception:  # an unreadable mask scores 0 against the truth
                 item["gt_iou"] = 0.0
         items.append(item)
-    items.sort(key=lambda it: (it["done"], -it["risk"] if not it["done"] else 0.0, str(it["id"])))
+    items.sort(key=lambda it: (it["done"], -it["evidence"] if not it["done"] else 0.0, _id_key(it["id"])))
     for rank, it in enumerate(items, 1):
         it["rank"] = rank
     return items, runner

@@ -44,14 +44,19 @@ WEIGHTS: dict[str, float] = {
 SIGNALS = tuple(WEIGHTS)
 
 
+def evidence(signals: dict[str, float], weights: dict[str, float] | None = None) -> float:
+    """``Σ w · −log(1 − s)`` over the signals present (absent = no evidence; ``s`` capped at 0.999):
+    the queue's sort key, which keeps ordering objects that several signals flag at once."""
+    weights = weights or WEIGHTS
+    return sum(weights.get(k, 0.0) * -math.log1p(-min(max(v, 0.0), 0.999)) for k, v in signals.items())
+
+
 def combine(signals: dict[str, float], weights: dict[str, float] | None = None) -> float:
-    """Weighted noisy-or: ``1 − Π (1 − s)^w`` over the signals present (absent = no evidence).
+    """Weighted noisy-or: ``1 − Π (1 − s)^w = 1 − exp(−evidence)``, the risk shown for an item.
 
     One strong signal is enough to rank an object high; several weak ones add up.
     """
-    weights = weights or WEIGHTS
-    log_keep = sum(weights.get(k, 0.0) * math.log1p(-min(max(v, 0.0), 0.999)) for k, v in signals.items())
-    return 1.0 - math.exp(log_keep)
+    return 1.0 - math.exp(-evidence(signals, weights))
 
 
 @dataclass
