@@ -1,6 +1,6 @@
 """CVAT: "CVAT for images 1.1" XML with mask shapes out, the same format back in.
 
-Why this format: it is CVAT's own (documented at docs.cvat.ai, "CVAT for images"), imported
+Why this format: it is CVAT's own (its documentation calls it "CVAT for images"), imported
 into a task by *Upload annotations → CVAT 1.1*; a ``<mask>`` shape is CVAT's bitmap (runs over
 the object's box), so masks arrive exact, not as polygons; per-shape ``<attribute>`` elements
 carry our annotation id (``sap_id``) and ``score``, and survive CVAT's round trip, which is
