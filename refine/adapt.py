@@ -34,7 +34,7 @@ from pseudolabel.core.errors import ImageError, InputError
 from pseudolabel.core.io import atomic_path
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 from pseudolabel.core.rle import decode_rle
-from pseudolabel.core.sam import default_prompt_batch
+from pseudolabel.core.engines.base import default_prompt_batch
 
 from .inputs import EmbeddingSource, classify_segmentation
 from .lora import ADAPTER_FORMAT, ADAPTER_VERSION, LoRALinear, base_linear, iou_head_last_layer, remove_adapter
@@ -74,7 +74,7 @@ def collect_image(engine, emb, masks: np.ndarray, cfg: RefineConfig) -> tuple[np
     """Hidden vectors (``N×256``) and output-vs-coarse IoUs (``N×3``) of one image's masks."""
     sampler = make_sampler(cfg, emb)
     captured: list[np.ndarray] = []
-    layer = iou_head_last_layer(engine.model)
+    layer = iou_head_last_layer(engine)
     hook = layer.register_forward_hook(lambda m, inp, out: captured.append(inp[0].float().cpu().numpy().copy()))
     hidden, ious = [], []
     try:
@@ -216,11 +216,11 @@ def adapt_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str |
     if not hidden:
         raise InputError(f"{ann} has no usable mask to adapt on")
     data = RankingData(torch.from_numpy(np.concatenate(hidden)), torch.from_numpy(np.concatenate(ious)))
-    lora, history = train_lora(base_linear(engine.model), data, adapt)
+    lora, history = train_lora(base_linear(engine), data, adapt)
     summary.history = history
     state = {"format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "rank": adapt.rank, "alpha": adapt.alpha,
              "lora_a": lora.lora_a.detach().cpu(), "lora_b": lora.lora_b.detach().cpu(),
-             "model_type": engine.model_type, "checkpoint_sha256": engine.checkpoint_id,
+             "model_type": engine.name, "checkpoint_sha256": engine.checkpoint_id,
              "prompts": list(cfg.prompts), "objects": summary.objects, "steps": history["steps"]}
     with atomic_path(out) as tmp:
         torch.save(state, tmp)

@@ -2,8 +2,8 @@
 
 :func:`classify_segmentation` sorts a COCO ``segmentation`` into a usable RLE or a reason
 (a key of :data:`BAD_MASK_REASONS`); :class:`EmbeddingSource` gives each image's SAM embedding
-from a `sap proposals --save-embeddings` cache when it holds one for this model, checkpoint and
-image content, else from the encoder.
+from a `sap proposals --save-embeddings` cache when it holds one for this engine, checkpoint and
+image content, else from the encoder. A cache of another engine is refused.
 """
 
 from __future__ import annotations
@@ -60,11 +60,13 @@ class EmbeddingSource:
         if cache_dir is not None:
             with CacheReader(cache_dir) as reader:  # raises InputError when it is no cache
                 cfg = reader.config
-            if (cfg.get("model_type"), cfg.get("checkpoint_sha256")) != (engine.model_type, engine.checkpoint_id):
-                logger.warning("the cache %s holds embeddings of SAM %s (%s), not of %s (%s): "
-                               "every image will be encoded", cache_dir, cfg.get("model_type"),
-                               str(cfg.get("checkpoint_sha256"))[:12], engine.model_type,
-                               engine.checkpoint_id[:12])
+            if cfg.get("engine") != engine.name:
+                raise InputError(f"the cache {cache_dir} holds embeddings of engine {cfg.get('engine')}, not "
+                                 f"{engine.name}; pass --engine {cfg.get('engine')} or drop --embeddings")
+            if cfg.get("checkpoint_sha256") != engine.checkpoint_id:
+                logger.warning("the cache %s holds embeddings of %s checkpoint %s, not %s: "
+                               "every image will be encoded", cache_dir, engine.name,
+                               str(cfg.get("checkpoint_sha256"))[:12], engine.checkpoint_id[:12])
             if not cfg.get("save_embeddings", True):
                 logger.warning("the cache %s was made without --save-embeddings", cache_dir)
             self.reader = CacheReader(cache_dir)  # kept open: one embedding query per image
@@ -74,7 +76,7 @@ class EmbeddingSource:
         if self.cache_dir is not None:
             if not path.is_file():
                 raise ImageError(f"image file {path} is missing")
-            emb = load_embedding(self.reader, image["id"], file_sha256(path), self.engine.model_type,
+            emb = load_embedding(self.reader, image["id"], file_sha256(path), self.engine.name,
                                  self.engine.checkpoint_id, device=self.engine.device)
             if emb is not None and tuple(emb.original_size) == (image["height"], image["width"]):
                 self.from_cache += 1
@@ -86,7 +88,7 @@ class EmbeddingSource:
             # The cache keeps embeddings in fp16; passing fresh ones through fp16 too makes a
             # refine run give the same masks whether or not it found the embedding in a cache
             # (rule fp16_embeddings; the official code keeps them fp32).
-            emb.features = emb.features.half().float()
+            emb = emb.through_fp16()
         return emb
 
     def close(self) -> None:

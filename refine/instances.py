@@ -195,7 +195,7 @@ def refine_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str 
         images_dir: folder of the images (``file_name`` relative to it).
         out: output COCO JSON.
         cfg: settings (model, prompts, ...).
-        engine: an existing :class:`pseudolabel.core.sam.SamEngine` (else built from ``cfg``).
+        engine: an existing :class:`pseudolabel.core.engines.base.PromptEngine` (else built from ``cfg``).
         resume: use ``OUT.partial.jsonl`` from an interrupted run with the same input and settings.
         dump_prompts: also write the prompts of every iteration there (see the module docstring).
 
@@ -251,7 +251,7 @@ def refine_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str 
             refined[a["id"]] = a
         summary.kept_coarse += int(rec.get("kept", 0))
     summary.resumed_images = sum(1 for i in work if i in done)
-    logger.info("SAM %s (%s) on %s; prompts %s; %d iterations", engine.model_type,
+    logger.info("%s (%s) on %s; prompts %s; %d iterations", engine.name,
                 engine.checkpoint_id[:12], engine.device, "+".join(cfg.prompts), cfg.iters)
 
     mode = "a" if done else "w"

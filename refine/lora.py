@@ -1,8 +1,8 @@
 """A rank-r LoRA on the last layer of SAM's IoU head, and adapter files (SAMRefiner++).
 
 :class:`LoRALinear` wraps a frozen ``nn.Linear``; :func:`apply_adapter` attaches a trained
-adapter file (``torch.save`` of the LoRA matrices, rank, scale, and the model type and
-checkpoint sha256 it was trained for) to an engine and refuses any other model;
+adapter file (``torch.save`` of the LoRA matrices, rank, scale, and the engine name (under
+``model_type``) and checkpoint sha256 it was trained for) to an engine and refuses any other;
 :func:`remove_adapter` puts the plain layer back. Training lives in :mod:`.adapt`.
 """
 
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pseudolabel.core.engines.registry import ALIASES
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.io import load_torch_file
 
@@ -47,18 +48,18 @@ class LoRALinear(nn.Module):
         return self.base(x) + self.scale * update
 
 
-def iou_head_last_layer(model) -> nn.Module:
-    """The last layer of SAM's IoU prediction MLP (a ``Linear`` or an attached ``LoRALinear``)."""
-    return model.mask_decoder.iou_prediction_head.layers[-1]
+def iou_head_last_layer(engine) -> nn.Module:
+    """The last layer of the engine's IoU prediction MLP (a ``Linear`` or an attached ``LoRALinear``)."""
+    return engine.iou_head.layers[-1]
 
 
-def base_linear(model) -> nn.Linear:
-    layer = iou_head_last_layer(model)
+def base_linear(engine) -> nn.Linear:
+    layer = iou_head_last_layer(engine)
     return layer.base if isinstance(layer, LoRALinear) else layer
 
 
 def apply_adapter(engine, path: str | os.PathLike) -> LoRALinear:
-    """Attach a trained adapter to ``engine.model`` (replacing any attached one).
+    """Attach a trained adapter to the engine's IoU head (replacing any attached one).
 
     Raises:
         InputError: unreadable file, or an adapter trained for another model or checkpoint.
@@ -67,21 +68,22 @@ def apply_adapter(engine, path: str | os.PathLike) -> LoRALinear:
     state = load_torch_file(path, "adapter file")
     if not isinstance(state, dict) or state.get("format") != ADAPTER_FORMAT:
         raise InputError(f"{path} is not a `sap refine adapt` adapter file")
-    if (state["model_type"], state["checkpoint_sha256"]) != (engine.model_type, engine.checkpoint_id):
+    trained_for = ALIASES.get(state["model_type"], state["model_type"])  # sap ≤ 0.1 wrote SAM types
+    if (trained_for, state["checkpoint_sha256"]) != (engine.name, engine.checkpoint_id):
         raise InputError(
-            f"adapter {path.name} was trained for SAM {state['model_type']} with checkpoint "
-            f"{str(state['checkpoint_sha256'])[:12]}, not {engine.model_type} with "
+            f"adapter {path.name} was trained for {trained_for} with checkpoint "
+            f"{str(state['checkpoint_sha256'])[:12]}, not {engine.name} with "
             f"{engine.checkpoint_id[:12]}")
-    base = base_linear(engine.model)
+    base = base_linear(engine)
     lora = LoRALinear(base, rank=int(state["rank"]), alpha=float(state["alpha"]))
     with torch.no_grad():
         lora.lora_a.copy_(state["lora_a"])
         lora.lora_b.copy_(state["lora_b"])
     lora.eval()
-    engine.model.mask_decoder.iou_prediction_head.layers[-1] = lora
+    engine.iou_head.layers[-1] = lora
     return lora
 
 
 def remove_adapter(engine) -> None:
     """Put the plain last IoU layer back."""
-    engine.model.mask_decoder.iou_prediction_head.layers[-1] = base_linear(engine.model)
+    engine.iou_head.layers[-1] = base_linear(engine)

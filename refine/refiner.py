@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from pseudolabel.core.errors import InputError
-from pseudolabel.core.sam import default_prompt_batch
+from pseudolabel.core.engines.base import default_prompt_batch
+from pseudolabel.core.engines.registry import DEFAULT_ENGINE, engine_option
 
 from .cebox import CeBoxParams, FeatureSampler, elastic_box
 from .cebox_official import OfficialFeatures, official_elastic_box
@@ -52,9 +53,10 @@ class RefineConfig:
             grew in this iteration (code: 1, so SAM may grow the mask; decided per object).
         multimask: ask SAM for 3 masks and keep the best predicted IoU (else its single output).
     Engine and run:
-        model, checkpoint, precision, device: the SAM engine (see ``pseudolabel.core.sam``; precision
-            ``auto`` as in `sap proposals`).
-        chunk: objects per decoder call; 0 = :func:`pseudolabel.core.sam.default_prompt_batch` (measured
+        engine, checkpoint, precision, device: the engine (a name of
+            ``pseudolabel.core.engines.registry.ENGINES``, default ``sam_vit_h``; ``model`` is the
+            deprecated SAM type, ``vit_b`` = ``sam_vit_b``); precision ``auto`` as in `sap proposals`.
+        chunk: objects per decoder call; 0 = :func:`pseudolabel.core.engines.base.default_prompt_batch` (measured
             per device: 4 on a CPU, 64 on a GPU).
         adapter: SAMRefiner++ LoRA file from `sap refine adapt`, or None.
         embeddings: a `sap proposals --save-embeddings` cache folder, or None.
@@ -78,7 +80,8 @@ class RefineConfig:
     gamma: float = 4.0
     grown_strength: float = 1.0
     multimask: bool = True
-    model: str = "vit_h"
+    engine: Optional[str] = None
+    model: Optional[str] = None
     checkpoint: Optional[str] = None
     precision: str = "auto"
     device: Optional[str] = None
@@ -87,6 +90,7 @@ class RefineConfig:
     embeddings: Optional[str] = None
 
     def __post_init__(self) -> None:
+        self.engine, self.model = engine_option(self.engine, self.model), None
         self.prompts = parse_prompts(self.prompts)
         if self.reference not in REFERENCES:
             raise InputError(f"--reference must be one of {', '.join(REFERENCES)}, got {self.reference!r}")
@@ -111,6 +115,10 @@ class RefineConfig:
                              fp16_embeddings=self.fp16_embeddings)
 
     @property
+    def engine_name(self) -> str:
+        return self.engine or DEFAULT_ENGINE
+
+    @property
     def cebox(self) -> CeBoxParams:
         return CeBoxParams(margin=self.rules.cebox_margin, threshold=self.cebox_threshold)
 
@@ -120,19 +128,18 @@ class RefineConfig:
         from pseudolabel.core.config import to_jsonable
 
         d = to_jsonable(self)
-        for k in ("device", "chunk", "embeddings"):
+        for k in ("device", "chunk", "embeddings", "model"):
             d.pop(k, None)
         d["rules"] = to_jsonable(self.rules)
+        d["engine"] = self.engine_name
         return d
 
 
 def create_engine(cfg: RefineConfig):
-    """The :class:`pseudolabel.core.sam.SamEngine` the settings ask for."""
-    from pseudolabel.core.device import pick_device
-    from pseudolabel.core.sam import SamEngine, resolve_precision
+    """The :class:`pseudolabel.core.engines.base.PromptEngine` the settings ask for."""
+    from pseudolabel.core.engines import loading
 
-    device = pick_device(cfg.device)
-    return SamEngine.create(cfg.model, cfg.checkpoint, str(device), resolve_precision(cfg.precision, device))
+    return loading.create_engine(cfg.engine_name, cfg.checkpoint, cfg.device, cfg.precision)
 
 
 # ---- prompt kinds ------------------------------------------------------------------------------
@@ -248,7 +255,7 @@ def parse_prompts(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
 
 
 def build_prompts(state: PromptState, input_size: tuple[int, int]) -> dict:
-    """Keyword arguments of ``SamEngine.decode`` for the enabled prompt kinds."""
+    """Keyword arguments of ``PromptEngine.decode`` for the enabled prompt kinds."""
     args: dict = {}
     for name in state.cfg.prompts:
         fn = PROMPT_KINDS[name]
@@ -323,8 +330,8 @@ def refine_masks(engine, emb, masks: np.ndarray, cfg: RefineConfig, record: bool
     """Refine the ``N`` coarse masks of one image.
 
     Args:
-        engine: a :class:`pseudolabel.core.sam.SamEngine`.
-        emb: the image's :class:`pseudolabel.core.sam.ImageEmbedding`.
+        engine: a :class:`pseudolabel.core.engines.base.PromptEngine`.
+        emb: the image's :class:`pseudolabel.core.engines.base.ImageEmbedding`.
         masks: ``N×H×W`` coarse masks at the original image size, each non-empty.
         cfg: settings.
         record: keep the prompts of every iteration (:attr:`RefineResult.prompts`).

@@ -33,8 +33,8 @@ from pseudolabel.core.coco import load_coco_json  # noqa: E402
 from pseudolabel.core.images import load_image_rgb  # noqa: E402
 from pseudolabel.core.points import collect_points, derive_points  # noqa: E402
 from pseudolabel.proposals.run import ProposalConfig, run_proposals  # noqa: E402
-from pseudolabel.core.sam import SamEngine  # noqa: E402
-from pseudolabel.core.sam_models import load_sam, save_random_checkpoint  # noqa: E402
+from pseudolabel.core.engines.loading import load_model as load_sam, save_random_checkpoint  # noqa: E402
+from pseudolabel.core.engines.sam1 import SamEngine  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "coco_train2017_100"
 
@@ -72,7 +72,7 @@ def reference(ckpt: Path, model_type: str, points: Path) -> tuple[float, int, di
 
 
 def ours(ckpt: Path, model_type: str, points: Path, out: Path, precision: str) -> tuple[float, object]:
-    cfg = ProposalConfig(model=model_type, checkpoint=str(ckpt), precision=precision, device="cpu")
+    cfg = ProposalConfig(engine=model_type, checkpoint=str(ckpt), precision=precision, device="cpu")
     t0 = time.perf_counter()
     summary = run_proposals(points, DATA / "images", out, cfg)
     return time.perf_counter() - t0, summary
@@ -115,7 +115,7 @@ def peak_memory_run(ckpt: Path, model_type: str, n_images: int, tmp: Path, preci
     """Peak RSS (MiB) and seconds of a `sap proposals` process over ``n_images`` images."""
     points = point_file(n_images, tmp / f"points{n_images}.json")
     code = (f"import resource, sys; sys.argv=['sap','proposals','--ann','{points}','--images','{DATA / 'images'}',"
-            f"'--out','{tmp / f'mem{n_images}'}','--model','{model_type}','--checkpoint','{ckpt}',"
+            f"'--out','{tmp / f'mem{n_images}'}','--engine','{model_type}','--checkpoint','{ckpt}',"
             f"'--precision','{precision}','--device','cpu'];\n"
             f"sys.path.insert(0, '{REPO}')\nimport cli\ntry:\n    cli.main()\nexcept SystemExit:\n    pass\n"
             "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")

@@ -36,8 +36,8 @@ import torch
 from pseudolabel.core.coco import load_coco_json
 from pseudolabel.evaluate import evaluate_pseudo
 from pseudolabel.core.rle import decode_rle, segmentation_to_rle
-from pseudolabel.core.sam import SamEngine
-from pseudolabel.core.sam_models import save_random_checkpoint
+from pseudolabel.core.engines.base import PromptEngine
+from pseudolabel.core.engines.loading import create_engine, save_random_checkpoint
 from refine.corrupt import CorruptConfig, corrupt_coco
 from refine.instances import refine_coco
 from refine.prompts import box_center_point, point_of
@@ -84,7 +84,7 @@ def point_shares(gt: dict, coarse: dict, seed: int = 0) -> dict[str, float]:
     return {"masks": n, **{k: v / n for k, v in hits.items()}}
 
 
-def timed_refine(ann: Path, images: Path, out: Path, cfg: RefineConfig, engine: SamEngine) -> dict:
+def timed_refine(ann: Path, images: Path, out: Path, cfg: RefineConfig, engine: PromptEngine) -> dict:
     engine.timings.encoder = engine.timings.decoder = 0.0
     t0 = time.perf_counter()
     summary = refine_coco(ann, images, out, cfg, engine=engine, resume=False)
@@ -145,7 +145,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "coco_train2017_100")
     ap.add_argument("--images", type=int, default=3, help="images for the speed part (5: ~11 min on a busy 2-core CPU)")
-    ap.add_argument("--model", default="vit_b")
+    ap.add_argument("--engine", "--model", dest="model", default="sam_vit_b", help="an engine name (sap env)")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
@@ -186,16 +186,16 @@ def main() -> None:
         (tmp / "points.json").write_text(json.dumps(pts))
         ckpt = save_random_checkpoint(args.model, tmp / f"sam_{args.model}_random.pth")
         t0 = time.perf_counter()
-        engine = SamEngine.create(args.model, str(ckpt), "cpu", "fp32")
+        engine = create_engine(args.model, str(ckpt), "cpu", "fp32")
         report["model_load_s"] = time.perf_counter() - t0
         from pseudolabel.proposals.run import ProposalConfig, run_proposals
 
         t0 = time.perf_counter()
         run_proposals(tmp / "points.json", images_dir, tmp / "cache",
-                      ProposalConfig(model=args.model, checkpoint=str(ckpt), precision="fp32",
+                      ProposalConfig(engine=args.model, checkpoint=str(ckpt), precision="fp32",
                                      save_embeddings=True), engine=engine)
         report["proposals_with_embeddings_s"] = time.perf_counter() - t0
-        cfg = RefineConfig(model=args.model, checkpoint=str(ckpt), precision="fp32", iters=args.iters)
+        cfg = RefineConfig(engine=args.model, checkpoint=str(ckpt), precision="fp32", iters=args.iters)
         report["re_encoded"] = timed_refine(tmp / "sub.json", images_dir, tmp / "a.json", cfg, engine)
         cached = dataclasses.replace(cfg, embeddings=str(tmp / "cache"))
         report["cached"] = timed_refine(tmp / "sub.json", images_dir, tmp / "b.json", cached, engine)
@@ -205,7 +205,7 @@ def main() -> None:
     counts = [int(c) for c in args.rss_counts.split(",") if c.strip()]
     report["peak_rss"] = rss_curve(args.data, counts) if counts else []
 
-    print(f"SAM {args.model} (random weights, loaded from a checkpoint file), {args.iters} iterations, "
+    print(f"{args.model} (random weights, loaded from a checkpoint file), {args.iters} iterations, "
           f"CPU, {report['torch_threads']} torch threads")
     print(f"{'mode':<34}{'s/image':>9}{'masks/s':>9}{'encoder s':>11}{'decoder s':>11}{'other s':>9}")
     for key, name in (("re_encoded", "re-encoded"), ("cached", "cached embedding"),

@@ -53,12 +53,12 @@ def small_gt(coco100, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_engine():
-    """The tiny registered SAM type with seeded random weights, fp32 on the CPU (shared)."""
-    from pseudolabel.core.sam import SamEngine
-    from pseudolabel.core.sam_models import load_sam
+    """The ``sam_tiny`` engine with seeded random weights, fp32 on the CPU (shared)."""
+    from pseudolabel.core.engines.loading import load_model
+    from pseudolabel.core.engines.sam1 import SamEngine
 
-    model, ckpt = load_sam("tiny", "none")
-    return SamEngine(model, "tiny", ckpt, "cpu", "fp32")
+    model, ckpt = load_model("sam_tiny", "none")
+    return SamEngine(model, "sam_tiny", ckpt, "cpu", "fp32")
 
 
 @pytest.fixture

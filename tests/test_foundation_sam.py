@@ -5,8 +5,11 @@ import pytest
 import torch
 
 from pseudolabel.core.errors import InputError
-from pseudolabel.core.sam import SamEngine, boxes_to_input_frame, coords_to_input_frame, resized_hw, stability_score
-from pseudolabel.core.sam_models import SAM_TYPES, load_sam, save_random_checkpoint
+from pseudolabel.core.engines.base import boxes_to_input_frame, coords_to_input_frame, resized_hw, stability_score
+from pseudolabel.core.engines.loading import load_model as load_sam
+from pseudolabel.core.engines.loading import save_random_checkpoint
+from pseudolabel.core.engines.registry import ENGINES
+from pseudolabel.core.engines.sam1 import SAM_TYPES, SamEngine
 
 
 def test_transforms_into_the_1024_frame_by_hand():
@@ -82,7 +85,7 @@ def test_checkpoint_file_loads_through_the_real_path(tmp_path):
     ref = save_random_checkpoint("tiny", tmp_path / "again.pth", seed=3)
     for (k, v), (_, w) in zip(model.state_dict().items(), torch.load(ref, weights_only=True).items()):
         assert torch.equal(v, w), k
-    with pytest.raises(InputError, match="does not fit model type vit_b"):
+    with pytest.raises(InputError, match="does not fit engine sam_vit_b"):
         load_sam("vit_b", path)
     (tmp_path / "junk.pth").write_bytes(b"junk")
     with pytest.raises(InputError, match="cannot be read"):
@@ -96,7 +99,7 @@ def test_offline_download_fails_with_where_to_put_the_file(tmp_path, monkeypatch
 
     monkeypatch.setenv("SAP_CHECKPOINT_DIR", str(tmp_path))
     # a port nothing listens on: a real failed connection, no network needed
-    monkeypatch.setitem(SAM_TYPES, "vit_b", replace(SAM_TYPES["vit_b"], url="http://127.0.0.1:9/sam_vit_b_01ec64.pth"))
+    monkeypatch.setitem(ENGINES, "sam_vit_b", replace(ENGINES["sam_vit_b"], url="http://127.0.0.1:9/sam_vit_b_01ec64.pth"))
     with pytest.raises(InputError, match=str(tmp_path / "sam_vit_b_01ec64.pth")):
         load_sam("vit_b", None)
     assert not any(tmp_path.iterdir())  # no partial file left behind
@@ -108,7 +111,7 @@ def test_precision_and_device_errors():
         SamEngine(model, "tiny", ckpt, "cpu", "fp8")
     with pytest.raises(InputError, match="fp16"):
         SamEngine(model, "tiny", ckpt, "cpu", "fp16")
-    with pytest.raises(InputError, match="unknown SAM model type"):
+    with pytest.raises(InputError, match="unknown engine 'vit_x'"):
         load_sam("vit_x", "none")
 
 
@@ -116,7 +119,7 @@ def test_fused_attention_computes_what_sams_attention_computes(image):
     model, ckpt = load_sam("tiny", "none")
     plain = SamEngine(model, "tiny", ckpt, "cpu", "fp32", fused_attention=False).encode(image).features
     model2, _ = load_sam("tiny", "none")
-    from pseudolabel.core.sam import use_fused_attention
+    from pseudolabel.core.engines.sam1 import use_fused_attention
 
     assert use_fused_attention(model2) == len(SAM_TYPES["tiny"].global_attn)
     fused = SamEngine(model2, "tiny", ckpt, "cpu", "fp32", fused_attention=False).encode(image).features

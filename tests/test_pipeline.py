@@ -19,7 +19,7 @@ from pseudolabel.pipeline import STAGES, Pipeline, PipelineConfig, closing_table
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = {
-    "sam": {"model": "tiny", "checkpoint": "none", "precision": "fp32", "device": "cpu"},
+    "sam": {"engine": "sam_tiny", "checkpoint": "none", "precision": "fp32", "device": "cpu"},
     "proposals": {"prompts": "point,point_box", "save_embeddings": True},
     "select": {"method": "sapnet", "backbone": "resnet18", "backbone_weights": "none", "epochs": 1,
                "batch_size": 2, "min_size": 160, "max_size": 224, "warmup_iters": 2, "workers": 0},
@@ -83,7 +83,14 @@ def test_pipeline_runs_skips_reruns_changed_stages_and_respects_from_until(gt_fi
 def test_config_file_sets_and_flags_flow_one_way(tmp_path):
     (tmp_path / "p.yaml").write_text("images: imgs\ngt: gt.json\ntrain:\n  iters: 5\nsam:\n  model: vit_b\n")
     cfg = load_pipeline_config(tmp_path / "p.yaml", ["train.iters=7", "select.method=mil"], model="tiny", out="o")
-    assert cfg.train["iters"] == 7 and cfg.select["method"] == "mil" and cfg.sam["model"] == "tiny"
+    # the deprecated SAM type (file, then flag) becomes the one engine name every stage reads
+    assert cfg.train["iters"] == 7 and cfg.select["method"] == "mil" and cfg.sam["engine"] == "sam_tiny"
+    assert "model" not in cfg.sam
+    assert load_pipeline_config(tmp_path / "p.yaml").sam["engine"] == "sam_vit_b"
+    assert load_pipeline_config(tmp_path / "p.yaml", engine="sam2.1_hiera_b+").sam["engine"] == "sam2.1_hiera_b+"
+    (tmp_path / "q.yaml").write_text("images: imgs\ngt: gt.json\n")
+    assert load_pipeline_config(tmp_path / "q.yaml").sam["engine"] == "sam_vit_h"
+    assert load_pipeline_config(tmp_path / "q.yaml", engine="hq_vit_b").sam["engine"] == "hq_vit_b"
     assert cfg.out == "o" and cfg.images == "imgs"
     with pytest.raises(InputError, match="unknown pipeline option"):
         (tmp_path / "bad.yaml").write_text("imagez: x\n")

@@ -162,7 +162,7 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_content(coco100, coco10
     run_proposals(points, coco100_dir / "images", tmp_path / "ref", ProposalConfig(precision="fp32"),
                   engine=tiny_engine)
     args = ["proposals", "--ann", points, "--images", coco100_dir / "images", "--out", tmp_path / "killed",
-            "--model", "tiny", "--checkpoint", "none", "--precision", "fp32"]
+            "--engine", "sam_tiny", "--checkpoint", "none", "--precision", "fp32"]
     proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), *map(str, args)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = tmp_path / "killed" / "shard-00000-of-00001.sqlite"
@@ -189,10 +189,12 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_content(coco100, coco10
 
 def test_cli_shards_bad_input_and_export(coco100, coco100_dir, tmp_path):
     points, pts = _point_file(coco100, tmp_path, n_images=3, max_anns=1)
+    # --model tiny: the deprecated spelling of --engine sam_tiny still works, with a warning
     base = ["--images", coco100_dir / "images", "--model", "tiny", "--checkpoint", "none", "--precision", "fp32"]
     for shard in ("0/2", "1/2"):
         r = _sap("proposals", "--ann", points, "--out", tmp_path / "sharded", "--shard", shard, *base)
         assert r.returncode == 0, r.stderr
+        assert "--model tiny is deprecated; use --engine sam_tiny" in r.stderr
     assert len(cache_files(tmp_path / "sharded")) == 2
     bags = load_bags(tmp_path / "sharded", points_json=points)
     assert sorted(bags) == sorted(im["id"] for im in pts["images"])

@@ -42,7 +42,7 @@ def test_refine_prompt_ablation_from_the_command_line(coco100, coco100_dir, tmp_
     torch.set_num_threads(1)
     try:
         rc = run_cli(["refine", "--ann", str(src), "--images", str(coco100_dir / "images"), "--out", str(out),
-                   "--model", "tiny", "--checkpoint", "none", "--precision", "fp32", "--iters", "1",
+                   "--engine", "sam_tiny", "--checkpoint", "none", "--precision", "fp32", "--iters", "1",
                    "--prompts", "box,point", "--no-negative-point", "--cebox-margin", "0"], monkeypatch)
     finally:
         torch.set_num_threads(threads)

@@ -106,13 +106,13 @@ def test_negative_point_fallbacks_and_the_half_open_box():
 def test_point_prompts_follow_the_reference():
     m = np.zeros((20, 20), dtype=bool)
     m[4:9, 3:15] = True  # fills its box
-    official = build_points(PromptState(m[None], RefineConfig(model="tiny")))
+    official = build_points(PromptState(m[None], RefineConfig(engine="sam_tiny")))
     assert official["point_labels"].tolist() == [[1, 0]] and official["point_coords"][0, 1].tolist() == [0, 0]
-    paper = build_points(PromptState(m[None], RefineConfig(model="tiny", reference="paper")))
+    paper = build_points(PromptState(m[None], RefineConfig(engine="sam_tiny", reference="paper")))
     assert paper["point_labels"].tolist() == [[1, -1]]  # SAM's "not a point" padding
-    override = build_points(PromptState(m[None], RefineConfig(model="tiny", negative_fallback="omit")))
+    override = build_points(PromptState(m[None], RefineConfig(engine="sam_tiny", negative_fallback="omit")))
     assert override["point_labels"].tolist() == [[1, -1]]
-    single = build_points(PromptState(m[None], RefineConfig(model="tiny", negative_point=False)))
+    single = build_points(PromptState(m[None], RefineConfig(engine="sam_tiny", negative_point=False)))
     assert single["point_coords"].shape == (1, 1, 2)
 
 

@@ -15,14 +15,15 @@ from conftest import subset_coco
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.images import load_image_rgb
 from pseudolabel.core.rle import decode_rle, encode_mask, segmentation_to_rle
-from pseudolabel.core.sam import SamEngine
+from pseudolabel.core.engines.loading import create_engine
+from pseudolabel.core.engines.sam1 import SamEngine
 from refine.adapt import AdaptConfig, adapt_coco
 from refine.lora import LoRALinear, apply_adapter, remove_adapter
 from refine.instances import partial_path, refine_coco
 from refine.refiner import RefineConfig
 from refine.semantic import SemanticConfig, refine_semantic
 
-CFG = RefineConfig(model="tiny", checkpoint="none", precision="fp32", iters=2)
+CFG = RefineConfig(engine="sam_tiny", checkpoint="none", precision="fp32", iters=2)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def engine():
     # One thread: on a shared 2-core machine, two threads contending make SAM 3× slower.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield SamEngine.create("tiny", "none", "cpu", "fp32")
+    yield create_engine("sam_tiny", "none", "cpu", "fp32")
     torch.set_num_threads(threads)
 
 
@@ -138,7 +139,7 @@ def test_cached_embedding_gives_the_results_of_re_encoding(coarse, coco100_dir, 
     (tmp_path / "points.json").write_text(json.dumps(pts))
     (tmp_path / "coarse.json").write_text(json.dumps(one))
     run_proposals(tmp_path / "points.json", coco100_dir / "images", tmp_path / "cache",
-                  ProposalConfig(model="tiny", checkpoint="none", precision="fp32", save_embeddings=True),
+                  ProposalConfig(engine="sam_tiny", checkpoint="none", precision="fp32", save_embeddings=True),
                   engine=engine)
     images = coco100_dir / "images"
     assert CFG.rules.fp16_embeddings is False  # the official code keeps fresh embeddings fp32
@@ -157,7 +158,7 @@ def test_cached_embedding_gives_the_results_of_re_encoding(coarse, coco100_dir, 
     img = one["images"][0]
     emb = engine.encode(load_image_rgb(images / img["file_name"]))
     with CacheReader(tmp_path / "cache") as reader:
-        stored = torch.from_numpy(reader.embedding(img["id"])[0])
+        stored = torch.from_numpy(reader.embedding(img["id"])[0]["image_embed"])
     assert torch.equal(stored, emb.features.half().float())
     assert a == b
 
@@ -204,8 +205,8 @@ def test_adapter_trains_saves_and_applies(refined, coco100_dir, engine, tmp_path
         assert isinstance(engine.model.mask_decoder.iou_prediction_head.layers[-1], LoRALinear)
         h = torch.randn(3, 256)
         assert not torch.allclose(lora(h), lora.base(h))
-        other = SamEngine(engine.model, "tiny", "another-checkpoint")
-        with pytest.raises(InputError, match="trained for SAM tiny"):
+        other = SamEngine(engine.model, "sam_tiny", "another-checkpoint")
+        with pytest.raises(InputError, match="trained for sam_tiny"):
             apply_adapter(other, path)
     finally:
         remove_adapter(engine)

@@ -7,10 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import ConfigOpt, DeviceOpt, exit_for_failures
+from .common import ConfigOpt, DeviceOpt, EngineOpt, SamCheckpointOpt, SamModelOpt, exit_for_failures
 
 
-proposals_app = typer.Typer(help="Cache SAM multi-mask proposals for every annotated point.",
+proposals_app = typer.Typer(help="Cache multi-mask proposals (SAM, SAM 2.1, HQ-SAM) for every annotated point.",
                             invoke_without_command=True, no_args_is_help=False)
 
 
@@ -20,8 +20,9 @@ def proposals_cmd(
     ann: Annotated[Optional[Path], typer.Option("--ann", help="COCO JSON with a point per annotation.")] = None,
     images: Annotated[Optional[Path], typer.Option("--images", help="Folder of the images.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Cache folder (created).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="SAM type: vit_h, vit_l, vit_b, tiny.")] = None,
-    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="SAM .pth file; 'none' = random weights (tests only); default: download the official one.")] = None,
+    engine: EngineOpt = None,
+    model: SamModelOpt = None,
+    checkpoint: SamCheckpointOpt = None,
     precision: Annotated[Optional[str], typer.Option("--precision", help="auto | fp32 | bf16 | fp16.")] = None,
     device: DeviceOpt = None,
     prompts: Annotated[Optional[str], typer.Option("--prompts", help="Prompt kinds, comma-separated: point, point_box (point,point_box = SAPNet's 6-proposal bags).")] = None,
@@ -31,7 +32,7 @@ def proposals_cmd(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a cache made with another configuration.")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Cache SAM multi-mask proposals for every annotated point (resumable, sharded)."""
+    """Cache multi-mask proposals for every annotated point (resumable, sharded)."""
     if ctx.invoked_subcommand is not None:
         return
     from pseudolabel.core.config import load_config_file, resolve
@@ -40,7 +41,7 @@ def proposals_cmd(
 
     if ann is None or images is None or out is None:
         raise InputError("sap proposals needs --ann, --images and --out (see sap proposals --help)")
-    cfg = resolve(ProposalConfig(), load_config_file(config), model=model, checkpoint=checkpoint,
+    cfg = resolve(ProposalConfig(), load_config_file(config), engine=engine, model=model, checkpoint=checkpoint,
                   precision=precision, device=device, prompts=prompts, points_per_batch=points_per_batch,
                   save_embeddings=save_embeddings, shard=shard)
     summary = run_proposals(ann, images, out, cfg, overwrite=overwrite)

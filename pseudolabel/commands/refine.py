@@ -7,14 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import (ConfigOpt, DeviceOpt, ImagesOpt, RefineEmbeddingsOpt, RefinePromptsOpt, SamCheckpointOpt, SamModelOpt,
+from .common import (ConfigOpt, DeviceOpt, EngineOpt, ImagesOpt, RefineEmbeddingsOpt, RefinePromptsOpt, SamCheckpointOpt, SamModelOpt,
                      SamPrecisionOpt, exit_for_failures, split_file_values)
 
 
 commands = typer.Typer()
 
 
-refine_app = typer.Typer(help="SAMRefiner: refine coarse masks (COCO JSON or PNG label maps) with SAM.",
+refine_app = typer.Typer(help="SAMRefiner: refine coarse masks (COCO JSON or PNG label maps) with SAM, SAM 2.1 or HQ-SAM.",
                          invoke_without_command=True, no_args_is_help=False)
 
 
@@ -38,6 +38,7 @@ def refine_cmd(
     multimask: Annotated[Optional[bool], typer.Option("--multimask/--single-mask", help="Keep the best of SAM's 3 outputs (default) or its single output.")] = None,
     adapter: Annotated[Optional[str], typer.Option("--adapter", help="SAMRefiner++ adapter from `sap refine adapt`.")] = None,
     embeddings: RefineEmbeddingsOpt = None,
+    engine: EngineOpt = None,
     model: SamModelOpt = None,
     checkpoint: SamCheckpointOpt = None,
     precision: SamPrecisionOpt = None,
@@ -65,7 +66,7 @@ def refine_cmd(
     cfg = resolve(RefineConfig(), file_refine, reference=reference, iters=iters, prompts=prompts, negative_point=negative_point,
                   negative_fallback=negative_fallback, cebox_margin=cebox_margin, strength=strength,
                   gamma=gamma, grown_strength=grown_strength, multimask=multimask, adapter=adapter,
-                  embeddings=embeddings, model=model, checkpoint=checkpoint, precision=precision,
+                  embeddings=embeddings, engine=engine, model=model, checkpoint=checkpoint, precision=precision,
                   device=device, chunk=chunk)
     if semantic is not None:
         from refine.semantic import refine_semantic
@@ -100,6 +101,7 @@ def refine_adapt_cmd(
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Passes over the masks (default 1).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the LoRA init and the order.")] = None,
     embeddings: RefineEmbeddingsOpt = None,
+    engine: EngineOpt = None,
     model: SamModelOpt = None,
     checkpoint: SamCheckpointOpt = None,
     precision: SamPrecisionOpt = None,
@@ -112,8 +114,9 @@ def refine_adapt_cmd(
     from refine.refiner import RefineConfig
 
     file_refine, file_adapt = split_file_values(load_config_file(config), RefineConfig, AdaptConfig)
-    cfg = resolve(RefineConfig(), file_refine, reference=reference, prompts=prompts, cebox_margin=cebox_margin, strength=strength,
-                  embeddings=embeddings, model=model, checkpoint=checkpoint, precision=precision, device=device)
+    cfg = resolve(RefineConfig(), file_refine, reference=reference, prompts=prompts, cebox_margin=cebox_margin,
+                  strength=strength, embeddings=embeddings, engine=engine, model=model, checkpoint=checkpoint,
+                  precision=precision, device=device)
     acfg = resolve(AdaptConfig(), file_adapt, rank=rank, alpha=None if rank is None else float(rank),
                    margin=margin, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed)
     summary = adapt_coco(ann, images, out, cfg, acfg)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import ConfigOpt, DeviceOpt
+from .common import ConfigOpt, DeviceOpt, EngineOpt, SamModelOpt
 
 
 commands = typer.Typer()
@@ -20,8 +20,9 @@ def pipeline_cmd(
     points: Annotated[Optional[Path], typer.Option("--points", help="Point file (COCO JSON with a point per object).")] = None,
     gt: Annotated[Optional[Path], typer.Option("--gt", help="Full masks: derive points from them and measure every stage.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Run folder.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="SAM type.")] = None,
-    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="SAM checkpoint ('none' = random).")] = None,
+    engine: EngineOpt = None,
+    model: SamModelOpt = None,
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="The engine's checkpoint ('none' = random).")] = None,
     device: DeviceOpt = None,
     sets: Annotated[Optional[list[str]], typer.Option("--set", help="section.key=value, e.g. train.iters=2000 (repeatable).")] = None,
     start: Annotated[Optional[str], typer.Option("--from", help="First stage to run.")] = None,
@@ -32,7 +33,8 @@ def pipeline_cmd(
 
     cfg = load_pipeline_config(config, sets, images=str(images) if images else None,
                                points=str(points) if points else None, gt=str(gt) if gt else None,
-                               out=str(out) if out else None, model=model, checkpoint=checkpoint, device=device)
+                               out=str(out) if out else None, engine=engine, model=model, checkpoint=checkpoint,
+                               device=device)
     records = Pipeline(cfg).run_stages(start, until)
     report = write_report(Path(cfg.out), records)
     typer.echo(closing_table(records))
@@ -43,14 +45,16 @@ def pipeline_cmd(
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("sap_runs/demo"),
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="SAM checkpoint file ('none' = random tiny SAM).")] = None,
-    model: Annotated[str, typer.Option("--model", help="SAM type of the checkpoint.")] = "vit_b",
+    engine: Annotated[Optional[str], typer.Option("--engine", help="Engine of the checkpoint (default sam_vit_b).")] = None,
+    model: SamModelOpt = None,
     device: DeviceOpt = None,
     offline: Annotated[bool, typer.Option("--offline", help="Do not try to download a SAM checkpoint.")] = False,
 ) -> None:
     """The whole pipeline on a small shapes dataset it makes itself (real SAM if available)."""
+    from pseudolabel.core.engines.registry import engine_option
     from pseudolabel.pipeline import closing_table, run_demo
 
-    records, report = run_demo(out, checkpoint, model, device, offline)
+    records, report = run_demo(out, checkpoint, engine_option(engine, model) or "sam_vit_b", device, offline)
     typer.echo(closing_table(records))
     typer.echo(f"report: {report}")
     typer.echo(f"overlays: {Path(out) / 'run' / '7_viz'}")

@@ -6,16 +6,20 @@ Readers open every ``*.sqlite`` file of the folder.
 
 Tables:
 
-* ``meta(key, value)``: ``format_version`` and ``config`` (JSON: model type, checkpoint sha256,
-  precision, prompt kinds, digest of the point set);
+* ``meta(key, value)``: ``format_version`` and ``config`` (JSON: engine, checkpoint sha256,
+  precision, prompt kinds, digest of the point set; caches of sap ≤ 0.1 name a SAM
+  ``model_type`` instead, read as the matching ``sam_*`` engine);
 * ``images``: one row per image attempted: status ``done`` or ``failed`` with the reason, its
   content sha256, size, and timings;
 * ``points``: the annotated points of done images (annotation id, image id, category, x, y);
 * ``proposals``: one row per proposal: annotation id, image id, prompt kind (and its index in
   the configured order), rank (SAM's multimask index), compressed RLE (counts as text), predicted
   IoU, stability score, COCO box XYWH, area;
-* ``embeddings`` (with ``--save-embeddings``): the fp16 ``1×256×64×64`` embedding, input and
-  original sizes.
+* ``embeddings`` (with ``--save-embeddings``): per image the engine's tensors in fp16, one blob
+  in the engine's layout order (:data:`pseudolabel.core.engines.registry.FAMILIES`), with input
+  and original sizes. ``shape`` is a list for a single ``1×256×64×64`` embedding (SAM) and an
+  object ``{name: shape}`` for several (SAM 2: plus its two high-resolution maps; HQ-SAM: plus
+  its HQ features).
 """
 
 from __future__ import annotations
@@ -85,7 +89,21 @@ def _read_meta(conn: sqlite3.Connection) -> dict[str, Any]:
         rows = conn.execute("SELECT key, value FROM meta").fetchall()
     except sqlite3.DatabaseError:
         return {}
-    return {k: json.loads(v) for k, v in rows}
+    meta = {k: json.loads(v) for k, v in rows}
+    if isinstance(meta.get("config"), dict):
+        meta["config"] = normalise_config(meta["config"])
+    return meta
+
+
+def normalise_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A cache configuration in today's keys: sap ≤ 0.1's ``model_type`` (a SAM type) → ``engine``."""
+    if "engine" in config or "model_type" not in config:
+        return config
+    from .engines.registry import ALIASES
+
+    out = {k: v for k, v in config.items() if k != "model_type"}
+    out["engine"] = ALIASES.get(config["model_type"], config["model_type"])
+    return out
 
 
 def config_difference(stored: dict[str, Any], wanted: dict[str, Any]) -> str | None:
@@ -115,7 +133,11 @@ class ShardWriter:
             if meta.get("format_version") != FORMAT_VERSION:
                 raise InputError(f"{self.path} has cache format {meta.get('format_version')}, this sap "
                                  f"writes {FORMAT_VERSION}; use --overwrite or another --out")
-            diff = config_difference(meta.get("config", {}), config)
+            stored = meta.get("config", {})
+            if stored.get("engine") != config.get("engine"):
+                raise InputError(f"the cache in {self.path.parent} holds proposals of engine {stored.get('engine')}, "
+                                 f"not {config.get('engine')}; use --overwrite to replace it or choose another --out")
+            diff = config_difference(stored, config)
             if diff:
                 raise InputError(f"the cache in {self.path.parent} was made with another configuration "
                                  f"({diff}); use --overwrite to replace it or choose another --out")
@@ -129,8 +151,9 @@ class ShardWriter:
         return {r[0] for r in self.conn.execute("SELECT image_id FROM images WHERE status = 'done'")}
 
     def write_image(self, image: dict[str, Any], points: list[PointAnn], proposals: list[tuple],
-                    embedding: tuple[np.ndarray, tuple[int, int], tuple[int, int]] | None = None) -> None:
-        """Store one image's points, proposals (rows in ``proposals`` column order) and embedding."""
+                    embedding: tuple[dict[str, np.ndarray], tuple[int, int], tuple[int, int]] | None = None) -> None:
+        """Store one image's points, proposals (rows in ``proposals`` column order) and embedding
+        (``({name: array}, input (h, w), original (H, W))``, the engine's layout order)."""
         with self.conn:
             self.conn.execute("BEGIN")
             self.conn.execute("DELETE FROM proposals WHERE image_id = ?", (image["image_id"],))
@@ -140,11 +163,11 @@ class ShardWriter:
             self.conn.executemany(
                 "INSERT INTO proposals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", proposals)
             if embedding is not None:
-                feats, input_hw, orig_hw = embedding
-                data = np.ascontiguousarray(feats, dtype=np.float16)
+                arrays, input_hw, orig_hw = embedding
+                blob, shape = pack_embedding(arrays)
                 self.conn.execute(
                     "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (image["image_id"], data.tobytes(), json.dumps(list(data.shape)), *input_hw, *orig_hw))
+                    (image["image_id"], blob, json.dumps(shape), *input_hw, *orig_hw))
             self.conn.execute(
                 "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, 'done', NULL, ?, ?, ?)",
                 (image["image_id"], image["file_name"], image["sha256"], image["width"], image["height"],
@@ -160,6 +183,29 @@ class ShardWriter:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def pack_embedding(arrays: dict[str, np.ndarray]) -> tuple[bytes, Any]:
+    """fp16 bytes of the arrays in order, and the ``shape`` column (list for one, object for several)."""
+    parts = {k: np.ascontiguousarray(v, dtype=np.float16) for k, v in arrays.items()}
+    blob = b"".join(p.tobytes() for p in parts.values())
+    if list(parts) == ["image_embed"]:
+        return blob, list(parts["image_embed"].shape)
+    return blob, {k: list(p.shape) for k, p in parts.items()}
+
+
+def unpack_embedding(blob: bytes, shape: Any) -> dict[str, np.ndarray]:
+    """Inverse of :func:`pack_embedding`: float32 arrays by name."""
+    shapes = {"image_embed": shape} if isinstance(shape, list) else shape
+    flat = np.frombuffer(blob, dtype=np.float16)
+    out, at = {}, 0
+    for name, shp in shapes.items():
+        n = int(np.prod(shp))
+        out[name] = flat[at:at + n].reshape(shp).astype(np.float32)
+        at += n
+    if at != flat.size:
+        raise InputError(f"a cached embedding holds {flat.size} values, its shapes {shapes} say {at}")
+    return out
 
 
 # ---- reading -----------------------------------------------------------------------------------
@@ -222,15 +268,14 @@ class CacheReader:
                 ranks=[r[2] for r in props], stability=[r[7] for r in props]))
         return out
 
-    def embedding(self, image_id: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int], str] | None:
-        """``(features float32 1×256×64×64, input (h, w), original (H, W), image sha256)`` or None."""
+    def embedding(self, image_id: int) -> tuple[dict[str, np.ndarray], tuple[int, int], tuple[int, int], str] | None:
+        """``({name: float32 array}, input (h, w), original (H, W), image sha256)`` or None."""
         for conn in self.conns:
             row = conn.execute(
                 "SELECT e.data, e.shape, e.input_h, e.input_w, e.orig_h, e.orig_w, i.sha256 FROM embeddings e "
                 "JOIN images i ON i.image_id = e.image_id WHERE e.image_id = ?", (image_id,)).fetchone()
             if row:
-                feats = np.frombuffer(row[0], dtype=np.float16).reshape(json.loads(row[1])).astype(np.float32)
-                return feats, (row[2], row[3]), (row[4], row[5]), row[6]
+                return unpack_embedding(row[0], json.loads(row[1])), (row[2], row[3]), (row[4], row[5]), row[6]
         return None
 
     def close(self) -> None:
@@ -244,21 +289,22 @@ class CacheReader:
         self.close()
 
 
-def load_embedding(cache: str | Path | CacheReader, image_id: int, image_sha256: str, model_type: str,
+def load_embedding(cache: str | Path | CacheReader, image_id: int, image_sha256: str, engine: str,
                    checkpoint_sha256: str, device: Any = "cpu"):
-    """A cached :class:`~pseudolabel.core.sam.ImageEmbedding`, or None if absent or made otherwise.
+    """A cached :class:`~pseudolabel.core.engines.base.ImageEmbedding`, or None if absent or made otherwise.
 
-    The embedding is used only if the cache's model type and checkpoint match and the image
-    file's sha256 is the one the cache saw. ``cache`` is a cache folder or an open reader.
+    The embedding is used only if the cache's engine and checkpoint match and the image file's
+    sha256 is the one the cache saw. ``cache`` is a cache folder or an open reader.
     """
     import torch
 
-    from .sam import ImageEmbedding
+    from .engines.base import ImageEmbedding
+    from .engines.registry import canonical_engine
 
     reader = cache if isinstance(cache, CacheReader) else CacheReader(cache)
     try:
         cfg = reader.config
-        if cfg.get("model_type") != model_type or cfg.get("checkpoint_sha256") != checkpoint_sha256:
+        if cfg.get("engine") != canonical_engine(engine) or cfg.get("checkpoint_sha256") != checkpoint_sha256:
             return None
         got = reader.embedding(image_id)
     finally:
@@ -266,8 +312,9 @@ def load_embedding(cache: str | Path | CacheReader, image_id: int, image_sha256:
             reader.close()
     if got is None or got[3] != image_sha256:
         return None
-    feats, input_hw, orig_hw, _ = got
-    return ImageEmbedding(torch.from_numpy(feats).to(device), tuple(input_hw), tuple(orig_hw))
+    arrays, input_hw, orig_hw, _ = got
+    return ImageEmbedding.from_tensors({k: torch.from_numpy(v).to(device) for k, v in arrays.items()},
+                                       input_hw, orig_hw)
 
 
 def dump_cache(cache_dir: str | Path) -> dict[str, Any]:

@@ -63,8 +63,8 @@ def versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for dist in ("sap", "torch", "torchvision", "segment-anything", "pycocotools", "numpy",
-                 "opencv-python-headless", "detectron2"):
+    for dist in ("sap", "torch", "torchvision", "segment-anything", "sam2", "segment-anything-hq", "pycocotools",
+                 "numpy", "opencv-python-headless", "detectron2"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

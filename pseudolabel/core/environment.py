@@ -13,7 +13,7 @@ def environment_report() -> str:
 
     from .config import versions
     from .device import pick_device
-    from .sam_models import checkpoint_dir
+    from .engines.loading import checkpoint_dir
 
     lines = [f"{k:<24}{v}" for k, v in versions().items()]
     lines.append(f"{'python executable':<24}{sys.executable}")
@@ -32,8 +32,27 @@ def environment_report() -> str:
                  f"{getattr(cpu, '_is_amx_tile_supported', lambda: False)()}")
     lines.append(f"{'torch threads':<24}{torch.get_num_threads()}")
     lines.append(f"{'default device':<24}{pick_device(None)}")
-    lines.append(f"{'SAM checkpoint folder':<24}{checkpoint_dir()}")
+    lines.append(f"{'checkpoint folder':<24}{checkpoint_dir()}")
+    lines.extend(engine_lines(checkpoint_dir()))
     d2 = importlib.util.find_spec("detectron2") is not None
-    lines.append(f"{'engine torch':<24}available")
-    lines.append(f"{'engine detectron2':<24}{'available' if d2 else 'not installed (pip install from its source repository)'}")
+    lines.append(f"{'train engine torch':<24}available")
+    lines.append(f"{'train engine detectron2':<24}{'available' if d2 else 'not installed (pip install from its source repository)'}")
     return "\n".join(lines)
+
+
+def engine_lines(ckpt_dir) -> list[str]:
+    """One line per proposal engine: available or why not, and whether its checkpoint is here."""
+    from .engines.registry import ENGINES, availability
+
+    lines = []
+    for name, spec in ENGINES.items():
+        why = availability(name)
+        if why is not None:
+            state = f"not available: {why}"
+        elif spec.url is None:
+            state = "available (random weights only: tests)"
+        else:
+            here = (ckpt_dir / spec.filename).is_file()
+            state = "available, checkpoint " + ("downloaded" if here else "downloads on first use")
+        lines.append(f"{'engine ' + name:<24}{state}")
+    return lines

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from pseudolabel.core.config import load_config_file
+from pseudolabel.core.engines.registry import DEFAULT_ENGINE, engine_option
 from pseudolabel.core.errors import InputError
 
 
@@ -25,7 +26,7 @@ class PipelineConfig:
     point_seed: int = 0
     val: str | None = None  # validation COCO JSON for the trained model (default: gt)
     val_images: str | None = None
-    sam: dict[str, Any] = field(default_factory=lambda: {"model": "vit_h", "checkpoint": None,
+    sam: dict[str, Any] = field(default_factory=lambda: {"engine": None, "checkpoint": None,
                                                           "precision": "auto", "device": None})
     proposals: dict[str, Any] = field(default_factory=lambda: {"prompts": "point,point_box",
                                                                 "save_embeddings": True})
@@ -81,10 +82,15 @@ def load_pipeline_config(path: str | Path | None, sets: list[str] | None = None,
             setattr(cfg, key, value)
         else:
             raise InputError(f"--set {key}: unknown option")
+    # one engine name for every stage (``model``, a SAM type, is the deprecated spelling); flags win
+    cfg.sam["engine"] = engine_option(cfg.sam.get("engine"), cfg.sam.pop("model", None)) or DEFAULT_ENGINE
+    flag_engine = engine_option(flags.pop("engine", None), flags.pop("model", None))
+    if flag_engine is not None:
+        cfg.sam["engine"] = flag_engine
     for key, value in flags.items():
         if value is None:
             continue
-        if key in ("model", "checkpoint", "precision", "device"):
+        if key in ("checkpoint", "precision", "device"):
             cfg.sam[key] = value
         else:
             setattr(cfg, key, value)

@@ -112,13 +112,13 @@ RANDOM_BANNER = _banner(
     "Real masks: sap demo --checkpoint sam_vit_b_01ec64.pth (or run once with internet).")
 
 
-def demo_config(out: Path, data_json: Path, images: Path, model: str, checkpoint: str,
+def demo_config(out: Path, data_json: Path, images: Path, engine: str, checkpoint: str,
                 device: str | None, real: bool) -> PipelineConfig:
     """A pipeline small enough for a laptop CPU: shapes images, R18 selector and SOLOv2."""
     weights = "imagenet" if real else "none"
     return PipelineConfig(
         images=str(images), out=str(out), gt=str(data_json), point_mode="center",
-        sam={"model": model, "checkpoint": checkpoint, "precision": "auto", "device": device},
+        sam={"engine": engine, "checkpoint": checkpoint, "precision": "auto", "device": device},
         proposals={"prompts": "point,point_box", "save_embeddings": True},
         select={"method": "sapnet", "backbone": "resnet18", "backbone_weights": weights, "epochs": 4,
                 "batch_size": 2, "min_size": 240, "max_size": 320, "warmup_iters": 5, "workers": 0},
@@ -130,38 +130,40 @@ def demo_config(out: Path, data_json: Path, images: Path, model: str, checkpoint
     )
 
 
-def run_demo(out: str | Path = "sap_runs/demo", checkpoint: str | None = None, model: str = "vit_b",
+def run_demo(out: str | Path = "sap_runs/demo", checkpoint: str | None = None, engine: str = "sam_vit_b",
              device: str | None = None, offline: bool = False, n_images: int = 8) -> tuple[list[StageRecord], Path]:
     """Make the shapes dataset and run the whole pipeline on it; returns the records and report path.
 
-    SAM: ``checkpoint`` if given; else the official ``model`` checkpoint if it is in the
-    checkpoint folder or can be downloaded (not with ``offline``); else the tiny type with random
+    SAM: ``checkpoint`` if given; else the official checkpoint of ``engine`` if it is in the
+    checkpoint folder or can be downloaded (not with ``offline``); else ``sam_tiny`` with random
     weights, announced by a banner.
     """
-    from pseudolabel.core.sam_models import RANDOM_CHECKPOINT, SAM_TYPES, checkpoint_dir, download_checkpoint
+    from pseudolabel.core.engines.loading import RANDOM_CHECKPOINT, checkpoint_dir, download_checkpoint
+    from pseudolabel.core.engines.registry import canonical_engine, engine_spec
 
     out = Path(out)
+    engine = canonical_engine(engine)
     data_json, images = make_demo_dataset(out / "data", n_images=n_images)
     real = True
     if checkpoint is not None and str(checkpoint).lower() == RANDOM_CHECKPOINT:
-        model, real = "tiny", False
+        engine, real = "sam_tiny", False
     elif checkpoint is None:
-        local = checkpoint_dir() / (SAM_TYPES[model].filename or "")
+        local = checkpoint_dir() / (engine_spec(engine).filename or "")
         if local.is_file():
             checkpoint = str(local)
         elif not offline:
             try:
-                checkpoint = str(download_checkpoint(model))
+                checkpoint = str(download_checkpoint(engine))
             except InputError as e:
                 logger.warning("%s", e)
                 real = False
         else:
             real = False
         if not real:
-            model, checkpoint = "tiny", RANDOM_CHECKPOINT
+            engine, checkpoint = "sam_tiny", RANDOM_CHECKPOINT
     if not real:
         logger.warning(RANDOM_BANNER)
-    cfg = demo_config(out / "run", data_json, images, model, str(checkpoint), device, real)
+    cfg = demo_config(out / "run", data_json, images, engine, str(checkpoint), device, real)
     records = Pipeline(cfg).run_stages()
     report = write_report(out / "run", records, banner=None if real else RANDOM_BANNER)
     if not real:

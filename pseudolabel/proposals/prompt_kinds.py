@@ -1,7 +1,7 @@
 """Prompt kinds for `sap proposals`: how one annotated point becomes one SAM prompt.
 
 Each kind maps the points of a chunk (and the proposals earlier kinds made for them) to the
-arguments of :meth:`pseudolabel.core.sam.SamEngine.decode`. Kinds run in the configured order, so a
+arguments of :meth:`pseudolabel.core.engines.base.PromptEngine.decode`. Kinds run in the configured order, so a
 kind may build on an earlier one's masks.
 
 * ``point``: the point alone (SAM's multimask output for an ambiguous click).
@@ -36,7 +36,7 @@ class KindResult:
     boxes: torch.Tensor
 
 
-PromptArgs = dict  # keyword arguments of SamEngine.decode
+PromptArgs = dict  # keyword arguments of PromptEngine.decode
 KindFn = Callable[[np.ndarray, dict[str, KindResult], tuple[int, int]], PromptArgs]
 
 

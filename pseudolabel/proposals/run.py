@@ -1,4 +1,4 @@
-"""`sap proposals`: SAM multi-mask proposals for every annotated point, cached per image.
+"""`sap proposals`: multi-mask proposals (SAM, SAM 2.1, HQ-SAM) for every annotated point, cached per image.
 
 For each image of this process's shard: encode once, decode all its points in chunks of
 ``points_per_batch`` for each configured prompt kind (3 masks + 3 predicted IoUs per prompt),
@@ -25,7 +25,8 @@ from pseudolabel.core.points import PointAnn, collect_points
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 from .prompt_kinds import PROMPT_KINDS, KindResult, mask_boxes_xyxy, parse_kinds
 from pseudolabel.core.rle import encode_masks
-from pseudolabel.core.sam import ImageEmbedding, SamEngine, default_prompt_batch, stability_score
+from pseudolabel.core.engines.base import ImageEmbedding, PromptEngine, default_prompt_batch, stability_score
+from pseudolabel.core.engines.registry import DEFAULT_ENGINE, engine_option
 
 MASK_PIXEL_BUDGET = 2 ** 26  # full-resolution mask pixels held at once (one chunk)
 
@@ -34,14 +35,22 @@ MASK_PIXEL_BUDGET = 2 ** 26  # full-resolution mask pixels held at once (one chu
 class ProposalConfig:
     """Options of `sap proposals` (defaults; a config file and flags override them)."""
 
-    model: str = "vit_h"
+    engine: str | None = None  # a name of pseudolabel.core.engines.registry.ENGINES; None: sam_vit_h
+    model: str | None = None  # deprecated: a SAM type (vit_b = engine sam_vit_b)
     checkpoint: str | None = None
     precision: str = "auto"
     device: str | None = None
     prompts: str = "point"
-    points_per_batch: int = 0  # 0: pseudolabel.core.sam.default_prompt_batch (64 on a GPU, 4 on a CPU)
+    points_per_batch: int = 0  # 0: engines.base.default_prompt_batch (64 on a GPU, 4 on a CPU)
     save_embeddings: bool = False
     shard: str | None = None  # "i/n"; under torchrun RANK/WORLD_SIZE
+
+    def __post_init__(self) -> None:
+        self.engine, self.model = engine_option(self.engine, self.model), None
+
+    @property
+    def engine_name(self) -> str:
+        return self.engine or DEFAULT_ENGINE
 
 
 @dataclass
@@ -85,7 +94,7 @@ def resolve_shard(shard: str | None) -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def image_proposals(engine: SamEngine, emb: ImageEmbedding, points: list[PointAnn],
+def image_proposals(engine: PromptEngine, emb: ImageEmbedding, points: list[PointAnn],
                     kinds: tuple[str, ...], points_per_batch: int) -> list[tuple]:
     """All proposals of one image's points, as ``proposals`` table rows.
 
@@ -125,7 +134,7 @@ def image_proposals(engine: SamEngine, emb: ImageEmbedding, points: list[PointAn
 
 def run_proposals(ann: str | Path, images_dir: str | Path, out_dir: str | Path,
                   cfg: ProposalConfig | None = None, overwrite: bool = False,
-                  engine: SamEngine | None = None) -> ProposalSummary:
+                  engine: PromptEngine | None = None) -> ProposalSummary:
     """Run the stage for this process's shard; see the module docstring.
 
     Args:
@@ -149,11 +158,9 @@ def run_proposals(ann: str | Path, images_dir: str | Path, out_dir: str | Path,
     kinds = parse_kinds(cfg.prompts)
     index, count = resolve_shard(cfg.shard)
     if engine is None:
-        from pseudolabel.core.device import pick_device
-        from pseudolabel.core.sam import resolve_precision
+        from pseudolabel.core.engines.loading import create_engine
 
-        device = pick_device(cfg.device)
-        engine = SamEngine.create(cfg.model, cfg.checkpoint, str(device), resolve_precision(cfg.precision, device))
+        engine = create_engine(cfg.engine_name, cfg.checkpoint, cfg.device, cfg.precision)
     ppb = cfg.points_per_batch or default_prompt_batch(engine.device)
     cache_config = {**engine.info(), "prompt_kinds": list(kinds), "multimask": True,
                     "points_sha256": points_digest(p for ps in points_by_image.values() for p in ps),
@@ -161,14 +168,14 @@ def run_proposals(ann: str | Path, images_dir: str | Path, out_dir: str | Path,
     shard_path = out_dir / shard_filename(index, count)
     writer = ShardWriter(shard_path, cache_config, overwrite=overwrite)
     write_run_config(shard_path.with_suffix(".config.yaml"), "proposals", cfg,
-                     resolved={"precision": engine.precision, "device": str(engine.device),
+                     resolved={"engine": engine.name, "precision": engine.precision, "device": str(engine.device),
                                "points_per_batch": ppb, "shard": [index, count]},
                      inputs={"ann": str(ann), "images": str(images_dir)})
     images = sorted(coco["images"], key=lambda im: im["id"])[index::count]
     summary = ProposalSummary(images=len(images), shard=(index, count), cache_file=str(shard_path))
     done = writer.done_images()
-    logger.info("SAM %s (%s) on %s, %s; prompts %s; %d points per batch",
-                engine.model_type, engine.checkpoint_id[:12], engine.device, engine.precision,
+    logger.info("%s (%s) on %s, %s; prompts %s; %d points per batch",
+                engine.name, engine.checkpoint_id[:12], engine.device, engine.precision,
                 "+".join(kinds), ppb)
     try:
         with logging_to_tqdm():
@@ -190,7 +197,8 @@ def run_proposals(ann: str | Path, images_dir: str | Path, out_dir: str | Path,
                         rows = image_proposals(engine, emb, pts, kinds, ppb)
                     saved = None
                     if cfg.save_embeddings and emb is not None:
-                        saved = (emb.features.cpu().numpy(), emb.input_size, emb.original_size)
+                        saved = ({k: v.cpu().numpy() for k, v in emb.tensors().items()},
+                                 emb.input_size, emb.original_size)
                     record = {"image_id": img["id"], "file_name": img["file_name"], "sha256": sha,
                               "width": img["width"], "height": img["height"],
                               "encoder_s": engine.timings.encoder - enc0,

@@ -1,32 +1,38 @@
-"""The Segment Anything engine: encode each image once, decode prompts in batches.
+"""The engine interface every promptable segmenter implements: encode once, decode in batches.
 
-One :class:`SamEngine` holds a SAM model on a device at a precision. ``encode`` runs the image
-encoder once per image; ``decode`` runs the prompt encoder and mask decoder for a batch of B
-prompts (one object each) against that embedding; ``upscale`` maps the low-resolution logits
-to binary masks at the original image size.
+A :class:`PromptEngine` holds one model on a device at a precision. ``encode`` runs the image
+encoder once per image; ``decode`` runs the prompt encoder and mask decoder for B prompts (one
+object each) against that image; ``upscale`` maps the low-resolution logits to masks at the
+original image size. Every family (SAM, SAM 2.1, HQ-SAM) answers a prompt with 3 multimask
+outputs and their predicted IoUs, or one output with ``multimask=False``.
 
-Coordinates: every point is ``(x, y)`` and every box ``XYXY``, both in original-image pixels;
-the engine applies SAM's ResizeLongestSide transform itself.
+Frames. Every model sees a 1024×1024 frame; its logits and ``mask_input`` are 256×256 over that
+frame and its embedding a 64×64 grid. Where the image lies in the frame is the embedding's
+``input_size`` ``(h', w')``: SAM and HQ-SAM resize the longest side to 1024 and pad right and
+bottom (``h', w' ≤ 1024``); SAM 2 stretches the image to the whole frame (``h' = w' = 1024``).
+Prompt geometry (points, boxes, mask prompts, CEBox sampling, upscaling) follows from
+``input_size`` alone, so one code path serves every family.
 
-Model types, checkpoints and loading: :mod:`.sam_models`.
+Coordinates: every point is ``(x, y)`` and every box ``XYXY``, both in original-image pixels.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .device import pick_device
-from .errors import InputError
-from .sam_models import IMAGE_SIZE, load_sam
+from ..errors import InputError
 
-LOW_RES = 256  # SAM's mask logits and mask_input frame
+IMAGE_SIZE = 1024  # the models' input frame
+LOW_RES = 256  # logits and mask_input frame
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` → bf16 on CUDA with bf16 or CPUs with AVX512-BF16/AMX, fp16 on other GPUs, else fp32."""
     if precision != "auto":
@@ -51,64 +57,36 @@ def default_prompt_batch(device: torch.device) -> int:
     return 64 if torch.device(device).type == "cuda" else 4
 
 
-def _sdpa_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """SAM encoder attention through ``F.scaled_dot_product_attention``.
-
-    The same function as segment_anything's ``Attention.forward`` (softmax of the scaled q·k plus
-    the decomposed relative-position bias, times v), but the bias goes in as ``attn_mask`` so the
-    fused kernel never builds the fp32 attention matrix; same error against fp32 as SAM's path.
-    """
-    from segment_anything.modeling.image_encoder import get_rel_pos
-
-    b, h, w, _ = x.shape
-    heads = self.num_heads
-    qkv = self.qkv(x).reshape(b, h * w, 3, heads, -1).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.reshape(3, b * heads, h * w, -1).unbind(0)
-    bias = None
-    if self.use_rel_pos:
-        r_q = q.reshape(b * heads, h, w, -1)
-        rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(h, h, self.rel_pos_h))
-        rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(w, w, self.rel_pos_w))
-        bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(b * heads, h * w, h * w).to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-    out = out.view(b, heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
-    return self.proj(out)
-
-
-def use_fused_attention(model) -> int:
-    """Route the global-attention blocks of SAM's image encoder through
-    :func:`_sdpa_attention_forward` (in place); returns how many were switched.
-
-    Only the global blocks (4096 tokens, 4 of vit_b's 12) gain: on our 2-core CPU the encoder
-    went from ~6.1 to ~4.5 s in bf16 and from ~19 to ~11 s in fp32; switching the windowed
-    blocks too was slower in bf16.
-    """
-    import types
-
-    n = 0
-    for block in model.image_encoder.blocks:
-        if block.window_size == 0:
-            block.attn.forward = types.MethodType(_sdpa_attention_forward, block.attn)
-            n += 1
-    return n
-
-
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 @dataclass
 class ImageEmbedding:
-    """SAM's embedding of one image.
+    """An engine's encoding of one image.
 
     Attributes:
-        features: ``1×256×64×64`` float tensor on the engine's device.
-        input_size: ``(h, w)`` of the image after ResizeLongestSide (longest side 1024).
+        features: ``1×256×64×64`` float image embedding on the engine's device (CEBox reads it).
+        input_size: ``(h', w')``, the region of the 1024 frame the image occupies.
         original_size: ``(H, W)`` of the original image.
+        extras: further per-image decoder inputs by name (SAM 2: ``high_res_s0`` ``1×32×256×256``
+            and ``high_res_s1`` ``1×64×128×128``; HQ-SAM: ``hq_features`` ``1×32×256×256``).
     """
 
     features: torch.Tensor
     input_size: tuple[int, int]
     original_size: tuple[int, int]
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every cached tensor by name, ``image_embed`` first."""
+        return {"image_embed": self.features, **self.extras}
+
+    def through_fp16(self) -> "ImageEmbedding":
+        """The same embedding rounded through fp16, as the proposal cache stores it."""
+        return replace(self, features=self.features.half().float(),
+                       extras={k: v.half().float() for k, v in self.extras.items()})
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], input_size, original_size) -> "ImageEmbedding":
+        rest = dict(tensors)
+        return cls(rest.pop("image_embed"), tuple(input_size), tuple(original_size), rest)
 
 
 @dataclass
@@ -128,48 +106,76 @@ def resized_hw(h: int, w: int, long_side: int = IMAGE_SIZE) -> tuple[int, int]:
     return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
-def coords_to_input_frame(xy: np.ndarray, original_hw: tuple[int, int]) -> np.ndarray:
-    """Map ``...×2`` ``(x, y)`` original-pixel coordinates into the resized 1024 frame."""
+def coords_to_input_frame(xy: np.ndarray, original_hw: tuple[int, int],
+                          input_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Map ``...×2`` ``(x, y)`` original-pixel coordinates into the 1024 frame.
+
+    ``input_hw`` is where the image lies in the frame (default: SAM's ResizeLongestSide size).
+    """
     h, w = original_hw
-    nh, nw = resized_hw(h, w)
+    nh, nw = input_hw if input_hw is not None else resized_hw(h, w)
     out = np.array(xy, dtype=np.float64, copy=True)
     out[..., 0] *= nw / w
     out[..., 1] *= nh / h
     return out
 
 
-def boxes_to_input_frame(boxes: np.ndarray, original_hw: tuple[int, int]) -> np.ndarray:
-    """Map ``B×4`` XYXY original-pixel boxes into the resized 1024 frame."""
+def boxes_to_input_frame(boxes: np.ndarray, original_hw: tuple[int, int],
+                         input_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Map ``B×4`` XYXY original-pixel boxes into the 1024 frame."""
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 2, 2)
-    return coords_to_input_frame(b, original_hw).reshape(-1, 4)
+    return coords_to_input_frame(b, original_hw, input_hw).reshape(-1, 4)
 
 
-class SamEngine:
-    """SAM on one device at one precision, with encode-once / decode-batched helpers."""
+class PromptEngine:
+    """A promptable segmenter on one device at one precision (subclasses: one per family).
 
-    def __init__(self, model, model_type: str, checkpoint_id: str, device: torch.device | str = "cpu",
-                 precision: str = "fp32", fused_attention: bool = True) -> None:
+    Subclasses set :attr:`family` and implement :meth:`input_size`, :meth:`_encode`,
+    :meth:`_decode` and :attr:`iou_head`.
+    """
+
+    family = ""
+
+    def __init__(self, model, name: str, checkpoint_id: str, device: torch.device | str = "cpu",
+                 precision: str = "fp32") -> None:
+        from .registry import canonical_engine, engine_spec
+
         if precision not in PRECISIONS:
             raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         self.device = torch.device(device)
         if precision == "fp16" and self.device.type == "cpu":
             raise InputError("fp16 is not supported on the CPU; use --precision bf16 or fp32")
+        self.name = canonical_engine(name)
+        if engine_spec(self.name).family != self.family:
+            raise InputError(f"engine {self.name} is not of the {self.family} family")
         self.model = model.to(self.device).eval()
-        if fused_attention:
-            use_fused_attention(self.model)
-        self.model_type = model_type
         self.checkpoint_id = checkpoint_id
         self.precision = precision
         self.timings = Timings()
 
-    @classmethod
-    def create(cls, model_type: str = "vit_h", checkpoint: str | None = None, device: str | None = None,
-               precision: str = "fp32") -> "SamEngine":
-        """Load the model (see :func:`load_sam`) and pick the device (see :func:`pick_device`)."""
-        model, ckpt = load_sam(model_type, checkpoint)
-        return cls(model, model_type, ckpt, pick_device(device), precision)
+    @property
+    def model_type(self) -> str:
+        """The engine's registry name (the older name of this attribute)."""
+        return self.name
 
-    def _autocast(self):
+    @property
+    def iou_head(self) -> torch.nn.Module:
+        """The decoder's IoU-prediction MLP (``.layers[-1]`` is what SAMRefiner++ adapts)."""
+        raise NotImplementedError
+
+    def input_size(self, h: int, w: int) -> tuple[int, int]:
+        """Where an ``h×w`` image lies in the 1024 frame, ``(h', w')``."""
+        raise NotImplementedError
+
+    def _encode(self, image: torch.Tensor, input_size: tuple[int, int]) -> tuple[torch.Tensor, dict]:
+        """``1×3×H×W`` float RGB in 0..255 → ``(1×256×64×64 embedding, extras)``."""
+        raise NotImplementedError
+
+    def _decode(self, emb: ImageEmbedding, points, boxes, masks, multimask: bool):
+        """Prompt tensors in the 1024 frame → ``(B×C×256×256 logits, B×C IoUs)``."""
+        raise NotImplementedError
+
+    def autocast(self):
         if self.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=PRECISIONS[self.precision])
@@ -186,26 +192,20 @@ class SamEngine:
             image: ``H×W×3`` ``uint8`` RGB.
 
         Returns:
-            The embedding (features kept as float32 whatever the precision).
+            The embedding (every tensor float32 whatever the precision).
         """
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"encode expects an H×W×3 uint8 RGB image, got {image.shape} {image.dtype}")
         t0 = time.perf_counter()
         h, w = image.shape[:2]
-        nh, nw = resized_hw(h, w)
+        size = self.input_size(h, w)
         x = torch.from_numpy(np.array(image)).to(self.device).permute(2, 0, 1)[None].float()
-        # SAM's ResizeLongestSide resizes uint8 with PIL; bilinear+antialias on the float tensor
-        # is the same resampling up to rounding.
-        x = F.interpolate(x, (nh, nw), mode="bilinear", align_corners=False, antialias=True)
-        x = x.round_().clamp_(0, 255)
-        x = self.model.preprocess(x)  # normalise and pad to 1024×1024
-        with self._autocast():
-            feats = self.model.image_encoder(x)
-        feats = feats.float()
+        feats, extras = self._encode(x, size)
+        emb = ImageEmbedding(feats.float(), size, (h, w), {k: v.float() for k, v in extras.items()})
         self._sync()
         self.timings.encoder += time.perf_counter() - t0
         self.timings.images += 1
-        return ImageEmbedding(feats, (nh, nw), (h, w))
+        return emb
 
     @torch.inference_mode()
     def decode(self, emb: ImageEmbedding, point_coords: np.ndarray | None = None,
@@ -219,36 +219,30 @@ class SamEngine:
             point_coords: ``B×N×2`` ``(x, y)`` in original-image pixels, or None.
             point_labels: ``B×N`` (1 foreground, 0 background, -1 padding), with point_coords.
             boxes: ``B×4`` XYXY in original-image pixels, or None.
-            mask_input: ``B×1×256×256`` logits in the padded 1024 frame (see SAM), or None.
-            multimask: 3 masks per prompt (True) or SAM's single-mask output.
+            mask_input: ``B×1×256×256`` logits in the 1024 frame, or None.
+            multimask: 3 masks per prompt (True) or the model's single-mask output.
 
         Returns:
-            ``(low_res_logits, iou_pred)``: ``B×C×256×256`` float32 logits in the padded 1024
-            frame and ``B×C`` predicted IoUs, on the engine's device (C = 3 or 1).
+            ``(low_res_logits, iou_pred)``: ``B×C×256×256`` float32 logits in the 1024 frame and
+            ``B×C`` predicted IoUs, on the engine's device (C = 3 or 1).
         """
         t0 = time.perf_counter()
         dev = self.device
         points = None
         if point_coords is not None:
-            pc = coords_to_input_frame(np.asarray(point_coords, dtype=np.float64), emb.original_size)
+            pc = coords_to_input_frame(np.asarray(point_coords, dtype=np.float64), emb.original_size,
+                                       emb.input_size)
             points = (torch.as_tensor(pc, dtype=torch.float32, device=dev),
                       torch.as_tensor(np.asarray(point_labels), dtype=torch.int64, device=dev))
         box_t = None
         if boxes is not None:
-            box_t = torch.as_tensor(boxes_to_input_frame(boxes, emb.original_size),
+            box_t = torch.as_tensor(boxes_to_input_frame(boxes, emb.original_size, emb.input_size),
                                     dtype=torch.float32, device=dev)
         mask_t = None
         if mask_input is not None:
             mask_t = torch.as_tensor(mask_input, dtype=torch.float32, device=dev)
-        with self._autocast():
-            sparse, dense = self.model.prompt_encoder(points=points, boxes=box_t, masks=mask_t)
-            low_res, iou = self.model.mask_decoder(
-                image_embeddings=emb.features,
-                image_pe=self.model.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-            )
+        with self.autocast():
+            low_res, iou = self._decode(emb, points, box_t, mask_t, multimask)
         low_res, iou = low_res.float(), iou.float()
         self._sync()
         self.timings.decoder += time.perf_counter() - t0
@@ -260,8 +254,9 @@ class SamEngine:
                 ) -> torch.Tensor:
         """Map ``B×C×256×256`` logits to the original ``H×W``.
 
-        One bilinear sampling straight from the low-resolution logits (SAM upsamples to 1024,
-        crops, then resizes again; the geometry is the same, the cost ~10× lower).
+        One bilinear sampling straight from the low-resolution logits at each pixel's centre in
+        the frame (SAM upsamples to 1024, crops, then resizes again — the same geometry at ~10×
+        the cost; SAM 2 resizes the 256² logits to ``H×W`` directly, which this equals).
 
         Returns:
             ``B×C×H×W`` bool masks (``logits > threshold``), or float logits if threshold is None.
@@ -280,9 +275,8 @@ class SamEngine:
         return out > threshold if threshold is not None else out
 
     def info(self) -> dict:
-        """What identifies this engine's results: type, checkpoint sha256, precision."""
-        return {"model_type": self.model_type, "checkpoint_sha256": self.checkpoint_id,
-                "precision": self.precision}
+        """What identifies this engine's results: engine name, checkpoint sha256, precision."""
+        return {"engine": self.name, "checkpoint_sha256": self.checkpoint_id, "precision": self.precision}
 
 
 def stability_score(logits: torch.Tensor, threshold: float = 0.0, offset: float = 1.0) -> torch.Tensor:
@@ -290,8 +284,3 @@ def stability_score(logits: torch.Tensor, threshold: float = 0.0, offset: float 
     hi = (logits > threshold + offset).flatten(-2).sum(-1, dtype=torch.int32)
     lo = (logits > threshold - offset).flatten(-2).sum(-1, dtype=torch.int32)
     return torch.where(lo > 0, hi.float() / lo.clamp(min=1).float(), torch.zeros_like(hi, dtype=torch.float32))
-
-
-def points_array(points: Sequence[tuple[float, float]]) -> np.ndarray:
-    """``N`` (x, y) points → ``N×1×2`` prompt coordinates (one point per object)."""
-    return np.asarray(points, dtype=np.float64).reshape(-1, 1, 2)
