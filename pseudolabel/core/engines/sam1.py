@@ -126,9 +126,9 @@ class SamEngine(PromptEngine):
 
     family = "sam"
 
-    def __init__(self, model, model_type: str, checkpoint_id: str, device: torch.device | str = "cpu",
+    def __init__(self, model, name: str, checkpoint_id: str, device: torch.device | str = "cpu",
                  precision: str = "fp32", fused_attention: bool = True) -> None:
-        super().__init__(model, model_type, checkpoint_id, device, precision)
+        super().__init__(model, name, checkpoint_id, device, precision)
         if fused_attention:
             use_fused_attention(self.model)
 
