@@ -11,6 +11,7 @@ two CC-BY COCO photos of tests/data. CI installs the ``sam2`` and ``hq`` extras:
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -69,13 +70,35 @@ def run(request, photos, tmp_path_factory) -> dict:
     """An engine loaded from a checkpoint file in its release format, and its proposal cache."""
     name = request.param
     tmp = tmp_path_factory.mktemp(name.replace(".", "_"))
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a small shared CPU a second thread mostly waits for a core
     ckpt = save_random_checkpoint(name, tmp / "random.pt", seed=1)
     engine = create_engine(name, str(ckpt), "cpu", "fp32")
     cfg = ProposalConfig(engine=name, prompts="point,point_box", save_embeddings=True)
     summary = run_proposals(photos["points"], DATA / "images", tmp / "cache", cfg, engine=engine)
-    return {"name": name, "engine": engine, "ckpt": ckpt, "cache": tmp / "cache", "summary": summary,
-            "tmp": tmp, "cfg": cfg}
+    yield {"name": name, "engine": engine, "ckpt": ckpt, "cache": tmp / "cache", "summary": summary,
+           "tmp": tmp, "cfg": cfg}
+    torch.set_num_threads(threads)
+
+
+def test_key_policy_missing_stops_every_family_unexpected_stops_all_but_hq(tmp_path, caplog):
+    sd = torch.load(save_random_checkpoint("hq_tiny", tmp_path / "hq.pth"), weights_only=True)
+    torch.save({**sd, "extra.weight": torch.zeros(1)}, tmp_path / "extra.pth")
+    sap_logger = logging.getLogger("sap")  # it may not propagate (the CLI's setup)
+    sap_logger.addHandler(caplog.handler)
+    try:
+        assert create_engine("hq_tiny", str(tmp_path / "extra.pth")).name == "hq_tiny"  # HQ-SAM's own rule
+    finally:
+        sap_logger.removeHandler(caplog.handler)
+    assert "1 keys engine hq_tiny does not use (first: extra.weight)" in caplog.text
+    del sd["mask_decoder.hf_token.weight"]
+    torch.save(sd, tmp_path / "missing.pth")
+    with pytest.raises(InputError, match="does not fit engine hq_tiny \\(missing mask_decoder.hf_token.weight"):
+        create_engine("hq_tiny", str(tmp_path / "missing.pth"))
+    sam = torch.load(save_random_checkpoint("sam_tiny", tmp_path / "sam.pth"), weights_only=True)
+    torch.save({**sam, "extra.weight": torch.zeros(1)}, tmp_path / "sam_extra.pth")
+    with pytest.raises(InputError, match="does not fit engine sam_tiny \\(unexpected extra.weight"):
+        create_engine("sam_tiny", str(tmp_path / "sam_extra.pth"))
 
 
 @pytest.fixture(scope="module")
