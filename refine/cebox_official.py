@@ -43,14 +43,16 @@ class OfficialFeatures:
     Args:
         features: ``1×C×G×G`` or ``C×G×G`` array or tensor.
         original_size: ``(H, W)``.
+        region: ``(rows, cols)`` of cells the image covers, if not SAM's padded layout
+            (:func:`feature_region`); SAM 2 stretches every image over the whole grid.
     """
 
-    def __init__(self, features, original_size: tuple[int, int]) -> None:
+    def __init__(self, features, original_size: tuple[int, int], region: tuple[int, int] | None = None) -> None:
         if hasattr(features, "detach"):
             features = features.detach().float().cpu().numpy()
         f = np.asarray(features, dtype=np.float32)
         f = f[0] if f.ndim == 4 else f
-        rh, rw = feature_region(original_size, f.shape[-1])
+        rh, rw = region if region is not None else feature_region(original_size, f.shape[-1])
         self.cells = f[:, :rh, :rw].astype(np.float64)  # C×rh×rw
         self.original_size = (int(original_size[0]), int(original_size[1]))
         h, w = self.original_size

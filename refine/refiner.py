@@ -149,7 +149,9 @@ def make_sampler(cfg: RefineConfig, emb):
     if not needs_features(cfg):
         return None
     if cfg.rules.cebox_rule == "official":
-        return OfficialFeatures(emb.features, emb.original_size)
+        grid = emb.features.shape[-1]  # an image filling the frame (SAM 2: always) covers every cell
+        full = tuple(emb.input_size) == (16 * grid, 16 * grid)
+        return OfficialFeatures(emb.features, emb.original_size, region=(grid, grid) if full else None)
     return FeatureSampler(emb.features, emb.original_size, emb.input_size)
 
 
@@ -316,12 +318,12 @@ UPSCALES = ("sam", "direct")
 def upscale_masks(engine, low_res: torch.Tensor, emb, rule: str) -> np.ndarray:
     """``B×1×256×256`` logits → ``B×H×W`` bool masks (logits > 0).
 
-    ``sam``: SAM's own ``postprocess_masks`` (bilinear to 1024², crop the non-padded part,
-    bilinear to the image), as the official code; ``direct``: the engine's one bilinear sampling.
+    ``sam``: the engine family's own predictor's upsampling (SAM's ``postprocess_masks``: bilinear
+    to 1024², crop the non-padded part, bilinear to the image), as the official code; ``direct``:
+    the engine's one bilinear sampling.
     """
     if rule == "sam":
-        with torch.inference_mode():
-            up = engine.model.postprocess_masks(low_res.float(), tuple(emb.input_size), tuple(emb.original_size))
+        up = engine.official_upscale(low_res, emb)
         return (up[:, 0] > 0).cpu().numpy()
     return engine.upscale(low_res, emb)[:, 0].cpu().numpy()
 

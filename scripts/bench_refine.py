@@ -120,7 +120,7 @@ def rss_child(data: Path, n: int) -> None:
         corrupt_coco(tmp / "gt.json", tmp / "coarse.json", CorruptConfig(seed=0))
         sub = repeated(load_coco_json(tmp / "coarse.json"), n)
         (tmp / "sub.json").write_text(json.dumps(sub))
-        cfg = RefineConfig(model="tiny", checkpoint="none", precision="fp32", iters=2)
+        cfg = RefineConfig(engine="sam_tiny", checkpoint="none", precision="fp32", iters=2)
         t0 = time.perf_counter()
         summary = refine_coco(tmp / "sub.json", data / "images", tmp / "out.json", cfg, resume=False)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from pseudolabel.core.rle import decode_rle, segmentation_to_rle  # noqa: E402
-from pseudolabel.core.sam import resized_hw  # noqa: E402
+from pseudolabel.core.engines.base import resized_hw  # noqa: E402
 from refine.distance import distance_maps  # noqa: E402
 from refine.mask_prompt import mask_prompt  # noqa: E402
 from refine.prompts import negative_point, positive_point  # noqa: E402
@@ -90,8 +90,8 @@ def main() -> None:
     report: dict = {}
     gen = golden_canvases()
     masks_all, prompt_diff, cebox_diff, n_cebox = [], [], 0, 0
-    official = RefineConfig(model="tiny", cebox_margin=0.1)
-    ours = RefineConfig(model="tiny", cebox_margin=0.1, cebox_rule="sap")
+    official = RefineConfig(engine="sam_tiny", cebox_margin=0.1)
+    ours = RefineConfig(engine="sam_tiny", cebox_margin=0.1, cebox_rule="sap")
     for item in gen:
         if isinstance(item, dict):
             doc = item

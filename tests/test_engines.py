@@ -233,7 +233,7 @@ def test_a_killed_run_resumes_and_another_engines_cache_is_refused(run, photos):
 
 def test_refine_with_every_prompt_reads_the_engines_cache(run, photos):
     engine = run["engine"]
-    cfg = RefineConfig(engine=run["name"], prompts=("point", "box", "mask"), iters=2,
+    cfg = RefineConfig(engine=run["name"], prompts=("point", "box", "mask"), iters=2, cebox_margin=0.1,
                        embeddings=str(run["cache"]), precision="fp32")
     encoded = engine.timings.images
     summary = refine_coco(photos["masks"], DATA / "images", run["tmp"] / "refined.json", cfg, engine=engine,

@@ -83,7 +83,7 @@ def _embedding(canvas: dict) -> SimpleNamespace:
 def official_prompts(golden):
     """Per canvas, the refiner's first-iteration prompts under ``--reference official`` with
     CEBox on at the paper's margin (the golden file holds both the tight and the CEBox box)."""
-    cfg = RefineConfig(model="tiny", reference="official", cebox_margin=0.1)
+    cfg = RefineConfig(engine="sam_tiny", reference="official", cebox_margin=0.1)
     out = []
     for canvas in golden["canvases"]:
         emb = _embedding(canvas)

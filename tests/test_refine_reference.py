@@ -74,7 +74,7 @@ def _refine(one_image, tmp_path, monkeypatch, *extra) -> tuple[int, Path, Path]:
     torch.set_num_threads(1)
     try:
         rc = run_cli(["refine", "--ann", str(src), "--images", str(DATA / "images"), "--out", str(out),
-                      "--model", "tiny", "--checkpoint", "none", "--precision", "fp32", "--iters", "2",
+                      "--engine", "sam_tiny", "--checkpoint", "none", "--precision", "fp32", "--iters", "2",
                       "--dump-prompts", str(dump), *extra], monkeypatch)
     finally:
         torch.set_num_threads(n)
@@ -129,7 +129,7 @@ def test_dump_resumes_and_viz_draws_it(one_image, tmp_path, monkeypatch):
     src, sub = one_image
     out = tmp_path / "refined.json"
     # a partial file from an interrupted run made without --dump-prompts: its image is redone
-    cfg = RefineConfig(model="tiny", checkpoint="none", precision="fp32", iters=2)
+    cfg = RefineConfig(engine="sam_tiny", checkpoint="none", precision="fp32", iters=2)
     partial_path(out).write_text(json.dumps({"digest": _settings_digest(file_sha256(src), cfg)}) + "\n"
                                  + json.dumps({"image_id": 30, "annotations": sub["annotations"], "kept": 0}) + "\n")
     rc, out, dump = _refine(one_image, tmp_path, monkeypatch)

@@ -274,6 +274,13 @@ class PromptEngine:
                             align_corners=False)
         return out > threshold if threshold is not None else out
 
+    @torch.inference_mode()
+    def official_upscale(self, low_res: torch.Tensor, emb: ImageEmbedding) -> torch.Tensor:
+        """``B×C×256×256`` → ``B×C×H×W`` float logits by the family's own predictor's upsampling
+        (SAM and HQ-SAM: to 1024², crop, resize; SAM 2: one bilinear resize, which :meth:`upscale`
+        equals)."""
+        return self.upscale(low_res, emb, threshold=None)
+
     def info(self) -> dict:
         """What identifies this engine's results: engine name, checkpoint sha256, precision."""
         return {"engine": self.name, "checkpoint_sha256": self.checkpoint_id, "precision": self.precision}

@@ -57,6 +57,10 @@ class HqEngine(PromptEngine):
     def input_size(self, h: int, w: int) -> tuple[int, int]:
         return resized_hw(h, w)
 
+    @torch.inference_mode()
+    def official_upscale(self, low_res: torch.Tensor, emb) -> torch.Tensor:
+        return self.model.postprocess_masks(low_res.float(), tuple(emb.input_size), tuple(emb.original_size))
+
     def _encode(self, x: torch.Tensor, input_size: tuple[int, int]) -> tuple[torch.Tensor, dict]:
         x = self.model.preprocess(resize_longest_side(x, input_size))
         dec = self.model.mask_decoder

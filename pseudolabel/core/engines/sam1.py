@@ -139,6 +139,10 @@ class SamEngine(PromptEngine):
     def input_size(self, h: int, w: int) -> tuple[int, int]:
         return resized_hw(h, w)
 
+    @torch.inference_mode()
+    def official_upscale(self, low_res: torch.Tensor, emb) -> torch.Tensor:
+        return self.model.postprocess_masks(low_res.float(), tuple(emb.input_size), tuple(emb.original_size))
+
     def _encode(self, x: torch.Tensor, input_size: tuple[int, int]) -> tuple[torch.Tensor, dict]:
         x = self.model.preprocess(resize_longest_side(x, input_size))  # normalise and pad to 1024×1024
         with self.autocast():
