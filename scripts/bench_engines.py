@@ -132,7 +132,7 @@ def main() -> None:
     print(f"| engine | cached MiB/image | " + " | ".join(f"encoder s/image {p} | decoder ms/point {p}"
                                                       for p in precisions) + " |")
     print("|---|---|" + "---|---|" * len(precisions))
-    for name in args.engines.split(","):
+    for name in [n for n in args.engines.split(",") if n]:  # --engines '' times only --before
         if (why := availability(name)) is not None:
             print(f"| {name} | not available: {why} |")
             continue
