@@ -20,6 +20,11 @@ def test_both_point_conventions_are_read():
     assert read_point({"point": [2, 3]}) == (2.0, 3.0)
     assert read_point({"point_coords": [[1, 1], [4, 5]], "point_labels": [0, 1]}) == (4.0, 5.0)
     assert read_point({"bbox": [0, 0, 1, 1]}) is None
+    for bad in ("12,30", [1], [1, 2, 3], ["1", 2], [True, 2], {"x": 1}):  # never read as (1.0, 2.0)
+        with pytest.raises(InputError, match="two numbers"):
+            read_point({"id": 7, "point": bad})
+    with pytest.raises(InputError, match="labels"):
+        read_point({"id": 7, "point_coords": [[1, 2]], "point_labels": [2]})
 
 
 def test_collect_points_skips_crowd_and_rejects_bad_points():
@@ -59,8 +64,8 @@ def test_uniform_and_qc_stay_in_the_mask_and_qc_near_the_centre():
         assert ((x - 100) / 20.5) ** 2 + ((y - 50) / 10.5) ** 2 <= 1.0 + 1e-9
 
 
-def test_derive_points_keeps_ids_is_seeded_and_drops_masks(coco100):
-    gt = copy.deepcopy(coco100)
+def test_derive_points_keeps_ids_is_seeded_and_drops_masks(coco_gt):
+    gt = copy.deepcopy(coco_gt)
     gt["images"] = gt["images"][:3]
     ids = {im["id"] for im in gt["images"]}
     gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] in ids]

@@ -53,6 +53,18 @@ def test_polygon_and_uncompressed_rle_to_rle():
     ({"size": [4, 4], "counts": "abc"}, "disagrees"),
     ({"counts": "abc"}, "size"),
     (42, "unsupported"),
+    ({"size": [3, 3], "counts": "garbage!!"}, "alphabet"),
+    ({"size": [3, 3], "counts": "0a"}, "cut off"),  # 'a' carries the continuation bit
+    ({"size": [3, 3], "counts": "05"}, "covers 5 pixels"),
+    ({"size": [3, 3], "counts": "0" + "Z" * 8 + "1"}, "too long"),
+    ({"size": [3, 3], "counts": "0@"}, "negative"),  # '@' = 16, the sign bit: a run of 16 - 32
+    ({"size": [3, 3], "counts": [4, 6]}, "covering"),
+    ({"size": [3, 3], "counts": [9, "x"]}, "whole numbers"),
+    ({"size": ["3px", 3], "counts": "09"}, "whole number"),
+    ({"size": [3, 3, 1], "counts": "09"}, "height, width"),
+    ([[0, 0, 1, "a", 2, 2]], "not a number"),
+    ([[0, 0, 1, float("nan"), 2, 2]], "not finite"),
+    ([[0, 0, 1e9, 0, 1e9, 1e9]], "far outside"),
 ])
 def test_bad_segmentations_raise_one_sentence(seg, msg):
     with pytest.raises(InputError, match=msg):
@@ -72,3 +84,48 @@ def test_boxes_and_ious_by_hand():
     b[1:3] = True
     assert mask_iou(a, b) == pytest.approx(4 / 12)
     np.testing.assert_allclose(rle_iou([encode_mask(a)], [encode_mask(b), encode_mask(a)]), [[4 / 12, 1.0]])
+
+
+def test_rle_counts_match_pycocotools_runs_on_random_masks():
+    from pseudolabel.core.rle import check_rle, rle_counts
+
+    rng = np.random.default_rng(0)
+    for t in range(200):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        m = (rng.random((h, w)) < rng.random()).astype(np.uint8)
+        if t % 7 == 0:
+            m[:] = t % 2
+        flat = m.flatten(order="F")  # COCO runs go down the columns, starting with background
+        edges = np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])
+        runs = ([0] if flat[0] else []) + np.diff(edges).tolist()
+        rle = encode_mask(m)
+        assert rle_counts(rle["counts"]).tolist() == runs
+        check_rle(rle)
+
+
+def test_absurd_sizes_are_refused_before_anything_is_allocated():
+    from pseudolabel.core.rle import MAX_MASK_PIXELS, check_mask_size
+
+    assert check_mask_size(8000, 8000) == (8000, 8000)  # a large photo is fine
+    assert check_mask_size(480.0, 640) == (480, 640)
+    for h, w, msg in [(10**6, 10**6, "limit"), (0, 5, "positive"), (-3, 5, "positive"), (True, 5, "whole"),
+                      (2.5, 5, "whole"), ("640", 5, "whole"), (float("nan"), 5, "whole")]:
+        with pytest.raises(InputError, match=msg):
+            check_mask_size(h, w)
+    side = int(MAX_MASK_PIXELS ** 0.5) * 2
+    with pytest.raises(InputError, match="limit"):  # a well-formed RLE of a huge size: no decode
+        segmentation_to_rle({"size": [side, side], "counts": "0" + "1"}, side, side)
+
+
+def test_every_mask_of_the_100_image_coco_set_passes_the_check_unchanged(coco100):
+    """No false alarm on real data: 746 COCO masks (RLE and polygons) pass the validation, and the
+    runs it reads give pycocotools' own areas."""
+    from pseudolabel.core.rle import rle_counts
+
+    sizes = {im["id"]: (im["height"], im["width"]) for im in coco100["images"]}
+    n = 0
+    for a in coco100["annotations"]:
+        rle = segmentation_to_rle(a["segmentation"], *sizes[a["image_id"]])
+        assert int(rle_counts(rle["counts"])[1::2].sum()) == rle_area(rle)
+        n += 1
+    assert n == len(coco100["annotations"]) > 700

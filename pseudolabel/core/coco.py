@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .rle import RLE, check_mask_size, segmentation_to_rle
 
 
 def load_coco_json(path: str | os.PathLike, require_annotations: bool = True) -> dict[str, Any]:
@@ -52,6 +53,12 @@ def load_coco_json(path: str | os.PathLike, require_annotations: bool = True) ->
             raise InputError(f"{path}: every image needs 'id', 'file_name', 'width' and 'height'")
         if img["id"] in seen:
             raise InputError(f"{path}: image id {img['id']} appears twice")
+        if not isinstance(img["file_name"], str) or not img["file_name"]:
+            raise InputError(f"{path}: image {img['id']} has no usable 'file_name'")
+        try:
+            check_mask_size(img["height"], img["width"])
+        except InputError as e:
+            raise InputError(f"{path}: image {img['id']} ({img['file_name']}): {e}") from None
         seen.add(img["id"])
     ann_ids: set[int] = set()
     for ann in data["annotations"]:
@@ -63,6 +70,30 @@ def load_coco_json(path: str | os.PathLike, require_annotations: bool = True) ->
             raise InputError(f"{path}: annotation id {ann['id']} appears twice")
         ann_ids.add(ann["id"])
     return data
+
+
+def annotation_rle(ann: dict[str, Any], image: dict[str, Any], source: str) -> RLE:
+    """The checked compressed RLE of an annotation's ``segmentation`` on its ``image`` record.
+
+    Raises:
+        InputError: one sentence naming ``source`` (the file), the annotation and its image.
+    """
+    try:
+        return segmentation_to_rle(ann.get("segmentation"), image["height"], image["width"])
+    except InputError as e:
+        raise InputError(f"{source}: annotation {ann.get('id')} of image {ann.get('image_id')}: {e}") from None
+
+
+def check_segmentations(coco: dict[str, Any], source: str) -> None:
+    """Check every annotation's mask (see :func:`annotation_rle`) before any work starts.
+
+    Raises:
+        InputError: the first unusable mask, named by ``source``, annotation and image.
+    """
+    images = {img["id"]: img for img in coco["images"]}
+    for ann in coco["annotations"]:
+        if ann.get("segmentation") not in (None, [], {}):
+            annotation_rle(ann, images[ann["image_id"]], source)
 
 
 def annotations_by_image(coco: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
@@ -80,14 +111,21 @@ def category_names(coco: dict[str, Any]) -> dict[int, str]:
 
 def check_categories(coco: dict[str, Any], source: str = "the annotation file") -> None:
     """Raise :class:`InputError` if an annotation's ``category_id`` is not in ``categories``."""
-    known = {c["id"] for c in coco.get("categories", [])}
+    known = {c.get("id") for c in coco.get("categories", []) if isinstance(c, dict)}
     missing = defaultdict(int)
+    first = None
     for ann in coco["annotations"]:
-        if ann.get("category_id") not in known:
-            missing[ann.get("category_id")] += 1
+        try:
+            ok = ann.get("category_id") in known
+        except TypeError:  # an unhashable category id (a list, a dict)
+            ok = False
+        if not ok:
+            missing[str(ann.get("category_id"))] += 1
+            first = first or ann
     if missing:
-        cats = ", ".join(str(k) for k in sorted(missing, key=str))
-        raise InputError(f"{source} uses category ids absent from its categories list: {cats}")
+        cats = ", ".join(sorted(missing))
+        raise InputError(f"{source} uses category ids absent from its categories list: {cats} (first: "
+                         f"annotation {first.get('id')} of image {first.get('image_id')})")
 
 
 def mps_alternatives(ann: dict[str, Any]) -> list[Any]:

@@ -27,7 +27,10 @@ def _gt_for_cocoeval(gt: dict[str, Any]) -> dict[str, Any]:
             raise InputError(f"ground-truth annotation {ann.get('id')} has no mask (segmentation)")
         a = dict(ann)
         h, w = heights[a["image_id"]]
-        rle = segmentation_to_rle(a["segmentation"], h, w)
+        try:
+            rle = segmentation_to_rle(a["segmentation"], h, w)
+        except InputError as e:
+            raise InputError(f"ground-truth annotation {ann.get('id')} of image {ann.get('image_id')}: {e}") from None
         a["segmentation"] = rle
         a.setdefault("iscrowd", 0)
         if "area" not in a:
@@ -49,7 +52,7 @@ def load_gt(gt: dict[str, Any] | str | os.PathLike) -> dict[str, Any]:
     return load_coco_json(gt) if isinstance(gt, (str, os.PathLike)) else gt
 
 
-def coco_mask_ap(gt: dict | str | Path, results: list[dict]) -> dict[str, float]:
+def coco_mask_ap(gt: dict | str | Path, results: list[dict], source: str = "the predictions") -> dict[str, float]:
     """COCO mask AP family of ``results`` against ``gt`` through pycocotools' ``COCOeval``.
 
     Args:
@@ -64,8 +67,9 @@ def coco_mask_ap(gt: dict | str | Path, results: list[dict]) -> dict[str, float]
         cannot compute (no ground truth of that size) is reported as 0.
 
     Raises:
-        InputError: ground truth without masks, a malformed result, or results of which none
-            is on an image of ``gt``.
+        InputError: ground truth without masks, a malformed result (no finite ``score``, a
+            category absent from the ground truth's, a bad mask: named by ``source`` and index),
+            or results of which none is on an image of ``gt``.
     """
     gt = load_gt(gt)
     zeros = {k: 0.0 for k in AP_KEYS}
@@ -76,22 +80,31 @@ def coco_mask_ap(gt: dict | str | Path, results: list[dict]) -> dict[str, float]
 
     image_ids = {im["id"] for im in gt["images"]}
     sizes = {im["id"]: (int(im["height"]), int(im["width"])) for im in gt["images"]}
+    known_cats = {c["id"] for c in gt.get("categories") or []} or {a.get("category_id") for a in gt["annotations"]}
     dets = []
     for i, r in enumerate(results):
-        if not isinstance(r, dict) or not {"image_id", "category_id", "segmentation"} <= r.keys():
-            raise InputError(
-                f"result {i} is not a COCO result: it needs image_id, category_id and segmentation"
-            )
+        if not isinstance(r, dict) or not {"image_id", "category_id", "segmentation", "score"} <= r.keys():
+            raise InputError(f"{source}: result {i} is not a COCO result: it needs image_id, category_id, "
+                             "segmentation and score")
         if r["image_id"] not in image_ids:
             continue
+        score = r["score"]
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or score != score or abs(score) == float("inf"):
+            raise InputError(f"{source}: result {i} (image {r['image_id']}) has the score {score!r}, not a number")
+        if r["category_id"] not in known_cats:
+            raise InputError(f"{source}: result {i} (image {r['image_id']}) has category {r['category_id']!r}, "
+                             "absent from the ground truth's categories")
         h, w = sizes[r["image_id"]]
-        rle = segmentation_to_rle(r["segmentation"], h, w)
+        try:
+            rle = segmentation_to_rle(r["segmentation"], h, w)
+        except InputError as e:
+            raise InputError(f"{source}: result {i} (image {r['image_id']}): {e}") from None
         dets.append(
             {
                 "image_id": r["image_id"],
                 "category_id": r["category_id"],
                 "segmentation": {"size": rle["size"], "counts": rle["counts"]},
-                "score": float(r.get("score", 1.0)),
+                "score": float(score),
             }
         )
     if not dets:

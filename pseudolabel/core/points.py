@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .coco import annotations_by_image, check_categories
+from .coco import annotation_rle, annotations_by_image, check_categories
 from .errors import InputError
-from .rle import decode_rle, segmentation_to_rle
+from .rle import decode_rle
 
 
 @dataclass(frozen=True)
@@ -31,19 +31,35 @@ class PointAnn:
     y: float
 
 
+def _xy(value: Any, ann: dict[str, Any], field: str) -> tuple[float, float]:
+    """A ``[x, y]`` pair of real numbers (not strings, not booleans), as floats."""
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        raise InputError(f"annotation {ann.get('id')}: {field!r} must be [x, y] as two numbers, not {value!r}")
+    return float(value[0]), float(value[1])
+
+
 def read_point(ann: dict[str, Any]) -> tuple[float, float] | None:
-    """The ``(x, y)`` point of an annotation, or None if it carries none."""
+    """The ``(x, y)`` point of an annotation, or None if it carries none.
+
+    Raises:
+        InputError: a point that is not two numbers (a string such as ``"12,30"`` included).
+    """
     point = ann.get("point")
     if point is not None:
-        if len(point) < 2:
-            raise InputError(f"annotation {ann.get('id')}: 'point' must be [x, y]")
-        return float(point[0]), float(point[1])
+        return _xy(point, ann, "point")
     coords = ann.get("point_coords")
     if coords:
+        if not isinstance(coords, (list, tuple)):
+            raise InputError(f"annotation {ann.get('id')}: 'point_coords' must be a list of [x, y]")
         labels = ann.get("point_labels") or [1] * len(coords)
-        for (x, y), label in zip(coords, labels):
-            if int(label) == 1:
-                return float(x), float(y)
+        if not isinstance(labels, (list, tuple)) or len(labels) != len(coords):
+            raise InputError(f"annotation {ann.get('id')}: 'point_labels' must have one label per point")
+        for xy, label in zip(coords, labels):
+            if label not in (0, 1) or isinstance(label, bool):
+                raise InputError(f"annotation {ann.get('id')}: point labels are 1 or 0, not {label!r}")
+            if label == 1:
+                return _xy(xy, ann, "point_coords")
     return None
 
 
@@ -77,7 +93,10 @@ def collect_points(coco: dict[str, Any], source: str = "the point file"
             if ann.get("iscrowd", 0):
                 report.crowd_skipped += 1
                 continue
-            p = read_point(ann)
+            try:
+                p = read_point(ann)
+            except InputError as e:
+                raise InputError(f"{source}: {e}") from None
             if p is None:
                 missing.append(ann["id"])
                 continue
@@ -153,7 +172,8 @@ POINT_MODES: dict[str, Callable[[np.ndarray, np.random.Generator], tuple[float, 
 }
 
 
-def derive_points(gt: dict[str, Any], mode: str = "center", seed: int = 0) -> tuple[dict[str, Any], dict]:
+def derive_points(gt: dict[str, Any], mode: str = "center", seed: int = 0,
+                  source: str = "the ground truth") -> tuple[dict[str, Any], dict]:
     """Make a point file from a fully annotated COCO dataset.
 
     Every non-crowd annotation with a non-empty mask gets ``point: [x, y]`` by ``mode`` (see
@@ -176,7 +196,7 @@ def derive_points(gt: dict[str, Any], mode: str = "center", seed: int = 0) -> tu
         if "segmentation" not in ann:
             raise InputError(f"annotation {ann['id']} has no 'segmentation' to derive a point from")
         img = images[ann["image_id"]]
-        mask = decode_rle(segmentation_to_rle(ann["segmentation"], img["height"], img["width"]))
+        mask = decode_rle(annotation_rle(ann, img, source))
         if not mask.any():
             counts["empty_skipped"] += 1
             continue
