@@ -58,6 +58,35 @@ def resolve(defaults: T, file_values: dict[str, Any] | None = None, **flags: Any
     return dataclasses.replace(defaults, **merged)
 
 
+def check_range(value: Any, flag: str, low: float | None = None, high: float | None = None,
+                integer: bool = False, low_open: bool = False) -> None:
+    """Raise one sentence unless ``value`` is a finite number (whole if ``integer``) in the range.
+
+    Args:
+        flag: how the user names the option (``"--epochs"``).
+        low, high: inclusive bounds (``low_open``: ``value`` must exceed ``low``); None = unbounded.
+
+    Raises:
+        InputError: e.g. "--lr must be a number above 0, not nan".
+    """
+    import math
+
+    kind = "a whole number" if integer else "a number"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (not integer or float(value).is_integer())
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        bounds = []
+        if low is not None:
+            bounds.append(f"{'above' if low_open else 'at least'} {low:g}")
+        if high is not None:
+            bounds.append(f"at most {high:g}")
+        raise InputError(f"{flag} must be {kind}{' ' + ' and '.join(bounds) if bounds else ''}, not {value!r}")
+
+
 def versions() -> dict[str, str]:
     """Versions of the software that shapes results (sap, Python, torch, ...)."""
     from importlib import metadata
