@@ -77,6 +77,40 @@ def cache_files(cache_dir: str | Path) -> list[Path]:
     return sorted(Path(cache_dir).glob("*.sqlite"))
 
 
+def shard_layouts(cache_dir: str | Path) -> dict[int, list[Path]]:
+    """Shard files of a cache folder by the shard count ``n`` in their names (``-of-n``)."""
+    out: dict[int, list[Path]] = {}
+    for f in cache_files(cache_dir):
+        try:
+            n = int(f.stem.rsplit("-of-", 1)[1])
+        except (IndexError, ValueError):
+            n = -1  # not named by shard_filename: a layout of its own
+        out.setdefault(n, []).append(f)
+    return out
+
+
+def check_shard_layout(cache_dir: str | Path, count: int, overwrite: bool = False) -> None:
+    """One cache folder holds one shard layout: refuse to add ``-of-count`` shards beside others
+    (with ``overwrite``: remove the others first).
+
+    Raises:
+        InputError: the folder holds shard files of another layout.
+    """
+    others = {n: fs for n, fs in shard_layouts(cache_dir).items() if n != count}
+    if not others:
+        return
+    if overwrite:
+        for fs in others.values():
+            for f in fs:
+                for suffix in ("", "-wal", "-shm"):
+                    Path(str(f) + suffix).unlink(missing_ok=True)
+        return
+    n, fs = sorted(others.items())[0]
+    raise InputError(f"the cache {cache_dir} holds shards of another layout ({fs[0].name}: "
+                     f"{'unknown' if n < 0 else n} shards, not {count}); finish it with that --shard "
+                     "layout, or use --overwrite or another --out")
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=60, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -147,8 +181,9 @@ class ShardWriter:
                 self.conn.execute("INSERT INTO meta VALUES ('format_version', ?)", (json.dumps(FORMAT_VERSION),))
                 self.conn.execute("INSERT INTO meta VALUES ('config', ?)", (json.dumps(config),))
 
-    def done_images(self) -> set[int]:
-        return {r[0] for r in self.conn.execute("SELECT image_id FROM images WHERE status = 'done'")}
+    def done_images(self) -> dict[int, str]:
+        """image id → content sha256 of every image stored as done."""
+        return dict(self.conn.execute("SELECT image_id, sha256 FROM images WHERE status = 'done'"))
 
     def write_image(self, image: dict[str, Any], points: list[PointAnn], proposals: list[tuple],
                     embedding: tuple[dict[str, np.ndarray], tuple[int, int], tuple[int, int]] | None = None) -> None:
@@ -174,9 +209,12 @@ class ShardWriter:
                  len(points), image.get("encoder_s"), image.get("decoder_s")))
 
     def write_failure(self, image: dict[str, Any], reason: str) -> None:
-        """Record that an image failed, with the reason (a rerun tries it again)."""
+        """Record that an image failed, with the reason (a rerun tries it again); whatever an
+        earlier run stored for it goes (a failed image has no proposals)."""
         with self.conn:
             self.conn.execute("BEGIN")
+            for table in ("proposals", "points", "embeddings"):
+                self.conn.execute(f"DELETE FROM {table} WHERE image_id = ?", (image["id"],))
             self.conn.execute(
                 "INSERT OR REPLACE INTO images VALUES (?, ?, NULL, ?, ?, 'failed', ?, NULL, NULL, NULL)",
                 (image["id"], image["file_name"], image["width"], image["height"], reason))
@@ -218,6 +256,11 @@ class CacheReader:
         files = cache_files(self.dir)
         if not self.dir.is_dir() or not files:
             raise InputError(f"{self.dir} is not a proposal cache (no *.sqlite shard files in it)")
+        layouts = shard_layouts(self.dir)
+        if len(layouts) > 1:
+            names = ", ".join(fs[0].name for _, fs in sorted(layouts.items()))
+            raise InputError(f"the cache {self.dir} mixes shard layouts ({names}): its images would "
+                             "count twice; keep one layout (rerun sap proposals with --overwrite)")
         self.conns: list[sqlite3.Connection] = []
         config = None
         for f in files:
@@ -315,6 +358,32 @@ def load_embedding(cache: str | Path | CacheReader, image_id: int, image_sha256:
     arrays, input_hw, orig_hw, _ = got
     return ImageEmbedding.from_tensors({k: torch.from_numpy(v).to(device) for k, v in arrays.items()},
                                        input_hw, orig_hw)
+
+
+def check_images_unchanged(cache_dir: str | Path, images_dir: str | Path) -> None:
+    """Refuse proposals of images whose files changed since they were cached (content sha256).
+
+    Raises:
+        InputError: naming the first changed image and how many there are.
+    """
+    from .errors import ImageError
+    from .images import file_sha256, load_image_rgb
+
+    images_dir = Path(images_dir)
+    changed = []
+    with CacheReader(cache_dir) as reader:
+        for row in reader.images():
+            path = images_dir / row["file_name"]
+            if row["status"] == "done" and path.is_file() and file_sha256(path) != row["sha256"]:
+                try:  # a file that no longer reads is the stage's unreadable image, not new content
+                    load_image_rgb(path)
+                except ImageError:
+                    continue
+                changed.append(row)
+    if changed:
+        raise InputError(f"{len(changed)} images changed since their proposals were cached in {cache_dir} "
+                         f"(first: image {changed[0]['image_id']}, {changed[0]['file_name']}); rerun sap "
+                         "proposals on that cache first (it recomputes exactly those)")
 
 
 def dump_cache(cache_dir: str | Path) -> dict[str, Any]:

@@ -16,11 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from pseudolabel.core.cache import ShardWriter, points_digest, shard_filename
+from pseudolabel.core.cache import ShardWriter, check_shard_layout, points_digest, shard_filename
 from pseudolabel.core.coco import load_coco_json
 from pseudolabel.core.config import write_run_config
 from pseudolabel.core.errors import ImageError, InputError
 from pseudolabel.core.images import file_sha256, load_image_rgb
+from pseudolabel.core.io import check_output_dir
+from pseudolabel.core.lock import output_lock
 from pseudolabel.core.points import PointAnn, collect_points
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 from .prompt_kinds import PROMPT_KINDS, KindResult, mask_boxes_xyxy, parse_kinds
@@ -61,6 +63,7 @@ class ProposalSummary:
     done: int = 0
     skipped: int = 0
     failed: list[tuple[int, str]] = field(default_factory=list)
+    changed: list[int] = field(default_factory=list)  # cached images whose file changed: recomputed
     points: int = 0
     proposals: int = 0
     encoder_s: float = 0.0
@@ -76,6 +79,8 @@ class ProposalSummary:
             f"{self.skipped} already cached, {len(self.failed)} failed",
             f"{self.points} points → {self.proposals} proposals in {self.wall_s:.1f} s "
             f"({self.encoder_s / n:.2f} s/image encoder, {self.decoder_s / n:.2f} s/image decoder)",
+            *([f"{len(self.changed)} cached images had changed on disk and were computed again "
+               f"(first: image {self.changed[0]})"] if self.changed else []),
             *[f"failed: image {i}: {r}" for i, r in self.failed],
             f"cache: {self.cache_file}",
         ]
@@ -153,10 +158,24 @@ def run_proposals(ann: str | Path, images_dir: str | Path, out_dir: str | Path,
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():
         raise InputError(f"image folder {images_dir} does not exist")
+    if not isinstance(cfg.points_per_batch, int) or cfg.points_per_batch < 0:
+        raise InputError(f"--points-per-batch must be 0 (auto) or a positive number, not {cfg.points_per_batch}")
     coco = load_coco_json(ann)
     points_by_image, _ = collect_points(coco, source=str(ann))
     kinds = parse_kinds(cfg.prompts)
     index, count = resolve_shard(cfg.shard)
+    check_output_dir(out_dir, "--out")
+    check_shard_layout(out_dir, count, overwrite)
+    shard_path = out_dir / shard_filename(index, count)
+    with output_lock(shard_path):
+        return _run_locked(coco, points_by_image, kinds, index, count, ann, images_dir, shard_path, cfg,
+                           overwrite, engine, t_start)
+
+
+def _run_locked(coco: dict, points_by_image: dict, kinds: tuple[str, ...], index: int, count: int,
+                ann: str | Path, images_dir: Path, shard_path: Path, cfg: ProposalConfig, overwrite: bool,
+                engine: SamEngine | None, t_start: float) -> ProposalSummary:
+    """The body of :func:`run_proposals`, run while holding the shard file's lock."""
     if engine is None:
         from pseudolabel.core.engines.loading import create_engine
 
@@ -165,7 +184,6 @@ def run_proposals(ann: str | Path, images_dir: str | Path, out_dir: str | Path,
     cache_config = {**engine.info(), "prompt_kinds": list(kinds), "multimask": True,
                     "points_sha256": points_digest(p for ps in points_by_image.values() for p in ps),
                     "save_embeddings": bool(cfg.save_embeddings)}
-    shard_path = out_dir / shard_filename(index, count)
     writer = ShardWriter(shard_path, cache_config, overwrite=overwrite)
     write_run_config(shard_path.with_suffix(".config.yaml"), "proposals", cfg,
                      resolved={"engine": engine.name, "precision": engine.precision, "device": str(engine.device),
@@ -182,8 +200,13 @@ def run_proposals(ann: str | Path, images_dir: str | Path, out_dir: str | Path,
             bar = progress(images, desc="proposals", unit="img")
             for img in bar:
                 if img["id"] in done:
-                    summary.skipped += 1
-                    continue
+                    path = images_dir / img["file_name"]
+                    if path.is_file() and file_sha256(path) == done[img["id"]]:
+                        summary.skipped += 1
+                        continue
+                    summary.changed.append(img["id"])  # its file changed since: computed again
+                    logger.warning("image %s (%s) changed since it was cached: computing it again",
+                                   img["id"], img["file_name"])
                 pts = points_by_image.get(img["id"], [])
                 enc0, dec0 = engine.timings.encoder, engine.timings.decoder
                 try:
