@@ -3,15 +3,18 @@
 Each annotation with a usable mask gets a refined ``segmentation`` (compressed RLE), ``bbox`` and
 ``area`` and a ``refine_iou`` field (SAM's predicted IoU of the kept mask; absent where the
 coarse mask was kept); every other field and every annotation id is kept. Annotations without a
-mask, locked annotations (a person's correction, see
-:func:`pseudolabel.core.coco.is_locked`), and those whose mask cannot be used (size disagreeing with the image, polygon with fewer
-than 3 points, empty), pass through unchanged and are counted. Images that fail (missing,
-unreadable, wrong size) keep their annotations unchanged, are listed in the output's ``info``,
-and the run goes on.
+mask, locked annotations (a person's correction, see :func:`pseudolabel.core.coco.is_locked`),
+and those whose mask cannot be used (size disagreeing with the image, polygon with fewer
+than 3 points, empty), pass through unchanged and are counted; a malformed segmentation (garbage
+RLE counts, a non-numeric polygon) stops the run with one sentence naming the annotation. Images
+that fail (missing, unreadable, wrong size, or an image entry whose size none of its masks has)
+keep their annotations unchanged, are listed in the output's ``info``, and the run goes on.
 
 Resume: after each image its refined annotations are appended to ``OUT.partial.jsonl`` (beside
-the output, one JSON line per image, headed by a digest of the input and the settings); a rerun
-with the same input and settings skips the images found there. The output itself is written
+the output, one JSON line per image with its file's sha256, headed by a digest of the input, the
+settings and the SAM weights by content); a rerun with the same digest skips the images found
+there, except those whose file changed since (refined again and reported). A line torn by a kill
+is cut off. ``OUT.lock`` keeps a second run off the same output. The output itself is written
 once, atomically, at the end; the partial file is then removed, unless some images failed (a
 rerun then retries only those).
 
@@ -41,11 +44,13 @@ from typing import Any
 
 import numpy as np
 
-from pseudolabel.core.coco import annotations_by_image, is_locked, load_coco_json
+from pseudolabel.core.coco import annotation_rle, annotations_by_image, check_categories, is_locked, load_coco_json
 from pseudolabel.core.config import sidecar_path, write_run_config
 from pseudolabel.core.errors import ImageError, InputError
 from pseudolabel.core.images import file_sha256
-from pseudolabel.core.io import atomic_path, write_json_atomic
+from pseudolabel.core.io import atomic_path, check_output_file, write_json_atomic
+from pseudolabel.core.journal import append_record, read_journal
+from pseudolabel.core.lock import output_lock
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 from pseudolabel.core.rle import decode_rle, encode_masks, rle_area, rle_to_bbox_xywh
 
@@ -61,6 +66,7 @@ class RefineSummary:
     refined_images: int = 0
     resumed_images: int = 0
     failed: list[tuple[Any, str]] = field(default_factory=list)
+    changed: list = field(default_factory=list)  # journaled images whose file changed: redone
     refined: int = 0
     kept_coarse: int = 0
     without_mask: int = 0
@@ -73,7 +79,7 @@ class RefineSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {"images": self.images, "refined_images": self.refined_images,
-                "resumed_images": self.resumed_images,
+                "resumed_images": self.resumed_images, "changed_images": list(self.changed),
                 "failed_images": [{"image_id": i, "reason": r} for i, r in self.failed],
                 "refined_annotations": self.refined, "kept_coarse": self.kept_coarse,
                 "passed_through_without_mask": self.without_mask,
@@ -86,6 +92,9 @@ class RefineSummary:
         out = [f"{self.refined} masks refined on {self.refined_images + self.resumed_images} of "
                f"{self.images} images ({self.resumed_images} resumed) in {self.wall_s:.1f} s",
                f"embeddings: {self.from_cache} from the cache, {self.encoded} encoded"]
+        if self.changed:
+            out.append(f"{len(self.changed)} images changed since the interrupted run and were refined "
+                       f"again (first: image {self.changed[0]})")
         if self.without_mask:
             out.append(f"{self.without_mask} annotations without a mask passed through unchanged")
         if self.locked:
@@ -100,8 +109,13 @@ class RefineSummary:
         return out
 
 
-def _settings_digest(coco_sha: str, cfg: RefineConfig) -> str:
-    blob = json.dumps({"input": coco_sha, "settings": cfg.result_settings()}, sort_keys=True)
+def _settings_digest(coco_sha: str, cfg: RefineConfig, sam: dict | None = None) -> str:
+    """Digest of what shapes the refined masks: the input file's content, the settings, and the
+    SAM weights by content (``engine.info()``: checkpoint sha256; the adapter file's sha256)."""
+    sam = dict(sam or {})
+    if cfg.adapter and Path(cfg.adapter).is_file():
+        sam["adapter_sha256"] = file_sha256(cfg.adapter)
+    blob = json.dumps({"input": coco_sha, "settings": cfg.result_settings(), "sam": sam}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -110,26 +124,15 @@ def partial_path(out: Path) -> Path:
 
 
 def _read_partial(path: Path, digest: str) -> dict[Any, dict]:
-    """Per-image records (``annotations``, ``kept``) from a matching partial file ({} if absent
-    or stale)."""
-    if not path.is_file():
+    """Per-image records (``annotations``, ``kept``, ``sha256``) from a matching partial file
+    ({} if absent or stale). A line torn by a kill ends the records and is cut off the file."""
+    records = read_journal(path, repair=True)
+    if not records:
         return {}
-    done: dict[Any, dict] = {}
-    with open(path, encoding="utf-8") as f:
-        header = f.readline()
-        try:
-            if json.loads(header).get("digest") != digest:
-                logger.info("%s was made from another input or settings: starting over", path.name)
-                return {}
-        except (json.JSONDecodeError, AttributeError):
-            return {}
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a line cut by a crash: everything before it is good
-            done[rec["image_id"]] = rec
-    return done
+    if not isinstance(records[0], dict) or records[0].get("digest") != digest:
+        logger.info("%s was made from another input, settings or SAM checkpoint: starting over", path.name)
+        return {}
+    return {rec["image_id"]: rec for rec in records[1:] if isinstance(rec, dict) and "image_id" in rec}
 
 
 def refine_image(engine, emb, items: list[tuple[dict, dict]], cfg: RefineConfig,
@@ -210,16 +213,21 @@ def refine_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str 
     if out.resolve() == ann.resolve():
         raise InputError("--out must differ from --ann (the input is never overwritten)")
     coco = load_coco_json(ann)
-    if engine is None:
-        engine = create_engine(cfg)
-    if cfg.adapter:
-        apply_adapter(engine, cfg.adapter)
-    source = EmbeddingSource(engine, cfg.embeddings, cfg.rules.fp16_embeddings)
+    check_categories(coco, str(ann))
+    check_output_file(out, "--out")
+    with output_lock(out):
+        return _refine_locked(coco, ann, images_dir, out, cfg, engine, resume, dump_prompts, t0)
+
+
+def _refine_locked(coco: dict, ann: Path, images_dir: Path, out: Path, cfg: RefineConfig, engine,
+                   resume: bool, dump_prompts: str | os.PathLike | None, t0: float) -> RefineSummary:
+    """The body of :func:`refine_coco`, run while holding the output's lock."""
     summary = RefineSummary(images=len(coco["images"]), out=str(out))
 
     # Which annotations are refined, image by image; the others pass through.
     images = {img["id"]: img for img in coco["images"]}
     work: dict[Any, list[tuple[dict, dict]]] = {}
+    size_mismatch: dict[Any, list] = {}
     for img_id, anns in annotations_by_image(coco).items():
         img = images[img_id]
         for a in anns:
@@ -227,21 +235,45 @@ def refine_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str 
                 summary.locked += 1
                 continue
             rle, reason = classify_segmentation(a.get("segmentation"), img["height"], img["width"])
+            if reason == "malformed":  # garbage in the input file: one sentence naming it
+                annotation_rle(a, img, str(ann))
+                raise InputError(f"{ann}: annotation {a.get('id')} of image {img_id} has a malformed segmentation")
             if rle is not None:
                 work.setdefault(img_id, []).append((a, rle))
             elif reason is None:
                 summary.without_mask += 1
             else:
                 summary.bad.setdefault(reason, []).append(a["id"])
+                if reason == "size":
+                    size_mismatch.setdefault(img_id, a["segmentation"]["size"])
+    for img_id, (h, w) in size_mismatch.items():
+        if img_id not in work:  # not one odd mask: the image entry itself disagrees with its masks
+            img = images[img_id]
+            summary.failed.append((img_id, f"its masks are {h}×{w} (H×W) but the image entry of "
+                                           f"{img['file_name']} says {img['height']}×{img['width']}"))
     for reason, ids in summary.bad.items():
         logger.warning("%d annotations %s are passed through unchanged (first: id %s)",
                        len(ids), BAD_MASK_REASONS[reason], ids[0])
 
-    digest = _settings_digest(file_sha256(ann), cfg)
+    if engine is None:  # after the input checks: a bad file costs no model loading
+        engine = create_engine(cfg)
+    if cfg.adapter:
+        apply_adapter(engine, cfg.adapter)
+    source = EmbeddingSource(engine, cfg.embeddings, cfg.rules.fp16_embeddings)
+
+    digest = _settings_digest(file_sha256(ann), cfg, engine.info())
     part = partial_path(out)
     done = _read_partial(part, digest) if resume else {}
     if dump_prompts is not None:  # images refined by a run that did not keep prompts are redone
         done = {k: v for k, v in done.items() if "prompts" in v}
+    for img_id in list(done):  # an image whose file changed since it was journaled is redone
+        path = images_dir / images[img_id]["file_name"] if img_id in images else None
+        if path is None or not path.is_file() or done[img_id].get("sha256") != file_sha256(path):
+            summary.changed.append(img_id)
+            del done[img_id]
+    if summary.changed:
+        logger.warning("%d images changed since %s was written: refined again (first: image %s)",
+                       len(summary.changed), part.name, summary.changed[0])
     if done:
         logger.info("resuming: %d images already refined in %s", len(done), part.name)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -257,26 +289,25 @@ def refine_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str 
     mode = "a" if done else "w"
     with open(part, mode, encoding="utf-8") as journal, logging_to_tqdm():
         if not done:
-            journal.write(json.dumps({"digest": digest}) + "\n")
-            journal.flush()
+            append_record(journal, {"digest": digest})
         todo = [i for i in work if i not in done]
         bar = progress(todo, desc="refine", unit="img")
         for img_id in bar:
             img = images[img_id]
+            path = images_dir / img["file_name"]
             try:
-                emb = source.get(img, images_dir / img["file_name"])
+                sha = file_sha256(path) if path.is_file() else None
+                emb = source.get(img, path)
                 lines = [] if dump_prompts is not None else None
                 new_anns, kept = refine_image(engine, emb, work[img_id], cfg, lines)
             except ImageError as e:
                 summary.failed.append((img_id, str(e)))
                 logger.warning("image %s failed: %s", img_id, e)
                 continue
-            record = {"image_id": img_id, "annotations": new_anns, "kept": kept}
+            record = {"image_id": img_id, "sha256": sha, "annotations": new_anns, "kept": kept}
             if lines is not None:
                 record["prompts"] = lines
-            journal.write(json.dumps(record) + "\n")
-            journal.flush()
-            os.fsync(journal.fileno())
+            append_record(journal, record)
             for a in new_anns:
                 refined[a["id"]] = a
             summary.refined_images += 1

@@ -69,8 +69,10 @@ def refine_cmd(
                   embeddings=embeddings, engine=engine, model=model, checkpoint=checkpoint, precision=precision,
                   device=device, chunk=chunk)
     if semantic is not None:
+        from pseudolabel.core.io import check_output_dir
         from refine.semantic import refine_semantic
 
+        check_output_dir(out, "--out")
         if embeddings is not None or dump_prompts is not None:
             raise InputError("--embeddings and --dump-prompts work with --ann only (label maps have no annotation ids)")
         scfg = resolve(SemanticConfig(), file_sem, stm_mu=stm_mu, num_classes=num_classes,
@@ -110,8 +112,11 @@ def refine_adapt_cmd(
 ) -> None:
     """SAMRefiner++: train a rank-4 LoRA on SAM's IoU head to rank outputs like the coarse masks."""
     from pseudolabel.core.config import load_config_file, resolve
+    from pseudolabel.core.io import check_output_file
     from refine.adapt import AdaptConfig, adapt_coco
     from refine.refiner import RefineConfig
+
+    check_output_file(out, "--out")
 
     file_refine, file_adapt = split_file_values(load_config_file(config), RefineConfig, AdaptConfig)
     cfg = resolve(RefineConfig(), file_refine, reference=reference, prompts=prompts, cebox_margin=cebox_margin,
@@ -135,7 +140,10 @@ def corrupt_cmd(
 ) -> None:
     """Make DAVIS-585-style coarse masks from ground truth (jitter, blobs, holes, missing parts)."""
     from pseudolabel.core.config import load_config_file, resolve
+    from pseudolabel.core.io import check_output_file
     from refine.corrupt import CorruptConfig, corrupt_coco
+
+    check_output_file(out, "--out")
 
     cfg = resolve(CorruptConfig(), load_config_file(config), seed=seed, severity=severity)
     counts = corrupt_coco(gt, out, cfg)
