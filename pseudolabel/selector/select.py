@@ -22,9 +22,10 @@ import numpy as np
 
 from pseudolabel.core.bags import Bag
 from pseudolabel.core.coco import load_coco_json
-from pseudolabel.core.config import sidecar_path, write_run_config
+from pseudolabel.core.config import check_range, sidecar_path, write_run_config
 from pseudolabel.core.errors import InputError
-from pseudolabel.core.io import write_json_atomic
+from pseudolabel.core.io import check_output_file, write_json_atomic
+from pseudolabel.core.lock import output_lock
 from pseudolabel.core.points import collect_points
 from pseudolabel.core.progress import logger
 from pseudolabel.core.rle import rle_area, rle_to_bbox_xywh
@@ -218,6 +219,29 @@ def default_work_dir(out: str | os.PathLike) -> Path:
 
 def run_select(ann: str | os.PathLike, proposals: str | os.PathLike, out: str | os.PathLike,
                cfg: SelectConfig, images: str | os.PathLike | None = None) -> SelectSummary:
+    """Check the options and the output path, then :func:`select_locked` holding ``OUT.lock``
+    (rank 0 only under torchrun). Arguments as there."""
+    check_select_options(cfg)
+    check_output_file(out, "--out")
+    if int(os.environ.get("RANK", 0)) != 0:
+        return select_locked(ann, proposals, out, cfg, images)
+    with output_lock(out):
+        return select_locked(ann, proposals, out, cfg, images)
+
+
+def check_select_options(cfg: SelectConfig) -> None:
+    """One sentence for the first unusable number among the options."""
+    if cfg.method != "sam-top1" and not cfg.weights:
+        check_range(cfg.epochs, "--epochs", 1, integer=True)
+    check_range(cfg.batch_size, "--batch-size", 1, integer=True)
+    check_range(cfg.lr, "lr", 0, low_open=True)
+    check_range(cfg.min_size, "--min-size", 1, integer=True)
+    check_range(cfg.max_size, "--max-size", 1, integer=True)
+    check_range(cfg.workers, "--workers", 0, integer=True)
+
+
+def select_locked(ann: str | os.PathLike, proposals: str | os.PathLike, out: str | os.PathLike,
+                  cfg: SelectConfig, images: str | os.PathLike | None = None) -> SelectSummary:
     """Choose a pseudo-mask for every point of ``ann`` and write them to ``out`` (COCO JSON).
 
     Args:
@@ -242,6 +266,10 @@ def run_select(ann: str | os.PathLike, proposals: str | os.PathLike, out: str | 
     if not Path(proposals).exists():
         raise InputError(f"the proposals {proposals} do not exist")
     bags = load_bags(proposals, points_json=points)
+    if images is not None and Path(proposals).is_dir():
+        from pseudolabel.core.cache import check_images_unchanged
+
+        check_images_unchanged(proposals, images)
     check_bags(points, by_image, bags, str(proposals))
     categories = sorted(int(c["id"]) for c in points["categories"])
     work_dir = Path(cfg.work_dir) if cfg.work_dir else default_work_dir(out)
