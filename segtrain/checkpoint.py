@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pseudolabel.core.errors import InputError
-from pseudolabel.core.io import atomic_path, write_text_atomic
+from pseudolabel.core.io import atomic_path, first_line, write_text_atomic
 
 from .data import CategoryMap
 from .model import SOLOv2, SOLOv2Config
@@ -76,7 +76,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:
-        raise InputError(f"{path} cannot be read as a PyTorch checkpoint ({e})") from None
+        raise InputError(f"{path} cannot be read as a PyTorch checkpoint ({first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise InputError(f"{path} is not a checkpoint written by `sap train` (format {FORMAT})")
     return ckpt

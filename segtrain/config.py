@@ -106,14 +106,32 @@ class TrainSummary:
 
 
 def check_config(cfg: TrainConfig) -> None:
+    """One sentence (:class:`InputError`) for the first unusable option."""
+    from pseudolabel.core.config import check_range
+
+    if cfg.iters is not None:
+        check_range(cfg.iters, "--iters", 1, integer=True)
+    check_range(cfg.batch, "--batch", 1, integer=True)
+    check_range(cfg.base_lr, "--lr", 0, low_open=True)
+    check_range(cfg.base_batch, "base_batch", 1, integer=True)
+    for name in ("momentum", "weight_decay", "clip_grad", "warmup_factor", "gamma"):
+        check_range(getattr(cfg, name), name, 0)
+    check_range(cfg.mps_weight, "--mps-weight", 0)
+    check_range(cfg.flip_prob, "flip_prob", 0, 1)
+    check_range(cfg.max_size, "--max-size", 1, integer=True)
+    if cfg.test_size is not None:
+        check_range(cfg.test_size, "--test-size", 1, integer=True)
+    for flag, name in (("--workers", "workers"), ("--checkpoint-period", "checkpoint_period"),
+                       ("--eval-period", "eval_period"), ("warmup_iters", "warmup_iters"),
+                       ("keep_checkpoints", "keep_checkpoints")):
+        check_range(getattr(cfg, name), flag, 0, integer=True)
+    check_range(cfg.log_period, "log_period", 1, integer=True)
+    if min(parse_min_sizes(cfg.min_size), default=0) < 1:
+        raise InputError(f"--min-size must hold sizes of at least 1 pixel, not {cfg.min_size!r}")
     if cfg.engine not in ENGINES:
         raise InputError(f"--engine must be one of {', '.join(ENGINES)}")
     if cfg.schedule not in SCHEDULES:
         raise InputError(f"--schedule must be one of {', '.join(SCHEDULES)}")
-    if cfg.iters is not None and cfg.iters < 1:
-        raise InputError("--iters must be at least 1")
-    if cfg.batch < 1:
-        raise InputError("--batch must be at least 1")
     if (cfg.val is None) != (cfg.val_images is None):
         raise InputError("--val and --val-images go together")
     if not cfg.out:

@@ -140,8 +140,7 @@ def load_dataset(json_path: str | os.PathLike, images_dir: str | os.PathLike, *,
     if not images_dir.is_dir():
         raise InputError(f"image folder {images_dir} does not exist")
     coco = load_coco_json(json_path, require_annotations=with_annotations)
-    if with_annotations:
-        check_categories(coco, str(json_path))
+    check_categories(coco, str(json_path))  # a validation file's too
     cats = categories or CategoryMap.from_coco(coco)
     index = cats.index()
     stats = DataStats()
@@ -168,13 +167,16 @@ def load_dataset(json_path: str | os.PathLike, images_dir: str | os.PathLike, *,
         if not ann.get("segmentation"):
             stats.without_mask += 1
             continue
-        rle = segmentation_to_rle(ann["segmentation"], rec.height, rec.width)
-        if rle_area(rle) == 0:
-            stats.empty_masks += 1
-            continue
-        if ann["category_id"] not in index:
-            raise InputError(f"{json_path.name} uses category {ann['category_id']}, unknown to the trained model")
-        alts = [segmentation_to_rle(a, rec.height, rec.width) for a in mps_alternatives(ann)]
+        try:
+            rle = segmentation_to_rle(ann["segmentation"], rec.height, rec.width)
+            if rle_area(rle) == 0:
+                stats.empty_masks += 1
+                continue
+            if ann["category_id"] not in index:
+                raise InputError(f"category {ann['category_id']} is unknown to the trained model")
+            alts = [segmentation_to_rle(a, rec.height, rec.width) for a in mps_alternatives(ann)]
+        except InputError as e:
+            raise InputError(f"{json_path}: annotation {ann.get('id')} of image {ann['image_id']}: {e}") from None
         stats.with_alternatives += bool(alts)
         rec.labels.append(index[ann["category_id"]])
         rec.rles.append(rle)

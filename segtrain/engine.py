@@ -28,6 +28,7 @@ from pseudolabel.core.config import to_jsonable, write_run_config
 from pseudolabel.core.device import DistInfo, init_distributed, pick_device
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.images import file_sha256
+from pseudolabel.core.journal import read_journal
 from pseudolabel.core.io import write_json_atomic, write_text_atomic
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 
@@ -54,12 +55,12 @@ def _config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def _trim_metrics(path: Path, upto: int) -> None:
-    """Drop metric lines written after iteration ``upto`` by an interrupted run."""
+    """Drop metric lines written after iteration ``upto`` by an interrupted run (and a line torn
+    by the kill)."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("iter", 0) <= upto]
-    write_text_atomic(path, "".join(line + "\n" for line in kept))
+    kept = [rec for rec in read_journal(path) if isinstance(rec, dict) and rec.get("iter", 0) <= upto]
+    write_text_atomic(path, "".join(json.dumps(rec) + "\n" for rec in kept))
 
 
 def _prune_checkpoints(run_dir: Path, keep: int) -> None:
@@ -242,9 +243,9 @@ def train_torch(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
                     with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                         losses = net(batch, sizes, [s.targets for s in good])
                     loss = losses["loss_cate"] + losses["loss_mask"]
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"the loss became {loss.item()} at iteration {it}; "
-                                                 "lower the learning rate (--lr) or check the data")
+                    if not torch.isfinite(loss):  # stop before a step could write NaN weights
+                        raise InputError(f"the loss became {loss.item()} at iteration {it}; "
+                                         "lower the learning rate (--lr) or check the data")
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     if cfg.clip_grad and cfg.clip_grad > 0:

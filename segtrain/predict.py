@@ -108,9 +108,20 @@ def predict(weights: str | os.PathLike, images: str | os.PathLike, out: str | os
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from pseudolabel.core.device import pick_device
 
+    from pseudolabel.core.config import check_range
+    from pseudolabel.core.io import check_output_file
+
     images = Path(images)
     if not images.is_dir():
         raise InputError(f"image folder {images} does not exist")
+    check_range(batch, "--batch", 1, integer=True)
+    check_range(workers, "--workers", 0, integer=True)
+    for flag, v in (("--min-size", min_size), ("--max-size", max_size)):
+        if v is not None:
+            check_range(v, flag, 1, integer=True)
+    if score_thr is not None:
+        check_range(score_thr, "--score-thr", 0, 1)
+    check_output_file(out, "--out")
     dev = pick_device(device)
     ckpt = load_checkpoint(weights)
     model, cats = model_from_checkpoint(ckpt, dev)

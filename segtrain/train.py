@@ -34,5 +34,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
     Raises:
         InputError: an unusable option or input (one sentence).
     """
+    import os
+
+    from pseudolabel.core.io import check_output_dir
+    from pseudolabel.core.lock import output_lock
+
     check_config(cfg)
-    return ENGINE_REGISTRY[cfg.engine]()(cfg, resume=resume)
+    check_output_dir(cfg.out, "--out")
+    if int(os.environ.get("RANK", 0)) != 0:  # torchrun: rank 0 holds the run folder's lock
+        return ENGINE_REGISTRY[cfg.engine]()(cfg, resume=resume)
+    with output_lock(cfg.out):
+        return ENGINE_REGISTRY[cfg.engine]()(cfg, resume=resume)
