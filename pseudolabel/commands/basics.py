@@ -29,10 +29,11 @@ def points_cmd(
     """Derive one point per object from a fully annotated COCO file (for benchmarks)."""
     from pseudolabel.core.coco import load_coco_json
     from pseudolabel.core.config import sidecar_path, write_run_config
-    from pseudolabel.core.io import write_json_atomic
+    from pseudolabel.core.io import check_output_file, write_json_atomic
     from pseudolabel.core.points import derive_points
 
-    points, counts = derive_points(load_coco_json(gt), mode=mode, seed=seed)
+    check_output_file(out, "--out")
+    points, counts = derive_points(load_coco_json(gt), mode=mode, seed=seed, source=str(gt))
     write_json_atomic(out, points)
     write_run_config(sidecar_path(out), "points", {"gt": str(gt), "mode": mode, "seed": seed}, counts=counts)
     typer.echo(f"{counts['points']} points ({mode}) written to {out}; skipped {counts['crowd_skipped']} "

@@ -53,6 +53,15 @@ LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="At most this m
 AlphaOpt = Annotated[float, typer.Option("--alpha", help="Fill opacity of the masks (0-1).")]
 
 
+def _check_viz_numbers(alpha: float, **counts: int | None) -> None:
+    from pseudolabel.core.config import check_range
+
+    check_range(alpha, "--alpha", 0, 1)
+    for name, value in counts.items():
+        if value is not None:
+            check_range(value, "--" + name.replace("_", "-"), 1, integer=True)
+
+
 def _viz_summary(report, what: str, out: Path) -> None:
     for key, reason in report.failed.items():
         typer.echo(f"  failed {key}: {reason}", err=True)
@@ -75,10 +84,15 @@ def viz_overlay_cmd(
 
     Example: sap viz overlay --ann refined.json --images coco/images --out viz/ --limit 20
     """
-    from pseudolabel.core.coco import load_coco_json
+    from pseudolabel.core.coco import check_segmentations, load_coco_json
+    from pseudolabel.core.io import check_output_dir
     from pseudolabel.viz import render_overlays
 
-    report = render_overlays(load_coco_json(ann), images, out, image_ids=image_id, limit=limit,
+    _check_viz_numbers(alpha=alpha, limit=limit)
+    check_output_dir(out, "--out")
+    coco = load_coco_json(ann)
+    check_segmentations(coco, str(ann))
+    report = render_overlays(coco, images, out, image_ids=image_id, limit=limit,
                              alpha=alpha, labels=not no_labels)
     _viz_summary(report, "overlays", out)
 
@@ -128,9 +142,12 @@ def viz_compare_cmd(
         sap viz compare --images imgs --proposals cache --selected pseudo.json --refined refined.json --gt gt.json --out viz/
         sap viz compare --images imgs --proposals cache --selected pseudo.json --ann-id 42 --out viz/
     """
-    from pseudolabel.core.coco import load_coco_json
+    from pseudolabel.core.coco import check_segmentations, load_coco_json
+    from pseudolabel.core.io import check_output_dir
     from pseudolabel.viz import render_side_by_side
 
+    _check_viz_numbers(alpha=alpha, limit=limit, panel_width=panel_width)
+    check_output_dir(out, "--out")
     bags = None
     if proposals is not None:
         from pseudolabel.core.bag_sources import load_bags
@@ -138,6 +155,9 @@ def viz_compare_cmd(
         bags = load_bags(proposals)
     files = {k: (load_coco_json(p) if p is not None else None)
              for k, p in (("selected", selected), ("refined", refined), ("gt", gt))}
+    for path, coco in zip((selected, refined, gt), files.values()):
+        if coco is not None:
+            check_segmentations(coco, str(path))
     report = render_side_by_side(images, out, bags=bags, image_ids=image_id, ann_ids=ann_id,
                                  limit=limit, panel_width=panel_width, alpha=alpha, **files)
     _viz_summary(report, "pictures", out)
@@ -158,11 +178,17 @@ def viz_disagree_cmd(
 
     Example: sap viz disagree pseudo.json refined.json --images imgs --out worst.png --n 12
     """
-    from pseudolabel.core.coco import load_coco_json
+    from pseudolabel.core.coco import check_segmentations, load_coco_json
+    from pseudolabel.core.io import check_output_file
     from pseudolabel.viz import render_disagreement_sheet
 
+    _check_viz_numbers(alpha=alpha, n=n, cols=cols)
+    check_output_file(out, "--out")
     names = tuple(name or []) + (a.stem, b.stem)[len(name or []):]
-    path, rows, report = render_disagreement_sheet(load_coco_json(a), load_coco_json(b), images, out,
+    coco_a, coco_b = load_coco_json(a), load_coco_json(b)
+    check_segmentations(coco_a, str(a))
+    check_segmentations(coco_b, str(b))
+    path, rows, report = render_disagreement_sheet(coco_a, coco_b, images, out,
                                                    n=n, names=names[:2], cols=cols, alpha=alpha)
     for r in rows:
         typer.echo(f"  {r['file_name']}: mean IoU {r['mean_iou']:.3f} over {r['n']} objects")

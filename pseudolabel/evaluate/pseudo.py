@@ -74,6 +74,7 @@ def _summary(records: Sequence[Mapping[str, Any]]) -> dict[str, float | int]:
 def annotation_ious(
     gt: dict, pseudo: dict | list[dict], boundary: bool = True,
     ratio: float = BOUNDARY_DILATION_RATIO, source: str = "the pseudo-labels",
+    gt_source: str = "the ground truth",
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Per-annotation IoUs of ``pseudo`` against ``gt``, matched by annotation ``id``.
 
@@ -146,11 +147,11 @@ def annotation_ious(
         try:
             rg = segmentation_to_rle(g["segmentation"], h, w)
         except InputError as e:
-            raise InputError(f"ground-truth annotation {g['id']}: {e}") from None
+            raise InputError(f"{gt_source}: annotation {g['id']} of image {g['image_id']}: {e}") from None
         try:
             rp = segmentation_to_rle(p["segmentation"], h, w)
         except InputError as e:
-            raise InputError(f"{source}, annotation {p['id']}: {e}") from None
+            raise InputError(f"{source}: annotation {p['id']} of image {g['image_id']}: {e}") from None
         miou = float(rle_iou([rg], [rp])[0, 0])
         bg = xywh_to_xyxy(np.array(rle_to_bbox_xywh(rg)))
         bp = xywh_to_xyxy(np.array(rle_to_bbox_xywh(rp)))
@@ -168,7 +169,8 @@ def annotation_ious(
 
 def evaluate_pseudo(
     gt: dict, pseudo: dict | list[dict], boundary: bool = True,
-    ratio: float = BOUNDARY_DILATION_RATIO,
+    ratio: float = BOUNDARY_DILATION_RATIO, source: str = "the pseudo-labels",
+    gt_source: str = "the ground truth",
 ) -> dict[str, Any]:
     """Pseudo-labels against ground truth, matched by annotation id.
 
@@ -184,7 +186,8 @@ def evaluate_pseudo(
         shares in ``[0, 1]``; ``None`` where ``count`` is 0, and ``boundary_miou`` ``None``
         when ``boundary`` is off).
     """
-    records, counts = annotation_ious(gt, pseudo, boundary=boundary, ratio=ratio)
+    records, counts = annotation_ious(gt, pseudo, boundary=boundary, ratio=ratio, source=source,
+                                      gt_source=gt_source)
     by_size = {s: _summary([r for r in records if r["size"] == s]) for s in SIZE_BUCKETS}
     by_cat: dict[Any, list] = defaultdict(list)
     for r in records:
@@ -201,13 +204,13 @@ def evaluate_pseudo(
     }
 
 
-def evaluate_predictions(gt: dict | str | Path, results: list[dict]) -> dict[str, Any]:
+def evaluate_predictions(gt: dict | str | Path, results: list[dict], source: str = "the predictions") -> dict[str, Any]:
     """Model predictions against ground truth: ``{"kind": "pred", "ap": coco_mask_ap(...),
     "counts": {"results", "images"}}``."""
     gt = load_gt(gt)
     return {
         "kind": "pred",
-        "ap": coco_mask_ap(gt, results),
+        "ap": coco_mask_ap(gt, results, source),
         "counts": {"results": len(results), "images": len({r.get("image_id") for r in results})},
     }
 

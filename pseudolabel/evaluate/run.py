@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from pseudolabel.core.coco import load_coco_json
+from pseudolabel.core.coco import check_categories, load_coco_json
 from pseudolabel.core.errors import InputError
-from pseudolabel.core.io import write_json_atomic
+from pseudolabel.core.io import check_output_file, write_json_atomic
 
 from .pseudo import evaluate_predictions, evaluate_pseudo
 from .tables import compare, format_table
@@ -30,7 +30,9 @@ def load_pseudo_file(path: str | os.PathLike) -> dict | list[dict]:
     """Read pseudo-labels: a COCO dataset (structure-checked) or a JSON list of annotations."""
     data = _read_json(Path(path), "the pseudo-label file")
     if isinstance(data, dict):
-        return load_coco_json(path)
+        coco = load_coco_json(path)
+        check_categories(coco, str(path))
+        return coco
     if isinstance(data, list):
         return data
     raise InputError(f"{path} holds neither a COCO dataset nor a list of annotations")
@@ -81,17 +83,20 @@ def run_eval(
     pred_paths = [Path(p) for p in pred_paths]
     if not pseudo_paths and not pred_paths:
         raise InputError("give at least one --pseudo or --pred file to measure")
+    if out is not None:
+        check_output_file(out, "--out")
     gt = load_coco_json(gt_path)
+    check_categories(gt, str(gt_path))
     all_paths = [*pseudo_paths, *pred_paths]
     col_names = _unique_names(all_paths, list(names))
     results: dict[str, dict[str, Any]] = {}
     for i, (n, p) in enumerate(zip(col_names, all_paths)):
         if i < len(pseudo_paths):
-            m = evaluate_pseudo(gt, load_pseudo_file(p), boundary=boundary)
+            m = evaluate_pseudo(gt, load_pseudo_file(p), boundary=boundary, source=str(p), gt_source=str(gt_path))
             if not per_annotation:
                 m.pop("per_annotation")
         else:
-            m = evaluate_predictions(gt, load_results_file(p))
+            m = evaluate_predictions(gt, load_results_file(p), source=str(p))
         m["source"] = str(p)
         results[n] = m
     report = {"gt": str(gt_path), "results": results}
