@@ -31,7 +31,8 @@ from pseudolabel.core.coco import load_coco_json, with_locked
 from pseudolabel.core.config import resolve, to_jsonable, versions
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.images import file_sha256
-from pseudolabel.core.io import write_json_atomic, write_text_atomic
+from pseudolabel.core.io import check_output_dir, check_torch_file, write_json_atomic, write_text_atomic
+from pseudolabel.core.lock import output_lock
 from pseudolabel.core.points import collect_points, derive_points
 from pseudolabel.core.progress import logger
 from pseudolabel.evaluate import compare, evaluate_pseudo, format_table, load_pseudo_file
@@ -112,14 +113,90 @@ class Pipeline:
                     for s in STAGES[:STAGES.index(stage)]}
         own = {"points": {"points": _file_digest(c.points), "gt": _file_digest(c.gt) if not c.points else None,
                           "mode": c.point_mode, "seed": c.point_seed},
-               "proposals": {"sam": c.sam, "proposals": c.proposals, "images": c.images},
+               "proposals": {"sam": c.sam, "checkpoint": self._checkpoint_digest(), "proposals": c.proposals,
+                             "images": c.images, "image_files": self._images_digest()},
                "select": {"select": c.select, "gt": _file_digest(c.gt)},
-               "refine": {"refine": c.refine, "sam": c.sam,  # + corrections, once `sap import` wrote some
+               "refine": {"refine": c.refine, "sam": c.sam, "checkpoint": self._checkpoint_digest(),
+                          # + corrections, once `sap import` wrote some
                           **({"corrections": _file_digest(self.corrections())} if self.corrections() else {})},
                "train": {"train": c.train, "val": c.val, "val_images": c.val_images},
                "eval": {"gt": _file_digest(c.gt), "val": _file_digest(c.val)},
                "viz": {"viz": c.viz}}[stage]
         return {"own": own, "upstream": upstream}
+
+    def check(self) -> None:
+        """Before any stage runs: every stage's options and the input files, so that bad input
+        stops the pipeline with one sentence and an untouched run folder.
+
+        Raises:
+            InputError: the first unusable option or input.
+        """
+        from pseudolabel.core.coco import check_categories, check_segmentations
+        from pseudolabel.selector.select import check_select_options
+        from segtrain.config import check_config
+
+        c = self.cfg
+        if not Path(c.images).is_dir():
+            raise InputError(f"image folder {c.images} does not exist")
+        try:
+            ProposalConfig(**{**c.sam, **c.proposals})
+            check_select_options(resolve(SelectConfig(), c.select))
+            RefineConfig(**{**{k: v for k, v in c.sam.items() if k in ("engine", "model", "checkpoint",
+                                                                          "precision", "device")},
+                            **{k: v for k, v in c.refine.items() if k != "enabled"}})
+            check_config(TrainConfig(**{**c.train, "out": str(self.stage_dir("train"))}))
+        except TypeError as e:
+            raise InputError(f"the pipeline configuration names an unknown option ({e})") from None
+        ckpt = c.sam.get("checkpoint")
+        if ckpt and str(ckpt).lower() != "none":
+            check_torch_file(ckpt, "SAM checkpoint")
+        for key in ("backbone_weights",):
+            for section in (c.select, c.train):
+                value = section.get(key)
+                if value and str(value).lower() not in ("imagenet", "none"):
+                    check_torch_file(value, "backbone weights")
+        for path in (c.gt, c.val):
+            if path:
+                coco = load_coco_json(path)
+                check_categories(coco, str(path))
+                check_segmentations(coco, str(path))
+        if c.points:
+            collect_points(load_coco_json(c.points), source=str(c.points))
+
+    def _checkpoint_digest(self) -> str | None:
+        """sha256 of the SAM checkpoint file the settings name (None: download or random weights)."""
+        ckpt = self.cfg.sam.get("checkpoint")
+        return _file_digest(ckpt) if ckpt and Path(ckpt).is_file() else None
+
+    def _images_digest(self) -> str | None:
+        """Digest of the content of every image the point (or ground-truth) file names, so a
+        changed image reruns the proposal stage (which recomputes just that image). File hashes
+        are remembered in ``image_hashes.json`` by (size, mtime), so a rerun reads no image twice."""
+        source = self.cfg.points or self.cfg.gt
+        if not source or not Path(source).is_file() or not self.cfg.images:
+            return None
+        memo_path = self.run / "image_hashes.json"
+        try:
+            memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
+        except (OSError, json.JSONDecodeError):
+            memo = {}
+        names = sorted({str(im.get("file_name")) for im in load_coco_json(source)["images"]})
+        hashes, fresh = {}, {}
+        for name in names:
+            path = Path(self.cfg.images) / name
+            try:
+                st = path.stat()
+            except OSError:
+                hashes[name] = None
+                continue
+            key = f"{st.st_size}:{st.st_mtime_ns}"
+            if memo.get(name, {}).get("key") != key:
+                memo[name] = {"key": key, "sha256": file_sha256(path)}
+                fresh[name] = True
+            hashes[name] = memo[name]["sha256"]
+        if fresh and self.run.is_dir():
+            write_json_atomic(memo_path, memo)
+        return _digest(hashes)
 
     def _prepare(self, stage: str, digest: str) -> None:
         """Give the stage its folder: kept when an interrupted run of the same settings left it
@@ -147,6 +224,13 @@ class Pipeline:
         i1 = STAGES.index(until) if until else len(STAGES) - 1
         if i0 > i1:
             raise InputError(f"--from {start} comes after --until {until}")
+        check_output_dir(self.run, "the run folder")
+        self.check()
+        with output_lock(self.run):
+            return self._run_locked(i0, i1)
+
+    def _run_locked(self, i0: int, i1: int) -> list[StageRecord]:
+        """Stages ``i0..i1`` of :data:`STAGES`, holding the run folder's lock."""
         self.run.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.run / "pipeline.yaml", _yaml({"config": to_jsonable(self.cfg), "versions": versions()}))
         done = []
@@ -184,7 +268,7 @@ def _points(p: Pipeline) -> tuple[dict, dict]:
         _, report = collect_points(load_coco_json(p.cfg.points), source=p.cfg.points)
         return {"points": p.cfg.points}, {"points": report.points}
 
-    pts, counts = derive_points(load_coco_json(p.cfg.gt), p.cfg.point_mode, p.cfg.point_seed)
+    pts, counts = derive_points(load_coco_json(p.cfg.gt), p.cfg.point_mode, p.cfg.point_seed, source=p.cfg.gt)
     out = write_json_atomic(p.stage_dir("points") / "points.json", pts)
     return {"points": out}, counts
 

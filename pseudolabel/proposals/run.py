@@ -174,7 +174,7 @@ def run_proposals(ann: str | Path, images_dir: str | Path, out_dir: str | Path,
 
 def _run_locked(coco: dict, points_by_image: dict, kinds: tuple[str, ...], index: int, count: int,
                 ann: str | Path, images_dir: Path, shard_path: Path, cfg: ProposalConfig, overwrite: bool,
-                engine: SamEngine | None, t_start: float) -> ProposalSummary:
+                engine: PromptEngine | None, t_start: float) -> ProposalSummary:
     """The body of :func:`run_proposals`, run while holding the shard file's lock."""
     if engine is None:
         from pseudolabel.core.engines.loading import create_engine
