@@ -49,12 +49,14 @@ def demo_cmd(
     model: SamModelOpt = None,
     device: DeviceOpt = None,
     offline: Annotated[bool, typer.Option("--offline", help="Do not try to download a SAM checkpoint.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="A token amount of work per stage (4 images, 1 selector epoch, 6 SOLOv2 iterations): checks an install in about a minute.")] = False,
 ) -> None:
     """The whole pipeline on a small shapes dataset it makes itself (real SAM if available)."""
     from pseudolabel.core.engines.registry import engine_option
     from pseudolabel.pipeline import closing_table, run_demo
 
-    records, report = run_demo(out, checkpoint, engine_option(engine, model) or "sam_vit_b", device, offline)
+    records, report = run_demo(out, checkpoint, engine_option(engine, model) or "sam_vit_b", device, offline,
+                               quick=quick)
     typer.echo(closing_table(records))
     typer.echo(f"report: {report}")
     typer.echo(f"overlays: {Path(out) / 'run' / '7_viz'}")

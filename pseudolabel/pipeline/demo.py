@@ -113,10 +113,14 @@ RANDOM_BANNER = _banner(
 
 
 def demo_config(out: Path, data_json: Path, images: Path, engine: str, checkpoint: str,
-                device: str | None, real: bool) -> PipelineConfig:
-    """A pipeline small enough for a laptop CPU: shapes images, R18 selector and SOLOv2."""
+                device: str | None, real: bool, quick: bool = False) -> PipelineConfig:
+    """A pipeline small enough for a laptop CPU: shapes images, R18 selector and SOLOv2.
+
+    ``quick`` (``sap demo --quick``, and the test of the demo) runs every stage through the same
+    code with a token amount of work: one selector epoch, six SOLOv2 iterations on narrow heads.
+    """
     weights = "imagenet" if real else "none"
-    return PipelineConfig(
+    cfg = PipelineConfig(
         images=str(images), out=str(out), gt=str(data_json), point_mode="center",
         sam={"engine": engine, "checkpoint": checkpoint, "precision": "auto", "device": device},
         proposals={"prompts": "point,point_box", "save_embeddings": True},
@@ -128,10 +132,18 @@ def demo_config(out: Path, data_json: Path, images: Path, engine: str, checkpoin
                "checkpoint_period": 30, "model": {"head_channels": 128, "head_convs": 2}},
         viz={"limit": 4, "sheet": 4},
     )
+    if quick:
+        cfg.select.update(epochs=1, min_size=160, max_size=224, warmup_iters=1)
+        cfg.refine["iters"] = 1
+        cfg.train.update(iters=6, min_size="160", max_size=224, warmup_iters=1, steps=[4], checkpoint_period=3,
+                         model={"head_channels": 32, "head_convs": 1, "fpn_channels": 32, "mask_channels": 16,
+                                "kernel_dim": 16})
+    return cfg
 
 
 def run_demo(out: str | Path = "sap_runs/demo", checkpoint: str | None = None, engine: str = "sam_vit_b",
-             device: str | None = None, offline: bool = False, n_images: int = 8) -> tuple[list[StageRecord], Path]:
+             device: str | None = None, offline: bool = False, n_images: int | None = None,
+             quick: bool = False) -> tuple[list[StageRecord], Path]:
     """Make the shapes dataset and run the whole pipeline on it; returns the records and report path.
 
     SAM: ``checkpoint`` if given; else the official checkpoint of ``engine`` if it is in the
@@ -143,6 +155,7 @@ def run_demo(out: str | Path = "sap_runs/demo", checkpoint: str | None = None, e
 
     out = Path(out)
     engine = canonical_engine(engine)
+    n_images = n_images or (4 if quick else 8)
     data_json, images = make_demo_dataset(out / "data", n_images=n_images)
     real = True
     if checkpoint is not None and str(checkpoint).lower() == RANDOM_CHECKPOINT:
@@ -163,7 +176,7 @@ def run_demo(out: str | Path = "sap_runs/demo", checkpoint: str | None = None, e
             engine, checkpoint = "sam_tiny", RANDOM_CHECKPOINT
     if not real:
         logger.warning(RANDOM_BANNER)
-    cfg = demo_config(out / "run", data_json, images, engine, str(checkpoint), device, real)
+    cfg = demo_config(out / "run", data_json, images, engine, str(checkpoint), device, real, quick)
     records = Pipeline(cfg).run_stages()
     report = write_report(out / "run", records, banner=None if real else RANDOM_BANNER)
     if not real:
