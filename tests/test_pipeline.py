@@ -33,23 +33,23 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def gt_file(coco100, tmp_path_factory):
+def gt_file(coco_gt, tmp_path_factory):
     path = tmp_path_factory.mktemp("pipe") / "gt.json"
-    path.write_text(json.dumps(subset_coco(coco100, 3, max_anns=2)))
+    path.write_text(json.dumps(subset_coco(coco_gt, 3, max_anns=2)))
     return path
 
 
-def _cfg(gt_file, coco100_dir, out, **over):
-    cfg = PipelineConfig(images=str(coco100_dir / "images"), out=str(out), gt=str(gt_file),
+def _cfg(gt_file, coco_dir, out, **over):
+    cfg = PipelineConfig(images=str(coco_dir / "images"), out=str(out), gt=str(gt_file),
                          **{k: json.loads(json.dumps(v)) for k, v in TINY.items()})
     for k, v in over.items():
         setattr(cfg, k, v)
     return cfg
 
 
-def test_pipeline_runs_skips_reruns_changed_stages_and_respects_from_until(gt_file, coco100_dir, tmp_path):
+def test_pipeline_runs_skips_reruns_changed_stages_and_respects_from_until(gt_file, coco_dir, tmp_path):
     run = tmp_path / "run"
-    records = Pipeline(_cfg(gt_file, coco100_dir, run)).run_stages()
+    records = Pipeline(_cfg(gt_file, coco_dir, run)).run_stages()
     assert [r.stage for r in records] == list(STAGES) and all(r.status == "ran" for r in records)
     by = {r.stage: r for r in records}
     pseudo = json.loads(Path(by["select"].outputs["pseudo"]).read_text())
@@ -64,10 +64,10 @@ def test_pipeline_runs_skips_reruns_changed_stages_and_respects_from_until(gt_fi
     table = closing_table(records)
     assert all(s in table for s in STAGES) and "mask AP" in table
 
-    again = Pipeline(_cfg(gt_file, coco100_dir, run)).run_stages()
+    again = Pipeline(_cfg(gt_file, coco_dir, run)).run_stages()
     assert all(r.status == "skipped" for r in again)
 
-    cfg = _cfg(gt_file, coco100_dir, run)
+    cfg = _cfg(gt_file, coco_dir, run)
     cfg.train["iters"] = 4  # only train and what follows it are redone
     changed = {r.stage: r.status for r in Pipeline(cfg).run_stages()}
     assert [s for s in STAGES if changed[s] == "ran"] == ["train", "eval", "viz"]
@@ -75,7 +75,7 @@ def test_pipeline_runs_skips_reruns_changed_stages_and_respects_from_until(gt_fi
     only = Pipeline(cfg).run_stages("eval", "eval")
     assert [(r.stage, r.status) for r in only] == [("eval", "skipped")]
     with pytest.raises(InputError, match="has not run yet"):
-        Pipeline(_cfg(gt_file, coco100_dir, tmp_path / "fresh")).run_stages("select", "select")
+        Pipeline(_cfg(gt_file, coco_dir, tmp_path / "fresh")).run_stages("select", "select")
     with pytest.raises(InputError, match="unknown stage"):
         Pipeline(cfg).run_stages("nope")
 
@@ -99,11 +99,11 @@ def test_config_file_sets_and_flags_flow_one_way(tmp_path):
         load_pipeline_config(None, images="x")
 
 
-def test_a_pipeline_killed_in_a_stage_resumes_it(gt_file, coco100_dir, tmp_path):
+def test_a_pipeline_killed_in_a_stage_resumes_it(gt_file, coco_dir, tmp_path):
     import yaml
 
     run = tmp_path / "run"
-    cfg = {"images": str(coco100_dir / "images"), "gt": str(gt_file), "out": str(run), **TINY}
+    cfg = {"images": str(coco_dir / "images"), "gt": str(gt_file), "out": str(run), **TINY}
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
     args = [sys.executable, str(REPO / "cli.py"), "pipeline", "--config", str(tmp_path / "p.yaml"),
             "--until", "proposals"]
@@ -159,9 +159,31 @@ def test_shipped_example_configs_name_real_options(name):
         load_pipeline_config("no_such_config")
 
 
+def test_the_full_demo_configuration_names_real_options(tmp_path):
+    """`sap demo` without --quick: its settings resolve in every stage (the run itself is the
+    quick one below, through the same code)."""
+    from pseudolabel.core.config import resolve
+    from pseudolabel.pipeline.demo import demo_config
+    from pseudolabel.proposals.run import ProposalConfig
+    from pseudolabel.selector.options import SelectConfig
+    from pseudolabel.selector.select import check_select_options
+    from refine.refiner import RefineConfig
+    from segtrain import TrainConfig
+    from segtrain.config import check_config
+
+    for quick in (False, True):
+        cfg = demo_config(tmp_path, tmp_path / "a.json", tmp_path, "tiny", "none", None, False, quick=quick)
+        ProposalConfig(**{**cfg.sam, **cfg.proposals})
+        check_select_options(resolve(SelectConfig(), cfg.select))
+        RefineConfig(**{k: v for k, v in cfg.refine.items() if k != "enabled"})
+        check_config(TrainConfig(**cfg.train, out=str(tmp_path / "t")))
+        assert cfg.train["iters"] == (6 if quick else 60) and cfg.select["epochs"] == (1 if quick else 4)
+
+
 def test_sap_demo_runs_offline_end_to_end_with_the_random_weights_banner(tmp_path):
-    """The README's first command: the whole pipeline on the shapes dataset, without internet."""
-    r = subprocess.run([sys.executable, str(REPO / "cli.py"), "demo", "--offline", "--out", str(tmp_path)],
+    """The README's first command: the whole pipeline on the shapes dataset, without internet
+    (``--quick``: the same stages with a token amount of work)."""
+    r = subprocess.run([sys.executable, str(REPO / "cli.py"), "demo", "--offline", "--quick", "--out", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "RANDOM WEIGHTS" in r.stderr
@@ -173,6 +195,6 @@ def test_sap_demo_runs_offline_end_to_end_with_the_random_weights_banner(tmp_pat
     assert len(overlays) == 4
     img = Image.open(overlays[0])
     assert img.size == (320, 240)
-    again = subprocess.run([sys.executable, str(REPO / "cli.py"), "demo", "--offline", "--out", str(tmp_path)],
+    again = subprocess.run([sys.executable, str(REPO / "cli.py"), "demo", "--offline", "--quick", "--out", str(tmp_path)],
                            capture_output=True, text=True)
     assert again.returncode == 0 and again.stdout.count("skipped") >= len(STAGES)

@@ -33,15 +33,15 @@ def test_refine_needs_one_input_kind(tmp_path, monkeypatch, capsys):
     assert len(err) == 1 and "either --ann or --semantic" in err[0]
 
 
-def test_refine_prompt_ablation_from_the_command_line(coco100, coco100_dir, tmp_path, monkeypatch):
-    sub = subset_coco(coco100, 1, max_anns=2)
+def test_refine_prompt_ablation_from_the_command_line(coco_gt, coco_dir, tmp_path, monkeypatch):
+    sub = subset_coco(coco_gt, 1, max_anns=2)
     src = tmp_path / "coarse.json"
     src.write_text(json.dumps(sub))
     out = tmp_path / "refined.json"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rc = run_cli(["refine", "--ann", str(src), "--images", str(coco100_dir / "images"), "--out", str(out),
+        rc = run_cli(["refine", "--ann", str(src), "--images", str(coco_dir / "images"), "--out", str(out),
                    "--engine", "sam_tiny", "--checkpoint", "none", "--precision", "fp32", "--iters", "1",
                    "--prompts", "box,point", "--no-negative-point", "--cebox-margin", "0"], monkeypatch)
     finally:

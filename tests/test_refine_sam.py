@@ -36,9 +36,9 @@ def engine():
 
 
 @pytest.fixture(scope="module")
-def coarse(coco100) -> dict:
+def coarse(coco_gt) -> dict:
     """Two images, 3 objects each, with every kind of segmentation and of bad input."""
-    sub = subset_coco(coco100, 2, max_anns=3)
+    sub = subset_coco(coco_gt, 2, max_anns=3)
     anns = sub["annotations"]
     img = {i["id"]: i for i in sub["images"]}
     a0 = anns[0]
@@ -62,10 +62,10 @@ def coarse(coco100) -> dict:
 
 
 @pytest.fixture(scope="module")
-def refined(coarse, coco100_dir, engine, tmp_path_factory):
+def refined(coarse, coco_dir, engine, tmp_path_factory):
     d = tmp_path_factory.mktemp("refine")
     (d / "coarse.json").write_text(json.dumps(coarse))
-    summary = refine_coco(d / "coarse.json", coco100_dir / "images", d / "refined.json", CFG, engine=engine)
+    summary = refine_coco(d / "coarse.json", coco_dir / "images", d / "refined.json", CFG, engine=engine)
     return d, summary, json.loads((d / "refined.json").read_text())
 
 
@@ -105,7 +105,9 @@ def test_output_loads_in_pycocotools(refined):
     assert len(dt.getAnnIds()) == len(good)
 
 
-def test_resume_skips_journaled_images_and_gives_the_same_file(refined, coco100_dir, engine, tmp_path):
+def test_resume_skips_journaled_images_and_gives_the_same_file(refined, coco_dir, engine, tmp_path):
+    """Resume survives a torn last line, and never mixes: an image whose file changed since it
+    was journaled is refined again (and reported), other SAM weights start over."""
     d, _, out = refined
     src = d / "coarse.json"
     target = tmp_path / "again.json"
@@ -113,19 +115,35 @@ def test_resume_skips_journaled_images_and_gives_the_same_file(refined, coco100_
     from refine.instances import _settings_digest
     from pseudolabel.core.images import file_sha256
 
-    first_img = out["images"][0]["id"]
-    done = [a for a in out["annotations"] if a["image_id"] == first_img and "refine_iou" in a]
-    part.write_text(json.dumps({"digest": _settings_digest(file_sha256(src), CFG)}) + "\n"
-                    + json.dumps({"image_id": first_img, "annotations": done, "kept": 0}) + "\n"
-                    + '{"image_id": 12, "annot')  # a line cut by a crash
-    summary = refine_coco(src, coco100_dir / "images", target, CFG, engine=engine)
-    assert summary.resumed_images == 1 and summary.refined_images == 1
-    again = json.loads(target.read_text())
-    assert again["annotations"] == out["annotations"]
+    first = out["images"][0]
+    done = [a for a in out["annotations"] if a["image_id"] == first["id"] and "refine_iou" in a]
+    fake = [{**a, "area": -1.0} for a in done]  # what a run with other weights or pixels left
+
+    def journal(sam: dict, sha: str, anns: list) -> None:
+        part.write_text(json.dumps({"digest": _settings_digest(file_sha256(src), CFG, sam)}) + "\n"
+                        + json.dumps({"image_id": first["id"], "sha256": sha, "annotations": anns, "kept": 0})
+                        + "\n" + '{"image_id": 12, "annot')  # a line cut by a crash
+
+    sha = file_sha256(coco_dir / "images" / first["file_name"])
+    journal(engine.info(), sha, done)
+    summary = refine_coco(src, coco_dir / "images", target, CFG, engine=engine)
+    assert summary.resumed_images == 1 and summary.refined_images == 1 and not summary.changed
+    assert json.loads(target.read_text())["annotations"] == out["annotations"]
     assert not part.exists()
 
+    journal(engine.info(), "0" * 64, fake)  # the image file changed since it was journaled
+    summary = refine_coco(src, coco_dir / "images", target, CFG, engine=engine)
+    assert summary.changed == [first["id"]] and summary.resumed_images == 0 and summary.refined_images == 2
+    assert any("changed" in line for line in summary.lines())
+    assert json.loads(target.read_text())["annotations"] == out["annotations"]
 
-def test_cached_embedding_gives_the_results_of_re_encoding(coarse, coco100_dir, engine, tmp_path):
+    journal({**engine.info(), "checkpoint_sha256": "f" * 64}, sha, fake)  # other SAM weights
+    summary = refine_coco(src, coco_dir / "images", target, CFG, engine=engine)
+    assert summary.resumed_images == 0 and summary.refined_images == 2
+    assert json.loads(target.read_text())["annotations"] == out["annotations"]
+
+
+def test_cached_embedding_gives_the_results_of_re_encoding(coarse, coco_dir, engine, tmp_path):
     from pseudolabel.core.cache import CacheReader
     from pseudolabel.proposals.run import ProposalConfig, run_proposals
 
@@ -138,10 +156,10 @@ def test_cached_embedding_gives_the_results_of_re_encoding(coarse, coco100_dir, 
         a["point"] = [x + w / 2, y + h / 2]
     (tmp_path / "points.json").write_text(json.dumps(pts))
     (tmp_path / "coarse.json").write_text(json.dumps(one))
-    run_proposals(tmp_path / "points.json", coco100_dir / "images", tmp_path / "cache",
+    run_proposals(tmp_path / "points.json", coco_dir / "images", tmp_path / "cache",
                   ProposalConfig(engine="sam_tiny", checkpoint="none", precision="fp32", save_embeddings=True),
                   engine=engine)
-    images = coco100_dir / "images"
+    images = coco_dir / "images"
     assert CFG.rules.fp16_embeddings is False  # the official code keeps fresh embeddings fp32
     cfg16 = dataclasses.replace(CFG, fp16_embeddings=True)
     cached = refine_coco(tmp_path / "coarse.json", images, tmp_path / "a.json",
@@ -163,7 +181,7 @@ def test_cached_embedding_gives_the_results_of_re_encoding(coarse, coco100_dir, 
     assert a == b
 
 
-def test_semantic_label_maps(coarse, coco100_dir, engine, tmp_path):
+def test_semantic_label_maps(coarse, coco_dir, engine, tmp_path):
     img = coarse["images"][0]
     h, w = img["height"], img["width"]
     labels = np.zeros((h, w), dtype=np.uint8)
@@ -179,7 +197,7 @@ def test_semantic_label_maps(coarse, coco100_dir, engine, tmp_path):
     Image.fromarray(np.full((h, w), 7, np.uint8), mode="L").save(src / "unknown.png")  # label 7 > 2
     Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(src / "colour.png")
     out = tmp_path / "out"
-    summary = refine_semantic(src, coco100_dir / "images", out, CFG, SemanticConfig(num_classes=3), engine=engine)
+    summary = refine_semantic(src, coco_dir / "images", out, CFG, SemanticConfig(num_classes=3), engine=engine)
     assert summary.refined == 1 and summary.regions >= 2
     assert {name for name, _ in summary.failed} == {"unknown.png", "colour.png"}
     assert any("outside 0..2" in r for _, r in summary.failed)
@@ -188,14 +206,14 @@ def test_semantic_label_maps(coarse, coco100_dir, engine, tmp_path):
     got = np.asarray(res)
     assert got.shape == (h, w) and set(np.unique(got)) <= {0, 1, 2, 255}
     assert not (out / "unknown.png").exists() and not (out / "colour.png").exists()
-    again = refine_semantic(src, coco100_dir / "images", out, CFG, SemanticConfig(num_classes=3), engine=engine)
+    again = refine_semantic(src, coco_dir / "images", out, CFG, SemanticConfig(num_classes=3), engine=engine)
     assert again.skipped_existing == 1 and again.refined == 0
 
 
-def test_adapter_trains_saves_and_applies(refined, coco100_dir, engine, tmp_path):
+def test_adapter_trains_saves_and_applies(refined, coco_dir, engine, tmp_path):
     d, _, _ = refined
     path = tmp_path / "adapter.pt"
-    summary = adapt_coco(d / "coarse.json", coco100_dir / "images", path, CFG,
+    summary = adapt_coco(d / "coarse.json", coco_dir / "images", path, CFG,
                          AdaptConfig(batch_size=2, lr=0.5), engine=engine)
     assert summary.objects == 5 and summary.history["steps"] >= 1
     state = torch.load(path, weights_only=True)
@@ -213,11 +231,11 @@ def test_adapter_trains_saves_and_applies(refined, coco100_dir, engine, tmp_path
     assert isinstance(engine.model.mask_decoder.iou_prediction_head.layers[-1], torch.nn.Linear)
 
 
-def test_bad_input_stops_with_one_sentence(coco100_dir, engine, tmp_path):
+def test_bad_input_stops_with_one_sentence(coco_dir, engine, tmp_path):
     with pytest.raises(InputError, match="does not exist"):
-        refine_coco(tmp_path / "missing.json", coco100_dir / "images", tmp_path / "o.json", CFG, engine=engine)
+        refine_coco(tmp_path / "missing.json", coco_dir / "images", tmp_path / "o.json", CFG, engine=engine)
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(InputError, match="must differ"):
-        refine_coco(tmp_path / "x.json", coco100_dir / "images", tmp_path / "x.json", CFG, engine=engine)
+        refine_coco(tmp_path / "x.json", coco_dir / "images", tmp_path / "x.json", CFG, engine=engine)
     with pytest.raises(InputError, match="iters"):
         RefineConfig(iters=0)

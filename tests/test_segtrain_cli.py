@@ -38,8 +38,8 @@ def run_sap(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture
-def tiny(coco100, coco100_dir, tmp_path):
-    sub = subset_coco(coco100, 2, max_anns=3)
+def tiny(coco_gt, coco_dir, tmp_path):
+    sub = subset_coco(coco_gt, 2, max_anns=3)
     first = [a for a in sub["annotations"] if a["image_id"] == sub["images"][0]["id"]]
     first[0]["alternatives"] = [a["segmentation"] for a in first[1:]]  # as `sap select` writes them
     gt = tmp_path / "train.json"
@@ -47,7 +47,7 @@ def tiny(coco100, coco100_dir, tmp_path):
     cfg = tmp_path / "train.yaml"
     cfg.write_text("workers: 0\nlog_period: 1\nmodel:\n  fpn_channels: 32\n  head_channels: 32\n"
                    "  head_convs: 1\n  mask_channels: 32\n  kernel_dim: 32\n")
-    return gt, coco100_dir / "images", cfg
+    return gt, coco_dir / "images", cfg
 
 
 def test_train_then_predict(monkeypatch, capsys, tiny, tmp_path):

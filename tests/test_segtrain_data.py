@@ -20,26 +20,26 @@ def _write(tmp_path, coco: dict, name: str = "train.json"):
     return path
 
 
-def test_load_dataset_skips_and_counts_empty_masks_and_crowds(small_gt, coco100_dir, tmp_path):
+def test_load_dataset_skips_and_counts_empty_masks_and_crowds(small_gt, coco_dir, tmp_path):
     coco = json.loads(small_gt.read_text())
     im = coco["images"][0]
     first = [a for a in coco["annotations"] if a["image_id"] == im["id"]]
     first[0]["segmentation"] = encode_mask(np.zeros((im["height"], im["width"]), np.uint8))
     first[1]["iscrowd"] = 1
-    records, cats, stats = load_dataset(_write(tmp_path, coco), coco100_dir / "images")
+    records, cats, stats = load_dataset(_write(tmp_path, coco), coco_dir / "images")
     assert stats.empty_masks == 1 and stats.crowd == 1
     assert stats.instances == len(coco["annotations"]) - 2
     assert len(cats.ids) == 80 and cats.ids == sorted(cats.ids)
     assert "1 empty masks skipped" in stats.summary()
 
 
-def test_missing_images_are_one_sentence_or_skipped_and_counted(small_gt, coco100_dir, tmp_path):
+def test_missing_images_are_one_sentence_or_skipped_and_counted(small_gt, coco_dir, tmp_path):
     coco = json.loads(small_gt.read_text())
     coco["images"][1]["file_name"] = "not_there.jpg"
     path = _write(tmp_path, coco)
     with pytest.raises(InputError, match=r"1 of 3 images .* missing .*not_there\.jpg"):
-        load_dataset(path, coco100_dir / "images")
-    records, _, stats = load_dataset(path, coco100_dir / "images", missing="skip")
+        load_dataset(path, coco_dir / "images")
+    records, _, stats = load_dataset(path, coco_dir / "images", missing="skip")
     assert stats.images_missing == 1 and len(records) == 2
 
 
@@ -64,8 +64,8 @@ def test_min_size_parsing_and_resize():
     assert resized_hw(100, 1000, 800, 1333) == (133, 1333)  # long side capped
 
 
-def test_train_samples_are_a_function_of_index_and_seed_and_flip_mirrors(small_gt, coco100_dir):
-    records, cats, _ = load_dataset(small_gt, coco100_dir / "images")
+def test_train_samples_are_a_function_of_index_and_seed_and_flip_mirrors(small_gt, coco_dir):
+    records, cats, _ = load_dataset(small_gt, coco_dir / "images")
     plain = TrainDataset(records, (96,), 200, flip_prob=0.0)
     flipped = TrainDataset(records, (96,), 200, flip_prob=1.0)
     a, b = plain[(0, 7)], plain[(0, 7)]
@@ -85,14 +85,14 @@ def test_train_samples_are_a_function_of_index_and_seed_and_flip_mirrors(small_g
     assert abs(xs.min().item() * 4 - a.targets.boxes[0, 0].item()) <= 4
 
 
-def test_alternatives_are_loaded_by_rank(small_gt, coco100_dir, tmp_path):
+def test_alternatives_are_loaded_by_rank(small_gt, coco_dir, tmp_path):
     coco = json.loads(small_gt.read_text())
     anns = coco["annotations"]
     im0 = coco["images"][0]["id"]
     first = [a for a in anns if a["image_id"] == im0]
     others = [a["segmentation"] for a in first[1:]]
     first[0]["alternatives"] = others  # ranks 2, 3, ... (3 alternatives at most here)
-    records, _, stats = load_dataset(_write(tmp_path, coco), coco100_dir / "images")
+    records, _, stats = load_dataset(_write(tmp_path, coco), coco_dir / "images")
     assert stats.with_alternatives == 1
     ds = TrainDataset(records, (96,), 200, flip_prob=0.0, alt_ranks=(2, 4, 6))
     s = ds[(0, 0)]

@@ -34,10 +34,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 NARROW = dict(fpn_channels=64, head_channels=64, head_convs=2, mask_channels=32, kernel_dim=64)
 
 
-def test_resnet18_learns_masks_of_two_coco_images(coco100, coco100_dir, tmp_path):
+def test_resnet18_learns_masks_of_two_coco_images(coco_gt, coco_dir, tmp_path):
     gt = tmp_path / "gt.json"
-    gt.write_text(json.dumps(subset_coco(coco100, 2, max_anns=4)))
-    images = coco100_dir / "images"
+    gt.write_text(json.dumps(subset_coco(coco_gt, 2, max_anns=4)))
+    images = coco_dir / "images"
     cfg = TrainConfig(train=str(gt), images=str(images), out=str(tmp_path / "run"), val=str(gt),
                       val_images=str(images), backbone="resnet18", backbone_weights="none", iters=100, batch=2,
                       base_lr=0.02, base_batch=2, min_size="160", max_size=267, flip_prob=0.0, workers=0,

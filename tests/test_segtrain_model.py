@@ -69,11 +69,11 @@ def test_backbone_weights_from_a_file_select_frozen_bn(tmp_path):
 
 
 @pytest.fixture
-def tiny_run(coco100, coco100_dir, tmp_path):
-    sub = subset_coco(coco100, 2, max_anns=3)
+def tiny_run(coco_gt, coco_dir, tmp_path):
+    sub = subset_coco(coco_gt, 2, max_anns=3)
     gt = tmp_path / "train.json"
     gt.write_text(json.dumps(sub))
-    cfg = TrainConfig(train=str(gt), images=str(coco100_dir / "images"), out=str(tmp_path / "a"),
+    cfg = TrainConfig(train=str(gt), images=str(coco_dir / "images"), out=str(tmp_path / "a"),
                       backbone="resnet18", backbone_weights="none", iters=4, batch=2, base_lr=0.01, base_batch=2,
                       min_size="64,80", max_size=120, workers=0, log_period=1, checkpoint_period=2, model=TINY)
     return cfg

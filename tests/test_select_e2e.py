@@ -27,16 +27,16 @@ FAST = SelectConfig(epochs=1, backbone="resnet18", backbone_weights="none", min_
 
 
 @pytest.fixture(scope="module")
-def data(coco100, coco100_dir, tmp_path_factory):
+def data(coco_gt, coco_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("select")
-    gt = subset_coco(coco100, 2, max_anns=4)
+    gt = subset_coco(coco_gt, 2, max_anns=4)
     points, _ = derive_points(gt, "center", seed=0)
     ann = root / "points.json"
     ann.write_text(json.dumps(points))
     bags = synthetic_bags(gt, points, seed=0)
-    cache = write_bags_cache(root / "cache", points, bags, coco100_dir / "images")
+    cache = write_bags_cache(root / "cache", points, bags, coco_dir / "images")
     return SimpleNamespace(root=root, gt=gt, points=points, ann=ann, bags=bags, cache=cache,
-                           images=coco100_dir / "images")
+                           images=coco_dir / "images")
 
 
 @pytest.fixture(scope="module")

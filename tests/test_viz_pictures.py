@@ -65,16 +65,16 @@ def test_draw_instances_fills_outlines_and_marks_the_point():
     assert not img.any()  # the input is not modified
 
 
-def test_overlays_have_image_size_and_instance_colours(small_gt, coco100_dir, tmp_path):
+def test_overlays_have_image_size_and_instance_colours(small_gt, coco_dir, tmp_path):
     gt = json.loads(small_gt.read_text())
-    report = render_overlays(gt, coco100_dir / "images", tmp_path / "viz", limit=2, alpha=ALPHA, labels=False)
+    report = render_overlays(gt, coco_dir / "images", tmp_path / "viz", limit=2, alpha=ALPHA, labels=False)
     assert not report.failed and len(report.written) == 2
     for im in gt["images"][:2]:
         path = tmp_path / "viz" / f"{im['file_name'].rsplit('.', 1)[0]}.png"
         assert path in report.written
         got = _png(path)
         assert got.shape == (im["height"], im["width"], 3)
-        original = load_image_rgb(coco100_dir / "images" / im["file_name"], (im["width"], im["height"])).astype(np.float64)
+        original = load_image_rgb(coco_dir / "images" / im["file_name"], (im["width"], im["height"])).astype(np.float64)
         masks = _masks(gt, im)
         for ann_id in masks:
             where = _only_here(masks, ann_id)
@@ -86,7 +86,7 @@ def test_overlays_have_image_size_and_instance_colours(small_gt, coco100_dir, tm
         assert np.array_equal(got[background], original[background].astype(np.uint8))
 
 
-def test_side_by_side_panels_and_point_detail(small_gt, coco100_dir, tmp_path):
+def test_side_by_side_panels_and_point_detail(small_gt, coco_dir, tmp_path):
     gt = json.loads(small_gt.read_text())
     im = gt["images"][0]
     masks = _masks(gt, im)
@@ -99,18 +99,18 @@ def test_side_by_side_panels_and_point_detail(small_gt, coco100_dir, tmp_path):
               rles=[encode_mask(mask.astype(np.uint8)), encode_mask(half.astype(np.uint8))],
               scores=[0.8, 0.95], kinds=["point", "point"], ranks=[0, 1])
     one = {**gt, "images": [im], "annotations": [a for a in gt["annotations"] if a["image_id"] == im["id"]]}
-    report = render_side_by_side(coco100_dir / "images", tmp_path / "sbs", gt=one, selected=one,
+    report = render_side_by_side(coco_dir / "images", tmp_path / "sbs", gt=one, selected=one,
                                  bags={im["id"]: [bag]}, panel_width=200)
     assert not report.failed and len(report.written) == 1
     sheet = _png(report.written[0])
     assert sheet.shape[1] == 3 * 200 + 2 * 4  # proposals | selected | GT, 4-px gaps
-    detail = render_side_by_side(coco100_dir / "images", tmp_path / "sbs", gt=one, bags={im["id"]: [bag]},
+    detail = render_side_by_side(coco_dir / "images", tmp_path / "sbs", gt=one, bags={im["id"]: [bag]},
                                  ann_ids=[ann_id], panel_width=200)
     assert detail.written == [tmp_path / "sbs" / f"ann_{ann_id}.png"]
     assert _png(detail.written[0]).shape[1] == 3 * 200 + 2 * 4  # two proposals | GT
 
 
-def test_disagreement_sheet_starts_with_the_worst_image(small_gt, coco100_dir, tmp_path):
+def test_disagreement_sheet_starts_with_the_worst_image(small_gt, coco_dir, tmp_path):
     gt = json.loads(small_gt.read_text())
     other = json.loads(json.dumps(gt))
     worst = gt["images"][1]["id"]
@@ -119,21 +119,21 @@ def test_disagreement_sheet_starts_with_the_worst_image(small_gt, coco100_dir, t
         if a["image_id"] == worst:
             h, w = sizes[worst]
             a["segmentation"] = encode_mask(np.roll(decode_rle(segmentation_to_rle(a["segmentation"], h, w)), 40, axis=1))
-    path, rows, report = render_disagreement_sheet(gt, other, coco100_dir / "images", tmp_path / "worst.png",
+    path, rows, report = render_disagreement_sheet(gt, other, coco_dir / "images", tmp_path / "worst.png",
                                                    n=2, cols=1, tile_width=400)
     assert rows[0]["image_id"] == worst and rows[0]["mean_iou"] < 1.0 and rows[1]["mean_iou"] == 1.0
     sheet = _png(path)
     assert sheet.shape[1] == 400 and len(rows) == 2
 
 
-def test_cli_viz_overlay_and_bad_input(small_gt, coco100_dir, tmp_path, monkeypatch, capsys):
-    rc = run_cli(["viz", "overlay", "--ann", str(small_gt), "--images", str(coco100_dir / "images"),
+def test_cli_viz_overlay_and_bad_input(small_gt, coco_dir, tmp_path, monkeypatch, capsys):
+    rc = run_cli(["viz", "overlay", "--ann", str(small_gt), "--images", str(coco_dir / "images"),
                "--out", str(tmp_path / "o"), "--limit", "1"], monkeypatch)
     assert rc == 0 and len(list((tmp_path / "o").glob("*.png"))) == 1
     capsys.readouterr()
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2")
-    rc = run_cli(["viz", "disagree", str(small_gt), str(bad), "--images", str(coco100_dir / "images"),
+    rc = run_cli(["viz", "disagree", str(small_gt), str(bad), "--images", str(coco_dir / "images"),
                "--out", str(tmp_path / "s.png")], monkeypatch)
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: ") and len(err.splitlines()) == 1
