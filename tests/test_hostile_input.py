@@ -1,0 +1,296 @@
+"""Hostile input against the command line of every stage: one sentence, exit 2, nothing written.
+
+Each case corrupts one thing — a mask's RLE, an image entry, a point, a category, the output
+path, a checkpoint, a number — and runs the stage's real command line. Every case must end in
+exit status 2 with a last stderr line ``error: ...`` that names the file (and the annotation or
+image where the fault is in one), no traceback, nothing at the target path (nor its lock), and
+within a time limit: a hang (pycocotools on a truncated RLE once spun forever) fails its case.
+
+The cases of one stage run in one helper process (tests/hostile_driver.py) that reports each
+case as it ends; the test holds the per-case time limit and kills the helper on a hang.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import queue
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import subset_coco
+from pseudolabel.core.lock import lock_path
+from pseudolabel.core.points import derive_points
+
+REPO = Path(__file__).resolve().parents[1]
+CASE_LIMIT_S = 60.0  # generous for a loaded 2-core machine; a validation takes milliseconds
+STAGES = ("proposals", "select", "refine", "train", "predict", "eval", "viz", "pipeline")
+TINY_SAM = ["--model", "tiny", "--checkpoint", "none", "--precision", "fp32"]
+BAD_ANN, BAD_IMG = 72, 86  # the annotation / image the data cases spoil (in tests/data/coco_cc_by)
+
+
+# ---- what each case does to the input ---------------------------------------------------------
+
+def _ann(coco: dict) -> dict:
+    return next(a for a in coco["annotations"] if a["id"] == BAD_ANN)
+
+
+def _img(coco: dict) -> dict:
+    return next(im for im in coco["images"] if im["id"] == BAD_IMG)
+
+
+def rle_garbage(coco: dict) -> None:
+    _ann(coco)["segmentation"]["counts"] = "garbage!!"
+
+
+def rle_truncated(coco: dict) -> None:
+    seg = _ann(coco)["segmentation"]
+    seg["counts"] = seg["counts"][: len(seg["counts"]) // 2]
+
+
+def rle_runs_overflow(coco: dict) -> None:  # valid characters, runs covering far more than H×W
+    _ann(coco)["segmentation"]["counts"] = "0" + "Z" * 6 + "1"
+
+
+def absurd_size(coco: dict) -> None:
+    _img(coco).update(width=10**6, height=10**6)
+
+
+def width_text(coco: dict) -> None:
+    _img(coco)["width"] = "512px"
+
+
+def point_string(coco: dict) -> None:
+    _ann(coco)["point"] = "12,30"
+
+
+def unknown_category(coco: dict) -> None:
+    _ann(coco)["category_id"] = 999
+
+
+MASK_FAULTS = {"rle_garbage": rle_garbage, "rle_truncated": rle_truncated, "rle_runs_overflow": rle_runs_overflow}
+IMAGE_FAULTS = {"absurd_size": absurd_size, "width_text": width_text}
+ID_OF = {**{k: f"annotation {BAD_ANN}" for k in MASK_FAULTS}, **{k: f"image {BAD_IMG}" for k in IMAGE_FAULTS},
+         "point_string": f"annotation {BAD_ANN}", "unknown_category": f"annotation {BAD_ANN}"}
+FAULTS = {**MASK_FAULTS, **IMAGE_FAULTS, "point_string": point_string, "unknown_category": unknown_category}
+
+# which data faults apply to which stage (the file each stage reads them from)
+DATA_CASES = {
+    "proposals": ["point_string", "unknown_category", *IMAGE_FAULTS],
+    "select": ["point_string", "unknown_category", *IMAGE_FAULTS],
+    "refine": [*MASK_FAULTS, *IMAGE_FAULTS, "unknown_category"],
+    "train": [*MASK_FAULTS, *IMAGE_FAULTS, "unknown_category"],
+    "predict": [*IMAGE_FAULTS, "unknown_category"],
+    "eval": [*MASK_FAULTS, *IMAGE_FAULTS, "unknown_category"],
+    "viz": [*MASK_FAULTS, *IMAGE_FAULTS],
+    "pipeline": [*MASK_FAULTS, *IMAGE_FAULTS, "unknown_category", "point_string"],
+}
+FILE_OUT = {"select", "refine", "predict", "eval"}  # the others write a folder
+OTHER_CASES = {
+    "proposals": ["out_wrong_kind", "out_under_file", "not_checkpoint", "bad_number"],
+    "select": ["out_wrong_kind", "out_under_file", "not_checkpoint", "bad_number"],
+    "refine": ["out_wrong_kind", "out_under_file", "not_checkpoint", "bad_number"],
+    "train": ["out_wrong_kind", "out_under_file", "not_checkpoint", "bad_number"],
+    "predict": ["out_wrong_kind", "out_under_file", "not_checkpoint", "bad_number"],
+    "eval": ["out_wrong_kind", "out_under_file", "missing_score"],
+    "viz": ["out_wrong_kind", "out_under_file", "bad_number"],
+    "pipeline": ["out_wrong_kind", "out_under_file", "not_checkpoint", "bad_number"],
+}
+ALL_CASES = [(s, c) for s in STAGES for c in DATA_CASES[s] + OTHER_CASES[s]]
+
+
+# ---- the valid world each case spoils one thing of ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def world(coco_gt, coco_dir, tmp_path_factory, tiny_engine):
+    """Valid inputs for every stage: ground truth, points, a proposal cache, a SOLOv2 checkpoint."""
+    from pseudolabel.core.config import to_jsonable
+    from pseudolabel.proposals.run import ProposalConfig, run_proposals
+    from segtrain.checkpoint import save_checkpoint
+    from segtrain.data import CategoryMap
+    from segtrain.model import SOLOv2, SOLOv2Config
+
+    d = tmp_path_factory.mktemp("hostile")
+    gt = subset_coco(coco_gt, 2)
+    assert BAD_ANN in {a["id"] for a in gt["annotations"]} and BAD_IMG in {i["id"] for i in gt["images"]}
+    points, _ = derive_points(gt, "center")
+    (d / "gt.json").write_text(json.dumps(gt))
+    (d / "points.json").write_text(json.dumps(points))
+    run_proposals(d / "points.json", coco_dir / "images", d / "cache", ProposalConfig(precision="fp32"),
+                  engine=tiny_engine)
+    cats = CategoryMap.from_coco(gt)
+    mcfg = SOLOv2Config(num_classes=len(cats.ids), backbone="resnet18", backbone_weights="none",
+                        head_channels=16, head_convs=1, fpn_channels=16, mask_channels=8, kernel_dim=8)
+    save_checkpoint(d / "model.pth", {"iter": 0, "model": SOLOv2(mcfg).state_dict(), "model_config": mcfg.to_dict(),
+                                      "categories": cats.to_dict(), "train_config": to_jsonable({})})
+    (d / "junk.pth").write_bytes(b"this is not a checkpoint\n" * 10)
+    (d / "a_file").write_text("a plain file\n")
+    return {"dir": d, "gt": gt, "points": points, "images": coco_dir / "images"}
+
+
+def _case(world: dict, stage: str, case: str, d: Path) -> dict:
+    """``{"argv", "target", "expect" (substrings of the error line), "before" (what the target
+    holds before: None = absent)}`` for one case, its files written under ``d``."""
+    w = world["dir"]
+    images = str(world["images"])
+    gt, points = copy.deepcopy(world["gt"]), copy.deepcopy(world["points"])
+    expect: list[str] = []
+    if case in FAULTS:
+        spoil_points = stage in ("proposals", "select") or (stage == "pipeline" and case == "point_string")
+        data = points if spoil_points else gt
+        FAULTS[case](data)
+        bad = d / ("points.json" if spoil_points else "gt.json")
+        bad.write_text(json.dumps(data))
+        expect = [bad.name, ID_OF[case]]
+    pts_file = str(d / "points.json") if (d / "points.json").exists() else str(w / "points.json")
+    gt_file = str(d / "gt.json") if (d / "gt.json").exists() else str(w / "gt.json")
+    out = d / ("out.json" if stage in FILE_OUT else "out")
+    if case == "out_wrong_kind":  # a folder where a file goes, a file where a folder goes
+        if stage in FILE_OUT:
+            out.mkdir()
+        else:
+            out.write_text("keep me\n")
+        expect = [out.name]
+    elif case == "out_under_file":
+        out = w / "a_file" / f"{stage}-{out.name}"
+        expect = ["a_file"]
+    junk = str(w / "junk.pth")
+    if case == "not_checkpoint":
+        expect = ["junk.pth"]
+    extra: list[str] = []
+    if stage == "proposals":
+        argv = ["proposals", "--ann", pts_file, "--images", images, "--out", str(out), *TINY_SAM]
+        if case == "not_checkpoint":
+            argv[argv.index("none")] = junk
+        if case == "bad_number":
+            extra, expect = ["--points-per-batch", "-1"], ["--points-per-batch"]
+    elif stage == "select":
+        argv = ["select", "--ann", pts_file, "--proposals", str(w / "cache"), "--out", str(out),
+                "--method", "sam-top1"]
+        if case == "not_checkpoint":
+            extra = ["--method", "mil", "--images", images, "--weights", junk, "--backbone", "resnet18"]
+        if case == "bad_number":
+            extra, expect = ["--method", "mil", "--images", images, "--epochs", "0"], ["--epochs"]
+    elif stage == "refine":
+        argv = ["refine", "--ann", gt_file, "--images", images, "--out", str(out), "--iters", "1", *TINY_SAM]
+        if case == "not_checkpoint":
+            argv[argv.index("none")] = junk
+        if case == "bad_number":
+            extra, expect = ["--iters", "0"], ["--iters"]
+    elif stage == "train":
+        argv = ["train", "--train", gt_file, "--images", images, "--out", str(out), "--backbone", "resnet18",
+                "--backbone-weights", "none", "--iters", "1", "--batch", "1", "--workers", "0",
+                "--min-size", "64", "--max-size", "96"]
+        if case == "not_checkpoint":
+            argv[argv.index("--backbone-weights") + 1] = junk
+        if case == "bad_number":
+            extra, expect = ["--lr", "nan"], ["--lr"]
+    elif stage == "predict":
+        argv = ["predict", "--weights", str(w / "model.pth"), "--images", images, "--out", str(out),
+                "--ann", gt_file, "--workers", "0", "--min-size", "64", "--max-size", "96"]
+        if case == "not_checkpoint":
+            argv[argv.index("--weights") + 1] = junk
+        if case == "bad_number":
+            extra, expect = ["--batch", "0"], ["--batch"]
+    elif stage == "eval":
+        pseudo = gt_file
+        gt_arg = str(w / "gt.json")
+        argv = ["eval", "--gt", gt_arg, "--pseudo", pseudo, "--out", str(out)]
+        if case == "missing_score":
+            results = [{"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": a["segmentation"]}
+                       for a in world["gt"]["annotations"]]
+            (d / "pred.json").write_text(json.dumps(results))
+            argv = ["eval", "--gt", gt_arg, "--pred", str(d / "pred.json"), "--out", str(out)]
+            expect = ["pred.json", "result 0"]
+    elif stage == "viz":
+        argv = ["viz", "overlay", "--ann", gt_file, "--images", images, "--out", str(out)]
+        if case == "bad_number":
+            extra, expect = ["--alpha", "nan"], ["--alpha"]
+    else:  # pipeline
+        cfg = {"images": images, "gt": gt_file, "out": str(out),
+               "sam": {"model": "tiny", "checkpoint": "none", "precision": "fp32", "device": "cpu"},
+               "select": {"method": "sam-top1"}, "refine": {"enabled": False},
+               "train": {"backbone": "resnet18", "backbone_weights": "none", "iters": 1, "batch": 1,
+                         "workers": 0, "min_size": "64", "max_size": 96}}
+        if case == "point_string":
+            cfg["points"] = pts_file
+        if case == "not_checkpoint":
+            cfg["sam"]["checkpoint"] = junk
+        if case == "bad_number":
+            cfg["train"]["base_lr"] = float("nan")
+            expect = ["--lr"]
+        (d / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
+        argv = ["pipeline", "--config", str(d / "pipeline.yaml"), "--until", "proposals"]
+    before = None
+    if out.is_dir():
+        before = sorted(p.name for p in out.iterdir())
+    elif out.is_file():
+        before = out.read_text()
+    return {"argv": argv + extra, "target": str(out), "expect": expect, "before": before}
+
+
+_RESULTS: dict[str, dict] = {}
+
+
+def _run_stage(world: dict, stage: str, tmp_root: Path) -> dict:
+    """Run every case of ``stage`` in one helper process; the results by case name."""
+    if stage in _RESULTS:
+        return _RESULTS[stage]
+    cases = {}
+    for case in DATA_CASES[stage] + OTHER_CASES[stage]:
+        d = tmp_root / stage / case
+        d.mkdir(parents=True)
+        cases[case] = _case(world, stage, case, d)
+    spec = tmp_root / stage / "cases.json"
+    spec.write_text(json.dumps([{"name": k, "argv": v["argv"]} for k, v in cases.items()]))
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "hostile_driver.py"), str(spec)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_root)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True).start()
+    results = {}
+    for name in cases:
+        try:
+            line = lines.get(timeout=CASE_LIMIT_S + (30 if not results else 0))  # + interpreter start
+        except queue.Empty:
+            proc.kill()
+            results[name] = {"hung": True}
+            break
+        if line is None:
+            results[name] = {"crashed": proc.wait() if proc.poll() is not None else None,
+                             "stderr": proc.stderr.read()[-2000:]}
+            break
+        rec = json.loads(line)
+        results[rec["name"]] = rec
+    proc.kill()
+    proc.wait()
+    _RESULTS[stage] = {name: {**cases[name], **results.get(name, {"not_run": True})} for name in cases}
+    return _RESULTS[stage]
+
+
+@pytest.mark.parametrize("stage,case", ALL_CASES, ids=[f"{s}-{c}" for s, c in ALL_CASES])
+def test_hostile_input_is_one_sentence_exit_2_and_leaves_nothing(stage, case, world, tmp_path_factory):
+    r = _run_stage(world, stage, tmp_path_factory.getbasetemp() / "hostile_runs")[case]
+    assert not r.get("hung"), f"{stage} hung on {case} (no answer within {CASE_LIMIT_S:.0f} s)"
+    assert "rc" in r, f"{stage} {case}: the helper stopped before this case ({r})"
+    err = r["stderr"]
+    assert "Traceback" not in err, err[-3000:]
+    assert r["rc"] == 2, f"exit {r['rc']}: {err[-2000:]}"
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("error: "), err
+    assert sum(ln.startswith("error: ") for ln in lines) == 1
+    for word in r["expect"]:
+        assert word in lines[-1], f"{word!r} not named in: {lines[-1]}"
+    assert r["seconds"] < CASE_LIMIT_S
+    target = Path(r["target"])
+    if r["before"] is None:
+        assert not target.exists(), f"{target} was left behind"
+    elif isinstance(r["before"], list):
+        assert sorted(p.name for p in target.iterdir()) == r["before"]
+    else:
+        assert target.read_text() == r["before"]
+    assert not lock_path(target).exists()
