@@ -1,4 +1,4 @@
-"""Benchmark of `sap eval`'s pseudo-label measurement on ../shared/data/coco_train2017_100.
+"""Benchmark of `sap eval`'s pseudo-label measurement on ../shared/data/coco_train2017_100 (or tests/data).
 
 Pseudo-labels are the ground-truth masks shifted a few pixels (so IoUs are not all 1). Reports
 annotations per second of :func:`evaluate_pseudo` with and without boundary IoU, and checks
@@ -18,7 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pseudolabel.evaluate.masks import boundary_dilation, boundary_iou, evaluate_pseudo
+from pseudolabel.evaluate.masks import boundary_dilation, boundary_iou
+from pseudolabel.evaluate.pseudo import evaluate_pseudo
 from pseudolabel.core.rle import decode_rle, encode_mask, segmentation_to_rle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ def naive_boundary_iou(g: np.ndarray, p: np.ndarray) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "coco_train2017_100")
+    ap.add_argument("--data", type=Path, default=next(p for p in (REPO.parent / "shared" / "data" / "coco_train2017_100", REPO / "tests" / "data" / "coco_cc_by") if p.is_dir()))
     ap.add_argument("--limit", type=int, default=None, help="at most this many annotations")
     args = ap.parse_args()
     gt = json.loads((args.data / "annotations.json").read_text())

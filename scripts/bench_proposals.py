@@ -36,7 +36,8 @@ from pseudolabel.proposals.run import ProposalConfig, run_proposals  # noqa: E40
 from pseudolabel.core.engines.loading import load_model as load_sam, save_random_checkpoint  # noqa: E402
 from pseudolabel.core.engines.sam1 import SamEngine  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data" / "coco_train2017_100"
+# the 100-image set beside the clone, else the photos committed for the tests
+DATA = next(p for p in (REPO.parent / "shared" / "data" / "coco_train2017_100", REPO / "tests" / "data" / "coco_cc_by") if p.is_dir())
 
 
 def point_file(n_images: int, out: Path) -> Path:

@@ -143,7 +143,7 @@ def rss_curve(data: Path, counts: list[int]) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "coco_train2017_100")
+    ap.add_argument("--data", type=Path, default=next(p for p in (REPO.parent / "shared" / "data" / "coco_train2017_100", REPO / "tests" / "data" / "coco_cc_by") if p.is_dir()))
     ap.add_argument("--images", type=int, default=3, help="images for the speed part (5: ~11 min on a busy 2-core CPU)")
     ap.add_argument("--engine", "--model", dest="model", default="sam_vit_b", help="an engine name (sap env)")
     ap.add_argument("--iters", type=int, default=5)

@@ -53,7 +53,7 @@ def oracle_annotations(gt: dict, bags: dict) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "coco_train2017_100")
+    ap.add_argument("--data", type=Path, default=next(p for p in (REPO.parent / "shared" / "data" / "coco_train2017_100", REPO / "tests" / "data" / "coco_cc_by") if p.is_dir()))
     ap.add_argument("--points", default="qc", help="point rule of `sap points` (qc, center, uniform)")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--backbone", default="resnet18")
