@@ -239,3 +239,18 @@ def test_bad_input_stops_with_one_sentence(coco_dir, engine, tmp_path):
         refine_coco(tmp_path / "x.json", coco_dir / "images", tmp_path / "x.json", CFG, engine=engine)
     with pytest.raises(InputError, match="iters"):
         RefineConfig(iters=0)
+
+
+def test_an_image_entry_that_fits_none_of_its_masks_fails_that_image(coarse, coco_dir, engine, tmp_path):
+    """A wrong width in the image entry is the image's fault, named as such (exit 1), not one
+    odd mask passed through with exit 0."""
+    sub = copy.deepcopy(coarse)
+    img = sub["images"][0]
+    img["width"] += 1
+    usable = [a for a in sub["annotations"] if a["image_id"] == img["id"] and isinstance(a["segmentation"], dict)]
+    sub["annotations"] = usable
+    sub["images"] = [img]
+    (tmp_path / "c.json").write_text(json.dumps(sub))
+    summary = refine_coco(tmp_path / "c.json", coco_dir / "images", tmp_path / "o.json", CFG, engine=engine)
+    assert [i for i, _ in summary.failed] == [img["id"]] and summary.refined == 0
+    assert "image entry" in summary.failed[0][1] and str(img["width"]) in summary.failed[0][1]

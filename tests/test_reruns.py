@@ -6,6 +6,7 @@ proposal cache's kill-and-resume in test_proposals.py.)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -186,3 +187,32 @@ def test_train_resume_survives_a_torn_metrics_line(tmp_path):
     path.write_text('{"iter": 20, "loss": 1.0}\n{"iter": 40, "loss": 0.5}\n{"iter": 60, "lo')
     _trim_metrics(path, 40)
     assert [json.loads(x)["iter"] for x in path.read_text().splitlines()] == [20, 40]
+
+
+def test_the_pipeline_reruns_proposals_for_a_changed_image_or_checkpoint(two_images, tmp_path):
+    from pseudolabel.core.sam_models import save_random_checkpoint
+    from pseudolabel.pipeline import Pipeline, PipelineConfig
+
+    points, images, pts = two_images
+    ckpt = save_random_checkpoint("tiny", tmp_path / "sam.pth", seed=1)
+
+    def run() -> dict[str, str]:
+        cfg = PipelineConfig(images=str(images), points=str(points), out=str(tmp_path / "run"),
+                             sam={"model": "tiny", "checkpoint": str(ckpt), "precision": "fp32", "device": "cpu"},
+                             proposals={"prompts": "point"})
+        return {r.stage: r.status for r in Pipeline(cfg).run_stages(until="proposals")}
+
+    cache = tmp_path / "run" / "2_proposals" / "cache"
+    assert run() == {"points": "ran", "proposals": "ran"}
+    assert run() == {"points": "skipped", "proposals": "skipped"}
+    _repaint(images / pts["images"][0]["file_name"])
+    assert run()["proposals"] == "ran"  # ... and the cache recomputed just that image
+    metrics = json.loads((tmp_path / "run" / "2_proposals" / "stage.json").read_text())["metrics"]
+    assert (metrics["images_computed"], metrics["images_changed"]) == (1, 1)
+    assert metrics["points"] == len(pts["annotations"])
+    save_random_checkpoint("tiny", ckpt, seed=2)  # same path, other weights: computed anew
+    assert run()["proposals"] == "ran"
+    metrics = json.loads((tmp_path / "run" / "2_proposals" / "stage.json").read_text())["metrics"]
+    assert metrics["images_computed"] == 2
+    with CacheReader(cache) as r:
+        assert r.config["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()

@@ -77,6 +77,7 @@ class Pipeline:
         self.cfg = cfg
         self.run = Path(cfg.out)
         self.records: dict[str, StageRecord] = {}
+        self._digests: dict[str, str | None] = {}  # content digests of the images and the SAM checkpoint
 
     # ---- bookkeeping -------------------------------------------------------------------------
     def stage_dir(self, stage: str) -> Path:
@@ -106,8 +107,10 @@ class Pipeline:
             raise InputError(f"stage {stage!r} has not run yet in {self.run}; run it first (drop --from)")
         return rec.outputs[key]
 
-    def stage_inputs(self, stage: str) -> dict[str, Any]:
-        """Everything that shapes ``stage``'s result (hashed into its digest)."""
+    def stage_inputs(self, stage: str, resumable: bool = False) -> dict[str, Any]:
+        """Everything that shapes ``stage``'s result (hashed into its digest). ``resumable``: less
+        what the stage's own resume checks by content (the image files, for the proposal cache),
+        so a changed image keeps the stage's folder and only that image is recomputed."""
         c = self.cfg
         upstream = {s: (self.records.get(s) or self._previous(s) or StageRecord(s, "", {}, {}, 0)).digest
                     for s in STAGES[:STAGES.index(stage)]}
@@ -122,6 +125,8 @@ class Pipeline:
                "train": {"train": c.train, "val": c.val, "val_images": c.val_images},
                "eval": {"gt": _file_digest(c.gt), "val": _file_digest(c.val)},
                "viz": {"viz": c.viz}}[stage]
+        if resumable:
+            own = {k: v for k, v in own.items() if k != "image_files"}
         return {"own": own, "upstream": upstream}
 
     def check(self) -> None:
@@ -166,12 +171,16 @@ class Pipeline:
     def _checkpoint_digest(self) -> str | None:
         """sha256 of the SAM checkpoint file the settings name (None: download or random weights)."""
         ckpt = self.cfg.sam.get("checkpoint")
-        return _file_digest(ckpt) if ckpt and Path(ckpt).is_file() else None
+        if "checkpoint" not in self._digests:
+            self._digests["checkpoint"] = _file_digest(ckpt) if ckpt and Path(ckpt).is_file() else None
+        return self._digests["checkpoint"]
 
     def _images_digest(self) -> str | None:
         """Digest of the content of every image the point (or ground-truth) file names, so a
-        changed image reruns the proposal stage (which recomputes just that image). File hashes
+        changed image reruns the proposal stage (whose cache recomputes just that image). File hashes
         are remembered in ``image_hashes.json`` by (size, mtime), so a rerun reads no image twice."""
+        if "images" in self._digests:  # once per run: stage_inputs asks for it for every stage
+            return self._digests["images"]
         source = self.cfg.points or self.cfg.gt
         if not source or not Path(source).is_file() or not self.cfg.images:
             return None
@@ -196,7 +205,8 @@ class Pipeline:
             hashes[name] = memo[name]["sha256"]
         if fresh and self.run.is_dir():
             write_json_atomic(memo_path, memo)
-        return _digest(hashes)
+        self._digests["images"] = _digest(hashes)
+        return self._digests["images"]
 
     def _prepare(self, stage: str, digest: str) -> None:
         """Give the stage its folder: kept when an interrupted run of the same settings left it
@@ -244,7 +254,7 @@ class Pipeline:
                 done.append(prev)
                 continue
             logger.info("stage %s ...", stage)
-            self._prepare(stage, digest)
+            self._prepare(stage, _digest(self.stage_inputs(stage, resumable=True)))
             t0 = time.perf_counter()
             outputs, metrics = STAGE_FUNCTIONS[stage](self)
             rec = StageRecord(stage, digest, {k: str(v) for k, v in outputs.items()}, to_jsonable(metrics),
@@ -279,7 +289,8 @@ def _proposals(p: Pipeline) -> tuple[dict, dict]:
     summary = run_proposals(p.output("points", "points"), p.cfg.images, cache, cfg)
     ov = cache_overview(cache)
     return {"cache": cache}, {"proposals": ov["proposals"], "points": ov["points"],
-                              "failed_images": len(ov["images_failed"]),
+                              "failed_images": len(ov["images_failed"]), "images_computed": summary.done,
+                              "images_changed": len(summary.changed),
                               "encoder_s_per_image": summary.encoder_s / max(summary.done, 1)}
 
 
