@@ -121,8 +121,8 @@ def load_torch_file(path: str | os.PathLike, what: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and truncation errors all mean "not a usable file"
-        raise InputError(f"{what} {path} is not a PyTorch file this version can read "
-                         f"({first_line(e)})") from None
+        raise InputError(f"{what} {path} cannot be read: it is not a PyTorch file this version can "
+                         f"load ({first_line(e)})") from None
 
 
 def check_torch_file(path: str | os.PathLike, what: str) -> Path:
