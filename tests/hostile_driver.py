@@ -2,7 +2,8 @@
 
 Usage: python tests/hostile_driver.py CASES.json — CASES is a list of ``{"name", "argv"}``. For
 each case it prints one JSON line ``{"name", "rc", "stderr", "seconds"}`` as soon as the case ends
-(so a hang shows which case hung: the parent holds the time limit).
+(so a hang shows which case hung: the parent holds the time limit), after a first line
+``{"ready": true}`` once the heavy imports are done.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ def run_case(argv: list[str]) -> tuple[int, str]:
 
 def main() -> None:
     cases = json.loads(Path(sys.argv[1]).read_text())
+    # every stage's heavy imports (torch, cv2, pycocotools, the stage packages) before the clock starts
+    import pseudolabel.pipeline  # noqa: F401
+    import segtrain.predict  # noqa: F401
+
+    print(json.dumps({"ready": True}), flush=True)
     for case in cases:
         t0 = time.perf_counter()
         rc, stderr = run_case(case["argv"])
