@@ -211,7 +211,7 @@ def refine_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str 
     if not images_dir.is_dir():
         raise InputError(f"image folder {images_dir} does not exist")
     if out.resolve() == ann.resolve():
-        raise InputError("--out must differ from --ann (the input is never overwritten)")
+        raise InputError(f"--out {out} must differ from --ann (the input is never overwritten)")
     coco = load_coco_json(ann)
     check_categories(coco, str(ann))
     check_output_file(out, "--out")

@@ -94,11 +94,11 @@ DATA_CASES = {
 FILE_OUT = {"select", "refine", "predict", "eval"}  # the others write a folder
 OTHER_CASES = {
     "proposals": ["out_wrong_kind", "out_under_file", "not_checkpoint", "bad_number"],
-    "select": ["out_wrong_kind", "out_under_file", "not_checkpoint", "bad_number"],
-    "refine": ["out_wrong_kind", "out_under_file", "not_checkpoint", "bad_number"],
+    "select": ["out_wrong_kind", "out_under_file", "out_is_input", "not_checkpoint", "bad_number"],
+    "refine": ["out_wrong_kind", "out_under_file", "out_is_input", "not_checkpoint", "bad_number"],
     "train": ["out_wrong_kind", "out_under_file", "not_checkpoint", "bad_number"],
-    "predict": ["out_wrong_kind", "out_under_file", "not_checkpoint", "bad_number"],
-    "eval": ["out_wrong_kind", "out_under_file", "missing_score"],
+    "predict": ["out_wrong_kind", "out_under_file", "out_is_input", "not_checkpoint", "bad_number"],
+    "eval": ["out_wrong_kind", "out_under_file", "out_is_input", "missing_score"],
     "viz": ["out_wrong_kind", "out_under_file", "bad_number"],
     "pipeline": ["out_wrong_kind", "out_under_file", "not_checkpoint", "bad_number"],
 }
@@ -160,6 +160,12 @@ def _case(world: dict, stage: str, case: str, d: Path) -> dict:
     elif case == "out_under_file":
         out = w / "a_file" / f"{stage}-{out.name}"
         expect = ["a_file"]
+    elif case == "out_is_input":  # the output would overwrite the command's own input
+        data = points if stage == "select" else gt
+        out = d / ("points.json" if stage == "select" else "gt.json")
+        out.write_text(json.dumps(data))
+        pts_file = gt_file = str(out)
+        expect = [out.name, "input"]
     junk = str(w / "junk.pth")
     if case == "not_checkpoint":
         expect = ["junk.pth"]

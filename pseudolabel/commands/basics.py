@@ -32,7 +32,7 @@ def points_cmd(
     from pseudolabel.core.io import check_output_file, write_json_atomic
     from pseudolabel.core.points import derive_points
 
-    check_output_file(out, "--out")
+    check_output_file(out, "--out", inputs=(gt,))
     points, counts = derive_points(load_coco_json(gt), mode=mode, seed=seed, source=str(gt))
     write_json_atomic(out, points)
     write_run_config(sidecar_path(out), "points", {"gt": str(gt), "mode": mode, "seed": seed}, counts=counts)

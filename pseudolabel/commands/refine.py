@@ -116,7 +116,7 @@ def refine_adapt_cmd(
     from refine.adapt import AdaptConfig, adapt_coco
     from refine.refiner import RefineConfig
 
-    check_output_file(out, "--out")
+    check_output_file(out, "--out", inputs=(ann,))
 
     file_refine, file_adapt = split_file_values(load_config_file(config), RefineConfig, AdaptConfig)
     cfg = resolve(RefineConfig(), file_refine, reference=reference, prompts=prompts, cebox_margin=cebox_margin,
@@ -143,8 +143,7 @@ def corrupt_cmd(
     from pseudolabel.core.io import check_output_file
     from refine.corrupt import CorruptConfig, corrupt_coco
 
-    check_output_file(out, "--out")
-
+    check_output_file(out, "--out", inputs=(gt,))
     cfg = resolve(CorruptConfig(), load_config_file(config), seed=seed, severity=severity)
     counts = corrupt_coco(gt, out, cfg)
     typer.echo(f"{counts['corrupted']} masks corrupted (seed {cfg.seed}, severity {cfg.severity}), "

@@ -183,7 +183,7 @@ def viz_disagree_cmd(
     from pseudolabel.viz import render_disagreement_sheet
 
     _check_viz_numbers(alpha=alpha, n=n, cols=cols)
-    check_output_file(out, "--out")
+    check_output_file(out, "--out", inputs=(a, b))
     names = tuple(name or []) + (a.stem, b.stem)[len(name or []):]
     coco_a, coco_b = load_coco_json(a), load_coco_json(b)
     check_segmentations(coco_a, str(a))

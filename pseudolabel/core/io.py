@@ -54,17 +54,25 @@ def _check_writable_folder(folder: Path, what: str, target: Path) -> None:
         raise InputError(f"{what} {target} cannot be written: {existing} is not writable ({e.strerror})") from None
 
 
-def check_output_file(path: str | os.PathLike, what: str = "the output") -> Path:
+def check_output_file(path: str | os.PathLike, what: str = "the output",
+                      inputs: tuple[str | os.PathLike | None, ...] = ()) -> Path:
     """Check, before any work, that a file can be written at ``path`` (nothing is created).
 
+    Args:
+        inputs: the command's input files: the output may not be one of them.
+
     Raises:
-        InputError: ``path`` is a folder, lies under a file, or its folder is not writable.
+        InputError: ``path`` is a folder, lies under a file, its folder is not writable, or it
+            is one of ``inputs`` (an input is never overwritten).
     """
     from .errors import InputError
 
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{what} {path} is a folder; give a file name")
+    for given in inputs:
+        if given is not None and Path(given).exists() and Path(given).resolve() == path.resolve():
+            raise InputError(f"{what} {path} is also an input of this command; an input is never overwritten")
     _check_writable_folder(path.parent, what, path)
     return path
 

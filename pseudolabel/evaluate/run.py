@@ -84,7 +84,7 @@ def run_eval(
     if not pseudo_paths and not pred_paths:
         raise InputError("give at least one --pseudo or --pred file to measure")
     if out is not None:
-        check_output_file(out, "--out")
+        check_output_file(out, "--out", inputs=(gt_path, *pseudo_paths, *pred_paths))
     gt = load_coco_json(gt_path)
     check_categories(gt, str(gt_path))
     all_paths = [*pseudo_paths, *pred_paths]

@@ -222,7 +222,7 @@ def run_select(ann: str | os.PathLike, proposals: str | os.PathLike, out: str | 
     """Check the options and the output path, then :func:`select_locked` holding ``OUT.lock``
     (rank 0 only under torchrun). Arguments as there."""
     check_select_options(cfg)
-    check_output_file(out, "--out")
+    check_output_file(out, "--out", inputs=(ann, proposals))
     if int(os.environ.get("RANK", 0)) != 0:
         return select_locked(ann, proposals, out, cfg, images)
     with output_lock(out):
