@@ -172,7 +172,7 @@ def test_the_full_demo_configuration_names_real_options(tmp_path):
     from segtrain.config import check_config
 
     for quick in (False, True):
-        cfg = demo_config(tmp_path, tmp_path / "a.json", tmp_path, "tiny", "none", None, False, quick=quick)
+        cfg = demo_config(tmp_path, tmp_path / "a.json", tmp_path, "sam_tiny", "none", None, False, quick=quick)
         ProposalConfig(**{**cfg.sam, **cfg.proposals})
         check_select_options(resolve(SelectConfig(), cfg.select))
         RefineConfig(**{k: v for k, v in cfg.refine.items() if k != "enabled"})

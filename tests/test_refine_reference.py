@@ -131,11 +131,9 @@ def test_dump_resumes_and_viz_draws_it(one_image, tmp_path, monkeypatch):
     # a partial file from an interrupted run made without --dump-prompts: its image is redone
     cfg = RefineConfig(engine="sam_tiny", checkpoint="none", precision="fp32", iters=2)
     sam = create_engine(cfg).info()  # what the run's engine reports: the weights' digest
-    partial_path(out).write_text(json.dumps({"digest": _settings_digest(file_sha256(src), cfg, sam)}) + "
-"
+    partial_path(out).write_text(json.dumps({"digest": _settings_digest(file_sha256(src), cfg, sam)}) + "\n"
                                  + json.dumps({"image_id": 30, "annotations": sub["annotations"], "kept": 0,
-                                               "sha256": file_sha256(DATA / "images" / "000000000030.jpg")}) + "
-")
+                                               "sha256": file_sha256(DATA / "images" / "000000000030.jpg")}) + "\n")
     rc, out, dump = _refine(one_image, tmp_path, monkeypatch)
     assert rc == 0 and len(dump.read_text().splitlines()) == 2 * len(sub["annotations"])
     viz = tmp_path / "viz"

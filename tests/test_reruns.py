@@ -91,13 +91,13 @@ def test_a_changed_image_is_recomputed_and_reported_and_select_refuses_stale_pro
 
 
 def test_a_changed_sam_checkpoint_is_refused_by_the_cache(two_images, tmp_path):
-    from pseudolabel.core.sam_models import save_random_checkpoint
+    from pseudolabel.core.engines.loading import save_random_checkpoint
 
     points, images, _ = two_images
-    ckpt = save_random_checkpoint("tiny", tmp_path / "sam.pth", seed=1)
-    cfg = ProposalConfig(model="tiny", checkpoint=str(ckpt), precision="fp32", device="cpu")
+    ckpt = save_random_checkpoint("sam_tiny", tmp_path / "sam.pth", seed=1)
+    cfg = ProposalConfig(engine="sam_tiny", checkpoint=str(ckpt), precision="fp32", device="cpu")
     run_proposals(points, images, tmp_path / "cache", cfg)
-    save_random_checkpoint("tiny", ckpt, seed=2)  # same path, other weights
+    save_random_checkpoint("sam_tiny", ckpt, seed=2)  # same path, other weights
     with pytest.raises(InputError, match="checkpoint_sha256"):
         run_proposals(points, images, tmp_path / "cache", cfg)
 
@@ -152,7 +152,7 @@ def test_a_second_writer_on_the_same_output_is_refused(two_images, tiny_engine, 
     proc = _holder(shard)  # stands for a `sap proposals` still writing this cache
     try:
         rc = run_cli(["proposals", "--ann", str(points), "--images", str(images), "--out", str(cache),
-                      "--model", "tiny", "--checkpoint", "none", "--precision", "fp32"], monkeypatch)
+                      "--engine", "sam_tiny", "--checkpoint", "none", "--precision", "fp32"], monkeypatch)
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and err[-1].startswith("error: ") and f"process {proc.pid}" in err[-1]
         assert str(lock_path(shard)) in err[-1] and not shard.exists()
@@ -190,15 +190,15 @@ def test_train_resume_survives_a_torn_metrics_line(tmp_path):
 
 
 def test_the_pipeline_reruns_proposals_for_a_changed_image_or_checkpoint(two_images, tmp_path):
-    from pseudolabel.core.sam_models import save_random_checkpoint
+    from pseudolabel.core.engines.loading import save_random_checkpoint
     from pseudolabel.pipeline import Pipeline, PipelineConfig
 
     points, images, pts = two_images
-    ckpt = save_random_checkpoint("tiny", tmp_path / "sam.pth", seed=1)
+    ckpt = save_random_checkpoint("sam_tiny", tmp_path / "sam.pth", seed=1)
 
     def run() -> dict[str, str]:
         cfg = PipelineConfig(images=str(images), points=str(points), out=str(tmp_path / "run"),
-                             sam={"model": "tiny", "checkpoint": str(ckpt), "precision": "fp32", "device": "cpu"},
+                             sam={"engine": "sam_tiny", "checkpoint": str(ckpt), "precision": "fp32", "device": "cpu"},
                              proposals={"prompts": "point"})
         return {r.stage: r.status for r in Pipeline(cfg).run_stages(until="proposals")}
 
@@ -210,7 +210,7 @@ def test_the_pipeline_reruns_proposals_for_a_changed_image_or_checkpoint(two_ima
     metrics = json.loads((tmp_path / "run" / "2_proposals" / "stage.json").read_text())["metrics"]
     assert (metrics["images_computed"], metrics["images_changed"]) == (1, 1)
     assert metrics["points"] == len(pts["annotations"])
-    save_random_checkpoint("tiny", ckpt, seed=2)  # same path, other weights: computed anew
+    save_random_checkpoint("sam_tiny", ckpt, seed=2)  # same path, other weights: computed anew
     assert run()["proposals"] == "ran"
     metrics = json.loads((tmp_path / "run" / "2_proposals" / "stage.json").read_text())["metrics"]
     assert metrics["images_computed"] == 2
