@@ -330,7 +330,8 @@ def _refine(p: Pipeline) -> tuple[dict, dict]:
     if not opts.pop("enabled", True):
         return {"labels": pseudo}, {"refined": 0, "note": "refinement disabled"}
 
-    sam = {k: v for k, v in p.cfg.sam.items() if k in ("engine", "checkpoint", "precision", "device")}
+    # "model": the deprecated spelling of the engine, as the proposal stage reads it too
+    sam = {k: v for k, v in p.cfg.sam.items() if k in ("engine", "model", "checkpoint", "precision", "device")}
     cfg = RefineConfig(**{**sam, "embeddings": p.output("proposals", "cache"), **opts})
     out = p.stage_dir("refine") / "refined.json"
     summary = refine_coco(pseudo, p.cfg.images, out, cfg)
