@@ -1,4 +1,5 @@
-"""Hostile input against the command line of every stage: one sentence, exit 2, nothing written.
+"""Hostile input against the command line of every stage (and of export, review and import):
+one sentence, exit 2, nothing written.
 
 Each case corrupts one thing — a mask's RLE, an image entry, a point, a category, the output
 path, a checkpoint, a number — and runs the stage's real command line. Every case must end in
@@ -32,8 +33,9 @@ from pseudolabel.core.points import derive_points
 REPO = Path(__file__).resolve().parents[1]
 CASE_LIMIT_S = 120.0  # generous for an overloaded 2-core machine; a validation takes milliseconds
 STARTUP_LIMIT_S = 600.0  # importing torch is not what is tested
-STAGES = ("proposals", "select", "refine", "train", "predict", "eval", "viz", "pipeline")
-TINY_SAM = ["--model", "tiny", "--checkpoint", "none", "--precision", "fp32"]
+STAGES = ("proposals", "select", "refine", "train", "predict", "eval", "viz", "pipeline", "export", "review",
+          "import")
+TINY_SAM = ["--engine", "sam_tiny", "--checkpoint", "none", "--precision", "fp32"]
 BAD_ANN, BAD_IMG = 72, 86  # the annotation / image the data cases spoil (in tests/data/coco_cc_by)
 
 
@@ -92,8 +94,12 @@ DATA_CASES = {
     "eval": [*MASK_FAULTS, *IMAGE_FAULTS, "unknown_category"],
     "viz": [*MASK_FAULTS, *IMAGE_FAULTS],
     "pipeline": [*MASK_FAULTS, *IMAGE_FAULTS, "unknown_category", "point_string"],
+    # a category unknown to export, review and import is reported by them, not an error
+    "export": [*MASK_FAULTS, *IMAGE_FAULTS],
+    "review": [*MASK_FAULTS, *IMAGE_FAULTS],
+    "import": [*MASK_FAULTS, *IMAGE_FAULTS],  # in the reviewed file
 }
-FILE_OUT = {"select", "refine", "predict", "eval"}  # the others write a folder
+FILE_OUT = {"select", "refine", "predict", "eval", "export", "import"}  # the others write a folder
 OTHER_CASES = {
     "proposals": ["out_wrong_kind", "out_under_file", "not_checkpoint", "bad_number"],
     "select": ["out_wrong_kind", "out_under_file", "out_is_input", "not_checkpoint", "bad_number"],
@@ -103,6 +109,9 @@ OTHER_CASES = {
     "eval": ["out_wrong_kind", "out_under_file", "out_is_input", "missing_score"],
     "viz": ["out_wrong_kind", "out_under_file", "bad_number"],
     "pipeline": ["out_wrong_kind", "out_under_file", "not_checkpoint", "bad_number"],
+    "export": ["out_wrong_kind", "out_under_file", "out_is_input", "bad_number"],
+    "review": ["out_wrong_kind", "out_under_file", "bad_number"],
+    "import": ["out_wrong_kind", "out_under_file"],  # --into: a folder that is no run, a path under a file
 }
 ALL_CASES = [(s, c) for s in STAGES for c in DATA_CASES[s] + OTHER_CASES[s]]
 
@@ -162,6 +171,8 @@ def _case(world: dict, stage: str, case: str, d: Path) -> dict:
     elif case == "out_under_file":
         out = w / "a_file" / f"{stage}-{out.name}"
         expect = ["a_file"]
+    elif stage == "import":  # the target: a valid COCO file, updated in place (or left as it was)
+        out.write_text(json.dumps(world["gt"]))
     elif case == "out_is_input":  # the output would overwrite the command's own input
         data = points if stage == "select" else gt
         out = d / ("points.json" if stage == "select" else "gt.json")
@@ -220,9 +231,19 @@ def _case(world: dict, stage: str, case: str, d: Path) -> dict:
         argv = ["viz", "overlay", "--ann", gt_file, "--images", images, "--out", str(out)]
         if case == "bad_number":
             extra, expect = ["--alpha", "nan"], ["--alpha"]
+    elif stage == "export":
+        argv = ["export", "--to", "coco-polygons", "--ann", gt_file, "--out", str(out)]
+        if case == "bad_number":
+            extra, expect = ["--tolerance", "nan"], ["--tolerance"]
+    elif stage == "review":
+        argv = ["review", "--ann", gt_file, "--images", images, "--out", str(out), "--no-thumbnails"]
+        if case == "bad_number":
+            extra, expect = ["--n", "0"], ["--n"]
+    elif stage == "import":
+        argv = ["import", "--from", "coco", gt_file, "--into", str(out)]
     else:  # pipeline
         cfg = {"images": images, "gt": gt_file, "out": str(out),
-               "sam": {"model": "tiny", "checkpoint": "none", "precision": "fp32", "device": "cpu"},
+               "sam": {"engine": "sam_tiny", "checkpoint": "none", "precision": "fp32", "device": "cpu"},
                "select": {"method": "sam-top1"}, "refine": {"enabled": False},
                "train": {"backbone": "resnet18", "backbone_weights": "none", "iters": 1, "batch": 1,
                          "workers": 0, "min_size": "64", "max_size": 96}}

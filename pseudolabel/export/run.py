@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pseudolabel.core.coco import load_coco_json
+from pseudolabel.core.coco import check_segmentations, load_coco_json
+from pseudolabel.core.config import check_range
 from pseudolabel.core.errors import InputError
+from pseudolabel.core.io import check_output_dir, check_output_file
 
 from .common import ExportReport
 
@@ -82,12 +84,25 @@ def run_export(fmt: str, ann: str | os.PathLike, images: str | os.PathLike | Non
     """Export the COCO file ``ann`` to ``fmt`` at ``out`` (a file, a folder, or a FiftyOne dataset name).
 
     Raises:
-        InputError: unknown format, unreadable input, an output that would overwrite the input.
+        InputError: unknown format, unreadable input or a malformed mask in it, an option out of
+            range, an output that cannot be written or would overwrite the input.
     """
+    options = options or ExportOptions()
     if fmt not in FORMATS:
         raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt != "fiftyone" and Path(out).resolve() == Path(ann).resolve():
-        raise InputError("--out must differ from --ann (the input is never overwritten)")
+        raise InputError(f"--out {out} is also the input --ann; the input is never overwritten")
     if fmt == "fiftyone" and images is None:
         raise InputError("a FiftyOne dataset needs the images: pass --images DIR")
-    return FORMATS[fmt](load_coco_json(ann), images, out, options or ExportOptions())
+    check_range(options.tolerance, "--tolerance", low=0.0)
+    check_range(options.min_iou, "--min-iou", low=0.0, high=1.0)
+    if fmt == "yolo-seg":
+        check_output_dir(out, "--out")
+    elif fmt != "fiftyone":
+        check_output_file(out, "--out", inputs=(ann,))
+    coco = load_coco_json(ann)
+    # garbage masks are one sentence naming the file; a mask made for another size is reported
+    check_segmentations(coco, str(ann), other_size_ok=True)
+    for path in (options.others or {}).values():
+        check_segmentations(load_coco_json(path), str(path), other_size_ok=True)
+    return FORMATS[fmt](coco, images, out, options)

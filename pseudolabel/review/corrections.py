@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from pseudolabel.core.coco import is_locked, load_coco_json, lock_annotation, with_locked
+from pseudolabel.core.coco import check_segmentations, is_locked, load_coco_json, lock_annotation, with_locked
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.io import write_json_atomic
 from pseudolabel.core.rle import decode_rle, encode_mask, rle_area, rle_to_bbox_xywh, segmentation_to_rle
@@ -91,6 +91,7 @@ def _read(source: str, path: Path, images: dict[Any, dict], by_name: dict[str, d
         return {"objects": [(i, image_id(n), lab, m) for i, n, lab, m in got["objects"]], "deleted": [],
                 "new": [(image_id(n), lab, m) for n, lab, m in got["new"]]}
     coco = load_coco_json(path)
+    check_segmentations(coco, str(path), other_size_ok=True)  # garbage is one sentence, not "no mask"
     objs = []
     for a in coco["annotations"]:
         img = images.get(a["image_id"])
@@ -116,10 +117,12 @@ def import_corrections(source: str, path: str | os.PathLike, into: str | os.Path
     if is_run_folder(into):
         files = run_files(into)
         target = load_coco_json(files.labels)
+        check_segmentations(target, str(files.labels), other_size_ok=True)
         out = files.corrections
         earlier = load_coco_json(out)["annotations"] if out.is_file() else []
     elif into.is_file():
         target, out, earlier = load_coco_json(into), into, []
+        check_segmentations(target, str(into), other_size_ok=True)
     else:
         raise InputError(f"--into {into} is neither a `sap pipeline` run folder nor a COCO JSON file")
     images = {img["id"]: img for img in target["images"]}
@@ -155,9 +158,13 @@ def import_corrections(source: str, path: str | os.PathLike, into: str | os.Path
             summary.no_mask.append(ann_id)
             continue
         rle = mask if isinstance(mask, dict) else encode_mask(np.asarray(mask, dtype=np.uint8))
-        before = ann.get("segmentation")
-        same = bool(before) and np.array_equal(decode_rle(segmentation_to_rle(before, img["height"], img["width"])),
-                                               decode_rle(rle)) and cat == ann.get("category_id")
+        try:  # the target's own mask may be made for another size: then it changed
+            before = segmentation_to_rle(ann["segmentation"], img["height"], img["width"]) \
+                if ann.get("segmentation") else None
+        except InputError:
+            before = None
+        same = before is not None and np.array_equal(decode_rle(before), decode_rle(rle)) \
+            and cat == ann.get("category_id")
         new = lock_annotation(ann, source, file=str(path), imported=when, changed=not same)
         new.update(segmentation=rle, bbox=rle_to_bbox_xywh(rle), area=float(rle_area(rle)), category_id=cat)
         locked.append(new)

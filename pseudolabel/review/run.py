@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pseudolabel.core.coco import load_coco_json, with_locked
+from pseudolabel.core.coco import check_segmentations, load_coco_json, with_locked
 from pseudolabel.core.config import write_run_config
 from pseudolabel.core.errors import InputError
-from pseudolabel.core.io import write_json_atomic
+from pseudolabel.core.io import check_output_dir, write_json_atomic
 
 from .page import image_href, write_page, write_thumbnails
 from .queue import build_queue, share_of_bad_in_top, write_worst
@@ -53,8 +53,15 @@ class ReviewSummary:
         return out
 
 
+def _load(path: Any) -> dict:
+    """A COCO file whose masks are well formed (a mask made for another size is a signal, not an error)."""
+    coco = load_coco_json(path)
+    check_segmentations(coco, str(path), other_size_ok=True)
+    return coco
+
+
 def _by_id(path: Any) -> dict[Any, dict] | None:
-    return {a["id"]: a for a in load_coco_json(path)["annotations"]} if path else None
+    return {a["id"]: a for a in _load(path)["annotations"]} if path else None
 
 
 def run_review(out: str | os.PathLike, ann: str | os.PathLike | None = None, run: str | os.PathLike | None = None,
@@ -82,9 +89,10 @@ def run_review(out: str | os.PathLike, ann: str | os.PathLike | None = None, run
         raise InputError(f"the image folder {images} does not exist: pass --images DIR")
     if n_worst < 1 or page_size < 1:
         raise InputError("--n and --page-size must be at least 1")
-    labels = load_coco_json(ann)
+    check_output_dir(out, "--out")
+    labels = _load(ann)
     if corrections is not None:
-        labels = with_locked(labels, load_coco_json(corrections)["annotations"])
+        labels = with_locked(labels, _load(corrections)["annotations"])
     bags = None
     if proposals is not None:
         from pseudolabel.core.bag_sources import load_bags
@@ -98,7 +106,7 @@ def run_review(out: str | os.PathLike, ann: str | os.PathLike | None = None, run
         for p in load_results_file(predictions):
             preds.setdefault(p["image_id"], []).append(p)
     ctx = Context(selected=_by_id(selected), sam_top1=_by_id(sam_top1), bags=bags, predictions=preds)
-    truth = load_coco_json(gt) if gt else None
+    truth = _load(gt) if gt else None
     items, runner = build_queue(labels, ctx, truth)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
