@@ -1,14 +1,14 @@
 """Benchmark of the review queue: does it put the wrong pseudo-labels first?
 
-Data: the 100-image COCO subset. Points come from the ground truth (P2BNet's quasi-centre rule);
-every point gets 6 synthetic SAM-like proposals made from its true mask (as in
-scripts/bench_select.py: parts, the object, the object merged with a neighbour, eroded, with a
-background band; predicted IoUs that favour the parts, stability 1), so every pseudo-label's
-quality is known. `sap select` makes pseudo-labels with SAM's top-1 and with a learned selector
-(`--method`, CPU-sized schedule), and the queue ranks them from the signals those files carry:
-SAM's predicted IoU and stability (from the cache), the selector's margin (when `sap select`
-writes one), the disagreement between SAM's top-1 and the selection, tiny and fragmented masks,
-and a click outside its mask. Refine's signals need a real SAM and are not measured here.
+Data: the 100-image COCO subset (../shared; the 6 committed test photos without it). Points come
+from the ground truth (P2BNet's quasi-centre rule); every point gets 6 synthetic SAM-like proposals
+made from its true mask (as in scripts/bench_select.py: parts, the object, the object merged with a
+neighbour, eroded, with a background band; predicted IoUs that favour the parts, stability 1), so
+every pseudo-label's quality is known. `sap select` makes pseudo-labels with SAM's top-1 and with a
+learned selector (`--method`, CPU-sized schedule), and the queue ranks them from the signals those
+files carry: SAM's predicted IoU and stability (from the cache), the selector's margin (when `sap
+select` writes one), the disagreement between SAM's top-1 and the selection, tiny and fragmented
+masks, and a click outside its mask. Refine's signals need a real SAM and are not measured here.
 
 Printed per set of pseudo-labels: how many have IoU < 0.5 against the truth, and the share of
 those in the first 20 % of the queue — for the combined risk, for each signal alone, for a
@@ -58,7 +58,8 @@ def measure(labels: dict, ctx: Context, gt: dict) -> tuple[list[str], list]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "coco_train2017_100")
+    ap.add_argument("--data", type=Path, default=next(p for p in (REPO.parent / "shared" / "data" / "coco_train2017_100",
+                                                                 REPO / "tests" / "data" / "coco_cc_by") if p.is_dir()))
     ap.add_argument("--method", default="sapnet", help="learned selector: sapnet | mil | none")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--backbone", default="resnet18")
