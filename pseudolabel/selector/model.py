@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torchvision.ops import MultiScaleRoIAlign
 
+from pseudolabel.core.backbones import RANDOM_SPECS
 from pseudolabel.core.resnet_fpn import FEATURE_NAMES, STRIDES, ResNetFPN, build_resnet_fpn
 from .roi import LevelRoIAlign
 
@@ -30,19 +31,31 @@ FC_DIM = 1024
 
 
 def build_backbone(name: str = "resnet50", weights: str | os.PathLike | None = "imagenet",
-                   bn: str = "official") -> tuple[ResNetFPN, str]:
-    """SAPNet's backbone: ResNet (stem and ``layer1`` frozen) + FPN of 256 channels with
-    GroupNorm(32) and P6 by a stride-2 conv on C5 (see :mod:`pseudolabel.core.resnet_fpn`).
+                   bn: str = "official", norm: str = "auto") -> tuple[ResNetFPN, str]:
+    """SAPNet's backbone: ResNet + FPN of 256 channels with GroupNorm(32) and P6 by a stride-2
+    conv on C5 (see :mod:`pseudolabel.core.resnet_fpn`).
+
+    With pretrained weights the body follows ``bn`` and its stem and ``layer1`` are frozen
+    (SAPNet's setting). From random weights (``norm="auto"``) the body gets GroupNorm and every
+    stage trains: BatchNorm statistics frozen at their random-init values and a frozen random
+    stem learn far less (measured in the README, "What the selector learns"); the official code
+    never trains from random weights, so no rule of :mod:`.reference` covers this case.
 
     Args:
         bn: ``"official"`` (BatchNorm2d: :meth:`SelectorNet.train` keeps its statistics frozen,
             its affine weights train in layers 2–4) or ``"frozen"`` (FrozenBatchNorm2d).
+        norm: ``"auto"`` (the rule above) or a body norm of
+            :data:`pseudolabel.core.resnet_fpn.NORMS`, e.g. the one a checkpoint was trained with
+            (``"gn"`` trains every stage).
 
     Returns:
         ``(module, weights_loaded)``; the module maps images to an ordered dict ``p2 … p6``.
     """
-    return build_resnet_fpn(name, weights, norm="frozen_bn" if bn == "frozen" else "bn", fpn_channels=FPN_CHANNELS,
-                            fpn_norm="gn", p6="conv", freeze_at=2, what="the selector's backbone")
+    random = str(weights).lower() in RANDOM_SPECS
+    if norm == "auto":
+        norm = "gn" if random else ("frozen_bn" if bn == "frozen" else "bn")
+    return build_resnet_fpn(name, weights, norm=norm, fpn_channels=FPN_CHANNELS, fpn_norm="gn", p6="conv",
+                            freeze_at=0 if norm == "gn" else 2, what="the selector's backbone")
 
 
 class SelectorNet(nn.Module):
@@ -55,17 +68,18 @@ class SelectorNet(nn.Module):
         backbone_weights: see :func:`~pseudolabel.core.resnet_fpn.build_resnet_fpn`.
         roi_align: ``"official"`` (:class:`.roi.LevelRoIAlign`) or ``"legacy"``.
         bn: ``"official"`` or ``"frozen"`` (see :func:`build_backbone`).
+        backbone_norm: see :func:`build_backbone` (``"auto"``, or a checkpoint's recorded norm).
     """
 
     def __init__(self, num_classes: int, stages: int = 2, backbone: str = "resnet50",
                  backbone_weights: str | os.PathLike | None = "imagenet", roi_align: str = "official",
-                 bn: str = "official") -> None:
+                 bn: str = "official", backbone_norm: str = "auto") -> None:
         super().__init__()
         if stages not in (1, 2):
             raise ValueError("stages must be 1 or 2")
         self.num_classes = num_classes
         self.stages = stages
-        self.backbone, self.backbone_weights = build_backbone(backbone, backbone_weights, bn=bn)
+        self.backbone, self.backbone_weights = build_backbone(backbone, backbone_weights, bn=bn, norm=backbone_norm)
         if roi_align == "legacy":
             self.roi_align = MultiScaleRoIAlign(list(FEATURE_NAMES), ROI_SIZE, sampling_ratio=2)
         else:

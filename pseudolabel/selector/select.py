@@ -118,7 +118,7 @@ def choose_learned(ctx: SelectContext) -> MethodResult:
     if cfg.weights:
         state = load_checkpoint(cfg.weights, ctx.categories, cfg)
         step = build_model(replace(cfg, backbone_weights="checkpoint"), len(ctx.categories),
-                           state.get("backbone_norm", "frozen_bn"))
+                           state.get("backbone_norm", "auto"))
         load_net_state(step, state)
         stats["weights"] = str(cfg.weights)
     else:

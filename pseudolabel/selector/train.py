@@ -44,11 +44,12 @@ def learning_rate(cfg: SelectConfig, world: int, epoch: int, it: int) -> float:
     return lr
 
 
-def build_model(cfg: SelectConfig, num_classes: int) -> SelectorStep:
+def build_model(cfg: SelectConfig, num_classes: int, backbone_norm: str = "auto") -> SelectorStep:
     """The selector for ``cfg.method`` (seeded, so every rank starts from the same weights)."""
     torch.manual_seed(cfg.seed)
     cfg = apply_reference(cfg)
-    net = SelectorNet(num_classes, cfg.stages, cfg.backbone, cfg.backbone_weights, cfg.rule_roi_align, cfg.rule_bn)
+    net = SelectorNet(num_classes, cfg.stages, cfg.backbone, cfg.backbone_weights, cfg.rule_roi_align, cfg.rule_bn,
+                      backbone_norm)
     return SelectorStep(net, cfg)
 
 
@@ -56,7 +57,8 @@ def save_checkpoint(path: Path, step: SelectorStep, categories: list[int], epoch
                     optimizer: torch.optim.Optimizer | None = None, scaler: Any = None) -> None:
     """Write the selector (and the training state) atomically."""
     state = {"format": CHECKPOINT_FORMAT, "model": step.net.state_dict(), "categories": categories,
-             "backbone": step.cfg.backbone, "stages": step.net.stages, "method": step.cfg.method,
+             "backbone": step.cfg.backbone, "backbone_norm": step.net.backbone.norm,
+             "stages": step.net.stages, "method": step.cfg.method,
              "epoch": epoch, "iter": it, "config": to_jsonable(step.cfg)}
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
