@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -24,16 +25,19 @@ FAST = SelectConfig(epochs=1, backbone="resnet18", backbone_weights="none", min_
                     batch_size=2, workers=0, npg_num=8)
 
 
+DATA = Path(__file__).parent / "data" / "coco_cc_by"  # runs on a fresh clone
+
+
 @pytest.fixture(scope="module")
-def data(coco100, coco100_dir, tmp_path_factory):
+def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("stream")
-    gt = subset_coco(coco100, 3, max_anns=3)
+    gt = subset_coco(json.loads((DATA / "annotations.json").read_text()), 3, max_anns=3)
     points, _ = derive_points(gt, "center", seed=0)
     ann = root / "points.json"
     ann.write_text(json.dumps(points))
     bags = synthetic_bags(gt, points, seed=0)
-    cache = write_bags_cache(root / "cache", points, bags, coco100_dir / "images")
-    return SimpleNamespace(root=root, points=points, ann=ann, bags=bags, cache=cache, images=coco100_dir / "images")
+    cache = write_bags_cache(root / "cache", points, bags, DATA / "images")
+    return SimpleNamespace(root=root, points=points, ann=ann, bags=bags, cache=cache, images=DATA / "images")
 
 
 def _same_bags(a, b) -> None:

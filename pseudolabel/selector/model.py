@@ -31,31 +31,35 @@ FC_DIM = 1024
 
 
 def build_backbone(name: str = "resnet50", weights: str | os.PathLike | None = "imagenet",
-                   bn: str = "official", norm: str = "auto") -> tuple[ResNetFPN, str]:
-    """SAPNet's backbone: ResNet + FPN of 256 channels with GroupNorm(32) and P6 by a stride-2
-    conv on C5 (see :mod:`pseudolabel.core.resnet_fpn`).
-
-    With pretrained weights the body follows ``bn`` and its stem and ``layer1`` are frozen
-    (SAPNet's setting). From random weights (``norm="auto"``) the body gets GroupNorm and every
-    stage trains: BatchNorm statistics frozen at their random-init values and a frozen random
-    stem learn far less (measured in the README, "What the selector learns"); the official code
-    never trains from random weights, so no rule of :mod:`.reference` covers this case.
+                   bn: str = "official", norm: str | None = None) -> tuple[ResNetFPN, str]:
+    """SAPNet's backbone: ResNet (stem and ``layer1`` frozen) + FPN of 256 channels with
+    GroupNorm(32) and P6 by a stride-2 conv on C5 (see :mod:`pseudolabel.core.resnet_fpn`).
 
     Args:
         bn: ``"official"`` (BatchNorm2d: :meth:`SelectorNet.train` keeps its statistics frozen,
             its affine weights train in layers 2–4) or ``"frozen"`` (FrozenBatchNorm2d).
-        norm: ``"auto"`` (the rule above) or a body norm of
-            :data:`pseudolabel.core.resnet_fpn.NORMS`, e.g. the one a checkpoint was trained with
-            (``"gn"`` trains every stage).
+        norm: None (the ``bn`` rule) or a body norm of :data:`pseudolabel.core.resnet_fpn.NORMS`
+            that overrides it; ``"gn"`` (GroupNorm, every stage trainable) is what
+            :func:`random_init_norm` picks for a backbone trained from random weights.
 
     Returns:
         ``(module, weights_loaded)``; the module maps images to an ordered dict ``p2 … p6``.
     """
-    random = str(weights).lower() in RANDOM_SPECS
-    if norm == "auto":
-        norm = "gn" if random else ("frozen_bn" if bn == "frozen" else "bn")
+    if norm is None:
+        norm = "frozen_bn" if bn == "frozen" else "bn"
     return build_resnet_fpn(name, weights, norm=norm, fpn_channels=FPN_CHANNELS, fpn_norm="gn", p6="conv",
                             freeze_at=0 if norm == "gn" else 2, what="the selector's backbone")
+
+
+def random_init_norm(weights: str | os.PathLike | None) -> str | None:
+    """``"gn"`` when the backbone trains from random weights (``none``), else None (the ``bn`` rule).
+
+    BatchNorm statistics frozen at their random-init values and a frozen random stem learn far
+    less than GroupNorm with every stage trained (measured in the README, "What the selector
+    learns"). SAPNet always starts from ImageNet weights, so no rule of :mod:`.reference`
+    covers this case (docs/fidelity.md).
+    """
+    return "gn" if weights is None or str(weights).lower() in RANDOM_SPECS else None
 
 
 class SelectorNet(nn.Module):
@@ -68,12 +72,12 @@ class SelectorNet(nn.Module):
         backbone_weights: see :func:`~pseudolabel.core.resnet_fpn.build_resnet_fpn`.
         roi_align: ``"official"`` (:class:`.roi.LevelRoIAlign`) or ``"legacy"``.
         bn: ``"official"`` or ``"frozen"`` (see :func:`build_backbone`).
-        backbone_norm: see :func:`build_backbone` (``"auto"``, or a checkpoint's recorded norm).
+        backbone_norm: ``norm`` of :func:`build_backbone` (None: the ``bn`` rule).
     """
 
     def __init__(self, num_classes: int, stages: int = 2, backbone: str = "resnet50",
                  backbone_weights: str | os.PathLike | None = "imagenet", roi_align: str = "official",
-                 bn: str = "official", backbone_norm: str = "auto") -> None:
+                 bn: str = "official", backbone_norm: str | None = None) -> None:
         super().__init__()
         if stages not in (1, 2):
             raise ValueError("stages must be 1 or 2")

@@ -26,7 +26,7 @@ from pseudolabel.core.io import atomic_path, load_torch_file
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 from .data import BagDataset, collate
 from .mil import PointChoice, SelectorStep
-from .model import SelectorNet
+from .model import SelectorNet, random_init_norm
 from .options import SelectConfig
 from .reference import apply_reference
 
@@ -44,10 +44,16 @@ def learning_rate(cfg: SelectConfig, world: int, epoch: int, it: int) -> float:
     return lr
 
 
-def build_model(cfg: SelectConfig, num_classes: int, backbone_norm: str = "auto") -> SelectorStep:
-    """The selector for ``cfg.method`` (seeded, so every rank starts from the same weights)."""
+def build_model(cfg: SelectConfig, num_classes: int, backbone_norm: str | None = "auto") -> SelectorStep:
+    """The selector for ``cfg.method`` (seeded, so every rank starts from the same weights).
+
+    ``backbone_norm``: ``"auto"`` (GroupNorm from random weights, else the ``bn`` rule, see
+    :func:`.model.random_init_norm`), a checkpoint's recorded norm, or None (the ``bn`` rule).
+    """
     torch.manual_seed(cfg.seed)
     cfg = apply_reference(cfg)
+    if backbone_norm == "auto":
+        backbone_norm = random_init_norm(cfg.backbone_weights)
     net = SelectorNet(num_classes, cfg.stages, cfg.backbone, cfg.backbone_weights, cfg.rule_roi_align, cfg.rule_bn,
                       backbone_norm)
     return SelectorStep(net, cfg)
