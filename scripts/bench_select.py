@@ -45,6 +45,7 @@ from pseudolabel.core.points import derive_points  # noqa: E402
 from pseudolabel.core.rle import rle_iou, segmentation_to_rle  # noqa: E402
 from pseudolabel.evaluate import compare, evaluate_pseudo, format_table  # noqa: E402
 from pseudolabel.selector import SelectConfig, run_select  # noqa: E402
+from pseudolabel.selector.reference import apply_reference  # noqa: E402
 from pseudolabel.selector.synthetic import LABELS, synthetic_bags, write_bags_cache  # noqa: E402
 
 #: the learnable benchmark's settings (CPU-sized; see the README for the measured run)
@@ -150,6 +151,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="folder for the outputs (default: temporary)")
+    ap.add_argument("--reuse", action="store_true", help="keep the selections already in --out (report again)")
     args = ap.parse_args()
     import torch
 
@@ -166,7 +168,9 @@ def main() -> None:
     ious = proposal_ious(gt, bags)
     ann = work / "points.json"
     ann.write_text(json.dumps(points))
-    cache = write_bags_cache(work / "cache", points, bags, images)
+    cache = work / "cache"
+    if not (args.reuse and cache.is_dir()):
+        cache = write_bags_cache(cache, points, bags, images)
     n_img, n_pts = len(bags), len(ious)
     scene = f"shapes (class by {args.class_by}, {args.size}px)" if args.scenes == "shapes" else "COCO photos"
     print(f"{scene}: {n_img} images, {n_pts} points, 6 synthetic proposals each ({', '.join(LABELS)}), "
@@ -183,17 +187,20 @@ def main() -> None:
     metrics, rows, results = {}, [], {}
     for name, flags in runs:
         method = name.split()[0]
+        out = work / f"{name.replace(' ', '')}.json"
         cpu0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        summary = run_select(ann, cache, work / f"{name.replace(' ', '')}.json",
-                             replace(base, method=method, work_dir=str(work / name.replace(" ", "")), **flags),
-                             images=images)
+        if args.reuse and out.is_file():
+            summary = None
+        else:
+            summary = run_select(ann, cache, out, replace(base, method=method, work_dir=str(work / name.replace(" ", "")),
+                                                          **flags), images=images)
         wall = time.perf_counter() - t
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-        anns = json.loads((work / f"{name.replace(' ', '')}.json").read_text())["annotations"]
+        anns = json.loads(out.read_text())["annotations"]
         metrics[name] = evaluate_pseudo(gt, anns, boundary=False)
         results[name] = anns
-        rows.append((name, wall, cpu, summary.stats.get("train_s")))
+        rows.append((name, wall, cpu, summary.stats.get("train_s") if summary else None))
     metrics["oracle"] = evaluate_pseudo(gt, oracle_annotations(bags, ious), boundary=False)
     all_ious = np.stack([ious[k] for k in sorted(ious)])
     random_iou, oracle_iou = all_ious.mean(), all_ious.max(axis=1).mean()
@@ -228,7 +235,7 @@ def main() -> None:
             miou = np.mean([ious[a["id"]][i] for a, i in zip(anns, idx)])
             print(f"| {stage} | {miou:.3f} | {kind_counts(idx)} |")
 
-    drift = geometry_drift(gt, bags, base)
+    drift = geometry_drift(gt, bags, apply_reference(base))
     mean_iou = all_ious.mean(axis=0)
     print("\nSAPNet's geometry alone (no network): where a stage-0 pick of each kind ends, and the mIoU")
     print("| stage-0 pick | path | " + " | ".join(LABELS) + " | mIoU |")
