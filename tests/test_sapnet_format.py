@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from pseudolabel.core.bag_sources import MemoryBagStore
 from pseudolabel.core.bags import Bag
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.rle import encode_masks
@@ -126,4 +127,4 @@ def test_official_scores_are_read_and_sam_top1_uses_them(tmp_path, caplog):
 def test_sam_top1_fails_with_one_sentence_without_scores(tmp_path):
     bags = read_sapnet(_official_file(tmp_path, scores=False))
     with pytest.raises(InputError, match="sam-top1 needs SAM.s scores"):
-        choose_sam_top1(type("Ctx", (), {"bags": bags})())
+        choose_sam_top1(type("Ctx", (), {"store": MemoryBagStore(bags)})())

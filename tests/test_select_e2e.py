@@ -219,7 +219,7 @@ def test_sapnet_ablation_switches_train_and_select(data):
                 assert step.net.get_parameter(name).grad.abs().sum() > 0, name
         with torch.no_grad():
             choices = step.eval()(batch.images, batch.samples, False)
-        assert [c.ann_id for c in choices] == [b.ann_id for b in ds.bags[ds.images[0]["id"]]]
+        assert [c.ann_id for c in choices] == [b.ann_id for b in ds.store.bags(ds.images[0]["id"])]
         assert all(0 <= c.index < 6 for c in choices)
         if flags.get("bms") is False:
             assert {c.bms for c in choices} == {"none"}

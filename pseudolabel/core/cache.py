@@ -248,6 +248,17 @@ def unpack_embedding(blob: bytes, shape: Any) -> dict[str, np.ndarray]:
 
 # ---- reading -----------------------------------------------------------------------------------
 
+_BAG_COLUMNS = "ann_id, kind, rank, counts, height, width, iou, stability, bx, by, bw, bh"
+
+
+def _bag(p: PointAnn, props: list[tuple]) -> Bag:
+    """A point's bag from its proposal rows (columns :data:`_BAG_COLUMNS`, in bag order)."""
+    boxes = xywh_to_xyxy(np.array([r[8:12] for r in props], dtype=np.float64).reshape(-1, 4))
+    return Bag(ann_id=p.ann_id, image_id=p.image_id, category_id=p.category_id, point=(p.x, p.y), boxes=boxes,
+               rles=[{"size": [r[4], r[5]], "counts": r[3]} for r in props], scores=[r[6] for r in props],
+               kinds=[r[1] for r in props], ranks=[r[2] for r in props], stability=[r[7] for r in props])
+
+
 class CacheReader:
     """All shard files of a cache folder, read together."""
 
@@ -293,23 +304,43 @@ class CacheReader:
         return [PointAnn(*r) for r in self.query("SELECT * FROM points ORDER BY ann_id")]
 
     def bags(self) -> dict[int, list[Bag]]:
-        """Bags of every done image, by image id (bags ordered by annotation id)."""
+        """Bags of every done image, by image id (bags ordered by annotation id).
+
+        Holds every proposal in memory; :meth:`image_bags` reads one image at a time.
+        """
         pts = {p.ann_id: p for p in self.points()}
         rows: dict[int, list[tuple]] = {}
-        for r in self.query("SELECT ann_id, kind, rank, counts, height, width, iou, stability, bx, by, bw, bh "
-                            "FROM proposals ORDER BY ann_id, kind_index, rank"):
+        for r in self.query(f"SELECT {_BAG_COLUMNS} FROM proposals ORDER BY ann_id, kind_index, rank"):
             rows.setdefault(r[0], []).append(r)
         out: dict[int, list[Bag]] = {}
         for ann_id in sorted(pts):
             p = pts[ann_id]
-            props = rows.get(ann_id, [])
-            boxes = xywh_to_xyxy(np.array([r[8:12] for r in props], dtype=np.float64).reshape(-1, 4))
-            out.setdefault(p.image_id, []).append(Bag(
-                ann_id=ann_id, image_id=p.image_id, category_id=p.category_id, point=(p.x, p.y),
-                boxes=boxes, rles=[{"size": [r[4], r[5]], "counts": r[3]} for r in props],
-                scores=[r[6] for r in props], kinds=[r[1] for r in props],
-                ranks=[r[2] for r in props], stability=[r[7] for r in props]))
+            out.setdefault(p.image_id, []).append(_bag(p, rows.get(ann_id, [])))
         return out
+
+    def image_bags(self, image_id: int) -> list[Bag]:
+        """The non-empty bags of one image (ordered by annotation id), read through the indexes
+        of its shard alone; ``[]`` for an image without proposals."""
+        for conn in self.conns:
+            rows: dict[int, list[tuple]] = {}
+            for r in conn.execute(f"SELECT {_BAG_COLUMNS} FROM proposals WHERE image_id = ? "
+                                  "ORDER BY ann_id, kind_index, rank", (image_id,)):
+                rows.setdefault(r[0], []).append(r)
+            if rows:
+                marks = ",".join("?" * len(rows))
+                pts = conn.execute(f"SELECT * FROM points WHERE ann_id IN ({marks}) ORDER BY ann_id",
+                                   tuple(rows)).fetchall()
+                return [_bag(PointAnn(*p), rows[p[0]]) for p in pts]
+        return []
+
+    def proposal_image_ids(self) -> list[int]:
+        """Ids of the images that have at least one proposal (sorted)."""
+        return sorted({r[0] for r in self.query("SELECT DISTINCT image_id FROM proposals")})
+
+    def mask_sizes(self) -> list[tuple[int, int, int, int]]:
+        """``(image_id, height, width, first ann_id)`` for every distinct mask size of an image."""
+        return list(self.query("SELECT image_id, height, width, MIN(ann_id) FROM proposals "
+                               "GROUP BY image_id, height, width"))
 
     def embedding(self, image_id: int) -> tuple[dict[str, np.ndarray], tuple[int, int], tuple[int, int], str] | None:
         """``({name: float32 array}, input (h, w), original (H, W), image sha256)`` or None."""

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pseudolabel.core.bag_sources import BagStore, MemoryBagStore
 from pseudolabel.core.bags import Bag
 from pseudolabel.core.errors import ImageError
 from pseudolabel.core.images import load_image_rgb
@@ -81,9 +82,12 @@ class Batch:
 class BagDataset(Dataset):
     """Images that have at least one non-empty bag, with those bags.
 
+    The bags are read per image from a :class:`~pseudolabel.core.bag_sources.BagStore` in
+    ``__getitem__`` (in the data-loading worker), so the dataset itself holds only the image list.
+
     Args:
         images: COCO ``images`` entries (``id``, ``file_name``, ``width``, ``height``).
-        bags: bags by image id (empty bags are ignored).
+        bags: a bag store, or bags by image id (empty bags are ignored).
         images_dir: the folder of the image files.
         cat_index: category id → contiguous class index.
         max_size, min_size: the resize target (1333 × 800 in SAPNet).
@@ -91,11 +95,13 @@ class BagDataset(Dataset):
         seed: with the epoch and image id, decides the flips.
     """
 
-    def __init__(self, images: list[dict[str, Any]], bags: dict[int, list[Bag]],
+    def __init__(self, images: list[dict[str, Any]], bags: BagStore | dict[int, list[Bag]],
                  images_dir: str | os.PathLike, cat_index: dict[int, int], max_size: int = 1333,
                  min_size: int = 800, flip_prob: float = 0.0, seed: int = 0) -> None:
-        self.images = [img for img in images if any(len(b) for b in bags.get(img["id"], []))]
-        self.bags = {img["id"]: [b for b in bags[img["id"]] if len(b)] for img in self.images}
+        self.store = bags if isinstance(bags, BagStore) else MemoryBagStore(bags)
+        have = set(self.store.image_ids())
+        self.images = [{k: img[k] for k in ("id", "file_name", "width", "height")}
+                       for img in images if img["id"] in have]
         self.images_dir = Path(images_dir)
         self.cat_index = cat_index
         self.max_size, self.min_size = max_size, min_size
@@ -117,7 +123,7 @@ class BagDataset(Dataset):
         sx, sy = w / w0, h / h0
         rng = np.random.default_rng([self.seed, self.epoch, int(img["id"])])
         flipped = bool(self.flip_prob > 0 and rng.random() < self.flip_prob)
-        bags = self.bags[img["id"]]
+        bags = self.store.bags(int(img["id"]))
         points = np.array([b.point for b in bags], dtype=np.float64).reshape(-1, 2) * [sx, sy]
         centres = np.array([(b.true_box[:2] + b.true_box[2:]) / 2 if b.true_box is not None else (np.nan, np.nan)
                             for b in bags], dtype=np.float64).reshape(-1, 2) * [sx, sy]

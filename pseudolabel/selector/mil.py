@@ -8,7 +8,8 @@ method) the PSM top-1 is the answer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -33,6 +34,12 @@ class PointChoice:
         score: class probability at the point's label of the final stage's top-1 box.
         order: the bag's proposals ranked by the final stage's ``cls × ins`` score, best first.
         bms: the last BMS branch of the final stage (``expand``, ``contain``, ``none``).
+        margin: confidence of the choice, in ``[0, 1]``: the final stage's share of ``cls × ins``
+            (normalised over its bag) of the top-1 box minus that of the best box that would have
+            led to another mask (see :func:`choice_margin`).
+        stages: proposal index (into the bag) each stage points at: ``psm`` (stage-0 top-1),
+            and for two stages ``psm_bms`` (the stage-0 box after BMS) and ``prm`` (the stage-1
+            top-1 box, before BMS), each matched to the bag by box IoU like the final choice.
     """
 
     ann_id: int
@@ -40,6 +47,32 @@ class PointChoice:
     score: float
     order: list[int]
     bms: str = "none"
+    margin: float = 0.0
+    stages: dict[str, int] = field(default_factory=dict)
+
+
+def choice_margin(scores: np.ndarray, leads_to: Callable[[int], int], winner: int) -> float:
+    """Margin between the top-1 box and the runner-up, the best box that leads to another mask.
+
+    Args:
+        scores: ``N`` final-stage scores (``cls × ins``, ≥ 0) of the boxes of one bag.
+        leads_to: box index → the proposal (mask) the method would answer if that box were its
+            top-1; called lazily, best boxes first, until one leads elsewhere.
+        winner: the top-1 box.
+
+    Returns:
+        ``(s[winner] − s[runner-up]) / Σ s`` in ``[0, 1]``; the top-1's whole share when every
+        box leads to the same mask; 0 when every score is 0.
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    total = scores.sum()
+    if total <= 0:
+        return 0.0
+    target = leads_to(winner)
+    for j in np.argsort(-scores, kind="stable"):
+        if j != winner and leads_to(int(j)) != target:
+            return float((scores[winner] - scores[j]) / total)
+    return float(scores[winner] / total)
 
 
 def _dense_index(sizes: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,7 +234,8 @@ class SelectorStep(nn.Module):
             pseudo1.append((box, branch))
         if keep:
             trace["top1_1"], trace["mined_1"] = np.array(top1), np.array([m for m, _ in pseudo1])
-        return self._choices(samples, bags, winner1, score1, clsat1, pseudo1, cfg.rule_bms == "official")
+        return self._choices(samples, bags, winner1, score1, clsat1, pseudo1, cfg.rule_bms == "official",
+                             stage0=(winner0, pseudo0, bags1, img_hw))
 
     def _pdg_points(self, s: Sample) -> np.ndarray:
         """PDG's points: the centres of ``true_bbox`` where given (official rule), else the points."""
@@ -232,20 +266,45 @@ class SelectorStep(nn.Module):
             return geo.ppg_boxes(proposals, proposals[j], pdg[j])
         return geo.ppg_boxes(proposals, mined, pdg[winner])
 
-    @staticmethod
-    def _choices(samples: list[Sample], bags: list[np.ndarray], winner: np.ndarray, score: torch.Tensor,
-                 clsat: torch.Tensor, mined: list, float32: bool = False) -> list[PointChoice]:
+    def _final(self, bag: np.ndarray, box: np.ndarray, float32: bool) -> int:
+        """The proposal of ``bag`` whose box matches ``box`` best (official: in float32)."""
+        return official.final_index(bag, box) if float32 else geo.final_mask_index(bag, box)
+
+    def _choices(self, samples: list[Sample], bags: list[np.ndarray], winner: np.ndarray, score: torch.Tensor,
+                 clsat: torch.Tensor, mined: list, float32: bool = False, stage0: tuple | None = None
+                 ) -> list[PointChoice]:
+        """The final choices. One stage (``mined[p]`` None): the top-1 proposal itself. Two stages:
+        ``mined[p]`` is the stage-1 top-1 box after BMS and its branch, which picks the proposal
+        whose box matches it best; ``stage0`` is ``(winner0, pseudo0, bags1, img_hw)``: the
+        stage-0 top-1, its mined box, the stage-1 bags and the resized image sizes, for the
+        margin (every other stage-1 box taken through the same path) and the per-stage top-1."""
         ann_ids = [a for s in samples for a in s.ann_ids]
         score = score.float().cpu().numpy()
         clsat = clsat.float().cpu().numpy()
         out = []
         for p, b in enumerate(bags):
-            k = len(b)
+            k, w = len(b), int(winner[p])
             order = [int(i) for i in np.argsort(-score[p, :k], kind="stable")]
             if mined[p] is None:  # one stage: the top-1 proposal itself
-                index, branch = int(winner[p]), "none"
-            else:
-                box, branch = mined[p]
-                index = official.final_index(b, box) if float32 else geo.final_mask_index(b, box)
-            out.append(PointChoice(ann_ids[p], index, float(clsat[p, winner[p]]), order, branch))
+                margin = choice_margin(score[p, :k], lambda j: j, w)
+                out.append(PointChoice(ann_ids[p], w, float(clsat[p, w]), order, "none", margin, {"psm": w}))
+                continue
+            box, branch = mined[p]
+            index = self._final(b, box, float32)
+            winner0, pseudo0, bags1, img_hw = stage0
+            b1, hw = bags1[p], img_hw[p]
+            leads = {w: index}
+
+            def leads_to(j: int, b=b, b1=b1, hw=hw, p=p, leads=leads) -> int:
+                if j not in leads:
+                    other = self._top1(b1[j], torch.as_tensor(score[p, j]), hw)
+                    if self.cfg.bms:
+                        other = self._bms(other, b)[0]
+                    leads[j] = self._final(b, other, float32)
+                return leads[j]
+
+            margin = choice_margin(score[p, :len(b1)], leads_to, w)
+            stages = {"psm": int(winner0[p]), "psm_bms": self._final(b, pseudo0[p], float32),
+                      "prm": self._final(b, self._top1(b1[w], torch.as_tensor(score[p, w]), hw), float32)}
+            out.append(PointChoice(ann_ids[p], index, float(clsat[p, w]), order, branch, margin, stages))
         return out

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torchvision.ops import MultiScaleRoIAlign
 
+from pseudolabel.core.backbones import RANDOM_SPECS
 from pseudolabel.core.resnet_fpn import FEATURE_NAMES, STRIDES, ResNetFPN, build_resnet_fpn
 from .roi import LevelRoIAlign
 
@@ -30,19 +31,35 @@ FC_DIM = 1024
 
 
 def build_backbone(name: str = "resnet50", weights: str | os.PathLike | None = "imagenet",
-                   bn: str = "official") -> tuple[ResNetFPN, str]:
+                   bn: str = "official", norm: str | None = None) -> tuple[ResNetFPN, str]:
     """SAPNet's backbone: ResNet (stem and ``layer1`` frozen) + FPN of 256 channels with
     GroupNorm(32) and P6 by a stride-2 conv on C5 (see :mod:`pseudolabel.core.resnet_fpn`).
 
     Args:
         bn: ``"official"`` (BatchNorm2d: :meth:`SelectorNet.train` keeps its statistics frozen,
             its affine weights train in layers 2–4) or ``"frozen"`` (FrozenBatchNorm2d).
+        norm: None (the ``bn`` rule) or a body norm of :data:`pseudolabel.core.resnet_fpn.NORMS`
+            that overrides it; ``"gn"`` (GroupNorm, every stage trainable) is what
+            :func:`random_init_norm` picks for a backbone trained from random weights.
 
     Returns:
         ``(module, weights_loaded)``; the module maps images to an ordered dict ``p2 … p6``.
     """
-    return build_resnet_fpn(name, weights, norm="frozen_bn" if bn == "frozen" else "bn", fpn_channels=FPN_CHANNELS,
-                            fpn_norm="gn", p6="conv", freeze_at=2, what="the selector's backbone")
+    if norm is None:
+        norm = "frozen_bn" if bn == "frozen" else "bn"
+    return build_resnet_fpn(name, weights, norm=norm, fpn_channels=FPN_CHANNELS, fpn_norm="gn", p6="conv",
+                            freeze_at=0 if norm == "gn" else 2, what="the selector's backbone")
+
+
+def random_init_norm(weights: str | os.PathLike | None) -> str | None:
+    """``"gn"`` when the backbone trains from random weights (``none``), else None (the ``bn`` rule).
+
+    BatchNorm statistics frozen at their random-init values and a frozen random stem learn far
+    less than GroupNorm with every stage trained (measured in the README, "What the selector
+    learns"). SAPNet always starts from ImageNet weights, so no rule of :mod:`.reference`
+    covers this case (docs/fidelity.md).
+    """
+    return "gn" if weights is None or str(weights).lower() in RANDOM_SPECS else None
 
 
 class SelectorNet(nn.Module):
@@ -55,17 +72,18 @@ class SelectorNet(nn.Module):
         backbone_weights: see :func:`~pseudolabel.core.resnet_fpn.build_resnet_fpn`.
         roi_align: ``"official"`` (:class:`.roi.LevelRoIAlign`) or ``"legacy"``.
         bn: ``"official"`` or ``"frozen"`` (see :func:`build_backbone`).
+        backbone_norm: ``norm`` of :func:`build_backbone` (None: the ``bn`` rule).
     """
 
     def __init__(self, num_classes: int, stages: int = 2, backbone: str = "resnet50",
                  backbone_weights: str | os.PathLike | None = "imagenet", roi_align: str = "official",
-                 bn: str = "official") -> None:
+                 bn: str = "official", backbone_norm: str | None = None) -> None:
         super().__init__()
         if stages not in (1, 2):
             raise ValueError("stages must be 1 or 2")
         self.num_classes = num_classes
         self.stages = stages
-        self.backbone, self.backbone_weights = build_backbone(backbone, backbone_weights, bn=bn)
+        self.backbone, self.backbone_weights = build_backbone(backbone, backbone_weights, bn=bn, norm=backbone_norm)
         if roi_align == "legacy":
             self.roi_align = MultiScaleRoIAlign(list(FEATURE_NAMES), ROI_SIZE, sampling_ratio=2)
         else:

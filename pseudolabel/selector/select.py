@@ -13,6 +13,7 @@ proposals, ranked, under ``"alternatives"``; the resolved options are written be
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,11 +21,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from pseudolabel.core.bag_sources import BagStore, open_bag_store
+from pseudolabel.core.backbones import RANDOM_SPECS
 from pseudolabel.core.bags import Bag
 from pseudolabel.core.coco import load_coco_json
 from pseudolabel.core.config import check_range, sidecar_path, write_run_config
 from pseudolabel.core.errors import InputError
-from pseudolabel.core.io import check_output_file, write_json_atomic
+from pseudolabel.core.io import atomic_path, check_output_file
 from pseudolabel.core.lock import output_lock
 from pseudolabel.core.points import collect_points
 from pseudolabel.core.progress import logger
@@ -36,10 +39,10 @@ from .reference import apply_reference
 
 @dataclass
 class SelectContext:
-    """Everything a method needs: the points, bags by image id, images and options."""
+    """Everything a method needs: the points, the bags (read per image), images and options."""
 
     points: dict[str, Any]
-    bags: dict[int, list[Bag]]
+    store: BagStore
     images_dir: Path | None
     cfg: SelectConfig
     categories: list[int]
@@ -48,9 +51,10 @@ class SelectContext:
 
 @dataclass
 class MethodResult:
-    """A method's choices by annotation id, images it could not read, and its statistics."""
+    """A method's choices by annotation id (None: SAM's top-1 of each bag, made when the
+    output is written), images it could not read, and its statistics."""
 
-    choices: dict[int, PointChoice]
+    choices: dict[int, PointChoice] | None
     failed_images: dict[int, str] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     is_main: bool = True
@@ -65,6 +69,9 @@ def sam_top1_choice(bag: Bag) -> PointChoice:
     """The proposal with SAM's highest predicted IoU (first on ties; proposals without a score
     last); order by that score.
 
+    The margin is SAM's best predicted IoU minus its second best (0 for a single proposal;
+    a missing score counts as 0).
+
     Raises:
         InputError: the bag has no scores at all.
     """
@@ -72,21 +79,23 @@ def sam_top1_choice(bag: Bag) -> PointChoice:
         raise InputError(f"annotation {bag.ann_id} has no SAM scores ('score' or 'scores'), so SAM's top-1 "
                          "is undefined")
     order = [int(i) for i in np.argsort(-bag.scores, kind="stable")]  # NaN sorts last
-    return PointChoice(bag.ann_id, order[0], float(bag.scores[order[0]]), order)
+    scores = np.nan_to_num(bag.scores[order], nan=0.0)
+    margin = float(scores[0] - scores[1]) if len(order) > 1 else 0.0
+    return PointChoice(bag.ann_id, order[0], float(bag.scores[order[0]]), order, margin=margin)
 
 
 def choose_sam_top1(ctx: SelectContext) -> MethodResult:
-    """``sam-top1``: no training, no images.
+    """``sam-top1``: no training, no images; the choice is made per bag as the output is written.
 
     Raises:
         InputError: some bag has no SAM scores (e.g. an official SAPNet file without ``scores``).
     """
-    bags = [b for image_bags in ctx.bags.values() for b in image_bags if len(b)]
-    unscored = [b.ann_id for b in bags if not has_scores(b)]
+    unscored = [b.ann_id for image_id in ctx.store.image_ids() for b in ctx.store.bags(image_id)
+                if not has_scores(b)]
     if unscored:
         raise InputError(f"--method sam-top1 needs SAM's scores, but {len(unscored)} bags have none "
                          f"(first annotation {unscored[0]}; the file lacks 'score' and 'scores')")
-    return MethodResult({b.ann_id: sam_top1_choice(b) for b in bags})
+    return MethodResult(None)
 
 
 def choose_learned(ctx: SelectContext) -> MethodResult:
@@ -108,19 +117,27 @@ def choose_learned(ctx: SelectContext) -> MethodResult:
     stats: dict[str, Any] = {}
     if cfg.weights:
         state = load_checkpoint(cfg.weights, ctx.categories, cfg)
-        step = build_model(replace(cfg, backbone_weights="checkpoint"), len(ctx.categories))
+        step = build_model(replace(cfg, backbone_weights="checkpoint"), len(ctx.categories),
+                           state.get("backbone_norm", "auto"))
         load_net_state(step, state)
         stats["weights"] = str(cfg.weights)
     else:
         step = build_model(cfg, len(ctx.categories))
-        train_set = BagDataset(images, ctx.bags, ctx.images_dir, cat_index, cfg.max_size, cfg.min_size,
+        if step.net.backbone_weights == "random" and str(cfg.backbone_weights).lower() not in RANDOM_SPECS:
+            raise InputError(f"the selector's {cfg.backbone} has no ImageNet weights (the download failed), and "
+                             "trained from random weights it picks close to chance on real photos: pass "
+                             "--backbone-weights PATH (a torchvision ResNet state dict), or --backbone-weights "
+                             "none to train from random weights anyway")
+        train_set = BagDataset(images, ctx.store, ctx.images_dir, cat_index, cfg.max_size, cfg.min_size,
                                cfg.flip, cfg.seed)
+        ctx.store.close()  # each data-loading worker opens its own connection
         if len(train_set) == 0:
             raise InputError("no point has a proposal: nothing to train the selector on")
         stats.update(train_selector(step, train_set, cfg, ctx.categories, device, info, ctx.work_dir))
         stats["weights"] = str(ctx.work_dir / CHECKPOINT_NAME)
     stats["backbone_weights"] = step.net.backbone_weights
-    select_set = BagDataset(images, ctx.bags, ctx.images_dir, cat_index, cfg.max_size, cfg.min_size, 0.0, cfg.seed)
+    select_set = BagDataset(images, ctx.store, ctx.images_dir, cat_index, cfg.max_size, cfg.min_size, 0.0, cfg.seed)
+    ctx.store.close()  # data-loading workers open their own connections; this process reopens when it writes
     choices, failed = run_selector(step, select_set, cfg, device, info)
     return MethodResult(choices, failed, stats, info.is_main)
 
@@ -144,7 +161,9 @@ def pseudo_annotation(bag: Bag, choice: PointChoice, method: str, fallback: bool
     i = choice.index
     rle = {"size": [int(v) for v in bag.rles[i]["size"]], "counts": bag.rles[i]["counts"]}
     sap = {"method": method, "prompt_kind": bag.kinds[i], "rank": int(bag.ranks[i]), "proposal_index": int(i),
-           "order": [int(j) for j in choice.order], "mps": mps}
+           "order": [int(j) for j in choice.order], "mps": mps, "margin": round(float(choice.margin), 6)}
+    if choice.stages:
+        sap["stages"] = {k: int(v) for k, v in choice.stages.items()}
     if fallback:
         sap["fallback"] = True
     return {
@@ -154,25 +173,6 @@ def pseudo_annotation(bag: Bag, choice: PointChoice, method: str, fallback: bool
         "score": round(float(choice.score), 6), "iscrowd": 0, "sap": sap,
         "alternatives": [bag.rles[j] for j in choice.order if j != i],
     }
-
-
-def check_bags(points: dict[str, Any], by_image: dict, bags: dict[int, list[Bag]], source: str) -> None:
-    """Raise InputError when the bags do not belong to the point file."""
-    known = {p.ann_id: p for pts in by_image.values() for p in pts}
-    sizes = {img["id"]: [int(img["height"]), int(img["width"])] for img in points["images"]}
-    for image_id, image_bags in bags.items():
-        for bag in image_bags:
-            p = known.get(bag.ann_id)
-            if p is None:
-                raise InputError(f"the proposals in {source} belong to another point file: annotation "
-                                 f"{bag.ann_id} is not a point of it")
-            if p.image_id != bag.image_id or p.category_id != bag.category_id:
-                raise InputError(f"the proposals in {source} disagree with the point file on annotation "
-                                 f"{bag.ann_id} (image or category)")
-            for rle in bag.rles:
-                if [int(v) for v in rle["size"]] != sizes[bag.image_id]:
-                    raise InputError(f"the proposals of annotation {bag.ann_id} in {source} have mask size "
-                                     f"{list(rle['size'])}, not its image's {sizes[bag.image_id]} (H, W)")
 
 
 @dataclass
@@ -254,8 +254,6 @@ def select_locked(ann: str | os.PathLike, proposals: str | os.PathLike, out: str
     Raises:
         InputError: unusable point file or proposals, unknown method, mismatched weights.
     """
-    from pseudolabel.core.bag_sources import load_bags
-
     if cfg.method not in METHODS:
         raise InputError(f"unknown selection method {cfg.method!r}; choose one of {', '.join(METHODS)}")
     cfg = apply_reference(cfg)
@@ -265,59 +263,83 @@ def select_locked(ann: str | os.PathLike, proposals: str | os.PathLike, out: str
     by_image, _ = collect_points(points, source=str(ann))
     if not Path(proposals).exists():
         raise InputError(f"the proposals {proposals} do not exist")
-    bags = load_bags(proposals, points_json=points)
     if images is not None and Path(proposals).is_dir():
         from pseudolabel.core.cache import check_images_unchanged
 
         check_images_unchanged(proposals, images)
-    check_bags(points, by_image, bags, str(proposals))
-    categories = sorted(int(c["id"]) for c in points["categories"])
-    work_dir = Path(cfg.work_dir) if cfg.work_dir else default_work_dir(out)
-    ctx = SelectContext(points, bags, Path(images) if images is not None else None, cfg, categories, work_dir)
+    store = open_bag_store(proposals, points)
     try:
-        result = METHODS[cfg.method](ctx)
+        categories = sorted(int(c["id"]) for c in points["categories"])
+        work_dir = Path(cfg.work_dir) if cfg.work_dir else default_work_dir(out)
+        ctx = SelectContext(points, store, Path(images) if images is not None else None, cfg, categories, work_dir)
+        try:
+            result = METHODS[cfg.method](ctx)
+        finally:
+            _leave_process_group()
+        summary = SelectSummary(sum(len(v) for v in by_image.values()), 0, [], [], [], result.failed_images, 0.0,
+                                result.stats, None, None)
+        if not result.is_main:
+            return summary
+        for image_id, reason in result.failed_images.items():
+            logger.warning(f"image {image_id} could not be read: {reason}")
+        summary.out = write_output(out, points, by_image, store, result, cfg, summary)
     finally:
-        _leave_process_group()
-    bag_of = {b.ann_id: b for image_bags in bags.values() for b in image_bags}
-    annotations, no_props, fallback, skipped, unscored = [], [], [], [], []
-    changed = compared = 0
-    for image in points["images"]:
-        for p in by_image.get(image["id"], []):
-            bag = bag_of.get(p.ann_id)
-            if bag is None or len(bag) == 0:
-                no_props.append(p.ann_id)
-                continue
-            choice = result.choices.get(p.ann_id)
-            if choice is None:  # its image could not be read
-                if cfg.missing == "skip" or not has_scores(bag):
-                    skipped.append(p.ann_id)
-                    unscored += [] if cfg.missing == "skip" else [p.ann_id]
-                    continue
-                fallback.append(p.ann_id)
-                annotations.append(pseudo_annotation(bag, sam_top1_choice(bag), "sam-top1", True, cfg.rule_mps))
-                continue
-            if has_scores(bag):
-                changed += int(choice.index != sam_top1_choice(bag).index)
-                compared += 1
-            annotations.append(pseudo_annotation(bag, choice, cfg.method, mps=cfg.rule_mps))
-    if unscored:
-        logger.warning(f"{len(unscored)} points of unreadable images have no SAM scores to fall back on "
-                       f"and were skipped (first annotation {unscored[0]})")
-    n_points = sum(len(v) for v in by_image.values())
-    summary = SelectSummary(n_points, len(annotations), no_props, fallback, skipped, result.failed_images,
-                            changed / max(compared, 1), result.stats, None, None)
-    if not result.is_main:
-        return summary
-    for image_id, reason in result.failed_images.items():
-        logger.warning(f"image {image_id} could not be read: {reason}")
-    coco_out = {k: v for k, v in points.items() if k != "annotations"}
-    coco_out["annotations"] = annotations
-    summary.out = write_json_atomic(out, coco_out)
+        store.close()
     record = {k: v for k, v in summary.__dict__.items() if k not in ("out", "config_path")}
     summary.config_path = write_run_config(sidecar_path(out), "select", cfg, inputs={
         "ann": str(ann), "proposals": str(proposals), "images": str(images) if images else None},
         summary=record)
     return summary
+
+
+def write_output(out: str | os.PathLike, points: dict[str, Any], by_image: dict, store: BagStore,
+                 result: MethodResult, cfg: SelectConfig, summary: SelectSummary) -> Path:
+    """Write the pseudo-label COCO JSON atomically, one image's bags at a time.
+
+    The file is the point file with its annotations replaced by one per point (in the point
+    file's image order); ``summary`` gets the counts.
+    """
+    head = json.dumps({**{k: v for k, v in points.items() if k != "annotations"}, "annotations": []})
+    changed = compared = 0
+    unscored: list[int] = []
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(head[:-2])  # ... "annotations": [
+        sep = ""
+        for image in points["images"]:
+            pts = by_image.get(image["id"], [])
+            if not pts:
+                continue
+            bag_of = {b.ann_id: b for b in store.bags(int(image["id"]))}
+            for p in pts:
+                bag = bag_of.get(p.ann_id)
+                if bag is None or len(bag) == 0:
+                    summary.no_proposals.append(p.ann_id)
+                    continue
+                top1 = sam_top1_choice(bag) if has_scores(bag) else None
+                choice = top1 if result.choices is None else result.choices.get(p.ann_id)
+                if choice is None:  # its image could not be read
+                    if cfg.missing == "skip" or top1 is None:
+                        summary.skipped.append(p.ann_id)
+                        unscored += [] if cfg.missing == "skip" else [p.ann_id]
+                        continue
+                    summary.fallback.append(p.ann_id)
+                    ann_out = pseudo_annotation(bag, top1, "sam-top1", True, cfg.rule_mps)
+                else:
+                    if top1 is not None:
+                        changed += int(choice.index != top1.index)
+                        compared += 1
+                    ann_out = pseudo_annotation(bag, choice, cfg.method, mps=cfg.rule_mps)
+                f.write(sep + json.dumps(ann_out))
+                sep = ", "
+                summary.written += 1
+        f.write("]}")
+        f.flush()
+        os.fsync(f.fileno())
+    if unscored:
+        logger.warning(f"{len(unscored)} points of unreadable images have no SAM scores to fall back on "
+                       f"and were skipped (first annotation {unscored[0]})")
+    summary.changed_vs_sam_top1 = changed / max(compared, 1)
+    return Path(out)
 
 
 def _leave_process_group() -> None:

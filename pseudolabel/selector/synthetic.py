@@ -4,7 +4,8 @@ Each point gets 6 proposals in SAPNet's layout (3 of the ``point`` kind, then 3 
 ``point_box``), drawn from its object's true mask M the way SAM tends to err:
 
 * ``point``: a part of M (M cut by a half-plane near the point), M itself, and M merged with
-  its nearest same-class neighbour (M with a wide background band when it has none);
+  its nearest same-class neighbour (else its nearest neighbour of any class; M with a wide
+  background band only when it is alone in the image);
 * ``point_box``: a part of M (M inside a box of half its size around the point), M slightly
   eroded, and M with a background band (M dilated).
 
@@ -115,11 +116,12 @@ def synthetic_bags(gt: dict[str, Any], points: dict[str, Any], seed: int = 0) ->
             mask = masks[a["id"]]
             if not mask.any():
                 continue
-            same = [b["id"] for b in pts if b["id"] != a["id"] and b["category_id"] == a["category_id"]
-                    and b["id"] in centres]
+            others = [b for b in pts if b["id"] != a["id"] and b["id"] in centres]
+            same = [b["id"] for b in others if b["category_id"] == a["category_id"]]
             neighbour = None
-            if same:
-                near = min(same, key=lambda k: float(np.linalg.norm(centres[k] - centres[a["id"]])))
+            if same or others:  # SAM's larger answer takes in a neighbour, of the same class if any
+                near = min(same or [b["id"] for b in others],
+                           key=lambda k: float(np.linalg.norm(centres[k] - centres[a["id"]])))
                 neighbour = masks[near]
             rng = np.random.default_rng([seed, int(a["id"])])
             props = object_proposals(mask, tuple(a["point"]), neighbour, rng)

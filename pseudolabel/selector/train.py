@@ -26,7 +26,7 @@ from pseudolabel.core.io import atomic_path, load_torch_file
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 from .data import BagDataset, collate
 from .mil import PointChoice, SelectorStep
-from .model import SelectorNet
+from .model import SelectorNet, random_init_norm
 from .options import SelectConfig
 from .reference import apply_reference
 
@@ -44,11 +44,18 @@ def learning_rate(cfg: SelectConfig, world: int, epoch: int, it: int) -> float:
     return lr
 
 
-def build_model(cfg: SelectConfig, num_classes: int) -> SelectorStep:
-    """The selector for ``cfg.method`` (seeded, so every rank starts from the same weights)."""
+def build_model(cfg: SelectConfig, num_classes: int, backbone_norm: str | None = "auto") -> SelectorStep:
+    """The selector for ``cfg.method`` (seeded, so every rank starts from the same weights).
+
+    ``backbone_norm``: ``"auto"`` (GroupNorm from random weights, else the ``bn`` rule, see
+    :func:`.model.random_init_norm`), a checkpoint's recorded norm, or None (the ``bn`` rule).
+    """
     torch.manual_seed(cfg.seed)
     cfg = apply_reference(cfg)
-    net = SelectorNet(num_classes, cfg.stages, cfg.backbone, cfg.backbone_weights, cfg.rule_roi_align, cfg.rule_bn)
+    if backbone_norm == "auto":
+        backbone_norm = random_init_norm(cfg.backbone_weights)
+    net = SelectorNet(num_classes, cfg.stages, cfg.backbone, cfg.backbone_weights, cfg.rule_roi_align, cfg.rule_bn,
+                      backbone_norm)
     return SelectorStep(net, cfg)
 
 
@@ -56,7 +63,8 @@ def save_checkpoint(path: Path, step: SelectorStep, categories: list[int], epoch
                     optimizer: torch.optim.Optimizer | None = None, scaler: Any = None) -> None:
     """Write the selector (and the training state) atomically."""
     state = {"format": CHECKPOINT_FORMAT, "model": step.net.state_dict(), "categories": categories,
-             "backbone": step.cfg.backbone, "stages": step.net.stages, "method": step.cfg.method,
+             "backbone": step.cfg.backbone, "backbone_norm": step.net.backbone.norm,
+             "stages": step.net.stages, "method": step.cfg.method,
              "epoch": epoch, "iter": it, "config": to_jsonable(step.cfg)}
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
