@@ -37,5 +37,5 @@ def test_batches_split_into_processes_and_passes():
         per_pass_of(TrainConfig(batch=3), 1)
     with pytest.raises(InputError, match="torch engine runs on several GPUs through torchrun"):
         check_config(TrainConfig(out="r", num_gpus=2))
-    with pytest.raises(InputError, match="flip_prob 1.5 is not a probability"):
+    with pytest.raises(InputError, match="flip_prob must be a number at least 0 and at most 1, not 1.5"):
         check_config(TrainConfig(out="r", flip_prob=1.5))
