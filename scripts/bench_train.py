@@ -1,6 +1,7 @@
 """Benchmark of SOLOv2 training and inference on this machine (CPU unless --device says otherwise).
 
     python scripts/bench_train.py [--backbones resnet18,resnet50] [--size 640] [--iters 2] [--device cpu]
+    python scripts/bench_train.py --memory 30,100,300 [--engines torch,detectron2]
 
 Prints, for each backbone at full SOLOv2 width (FPN 256, towers of 512, 80 classes) and a
 ``size×(4/3·size)`` input:
@@ -13,12 +14,23 @@ Peak memory is the process's peak resident set (Linux ``VmHWM``, reset before ea
 includes the model and what the allocator kept from earlier phases, so inference is measured
 before training) on CPU, ``torch.cuda.max_memory_allocated`` on GPU. Masks are returned at twice
 the input size (an upscaled image), which makes upsampling matter.
+
+``--memory N1,N2,...`` instead runs whole ``sap train`` processes, one epoch over N images (the
+six test photos repeated under new ids) at a small size, and prints the peak memory of each
+process tree (PSS of the trainer and its data-loading workers, sampled every 0.2 s): the figure
+must not grow with N.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -155,6 +167,71 @@ def bench_matrix_nms(n: int, size: int, device: torch.device, repeats: int = 3) 
     return {"matrix_nms_ms": 1000 * fast, "naive_nms_ms": 1000 * slow, "mask_hw": (h, w)}
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tree_pss_mib(pid: int) -> float:
+    """Proportional memory (PSS: shared pages split between their users) of a process and all its
+    descendants, MiB; a forked data worker's pages shared with the trainer are not counted twice."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in open(f"/proc/{p}/smaps_rollup"):
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in open(f"/proc/{p}/task/{task}/children").read().split()]
+        except (OSError, ValueError):
+            continue
+    return total / 1024
+
+
+def repeated_coco(n: int) -> dict:
+    """The test photos' COCO file with ``n`` images: the six repeated under new image ids."""
+    coco = json.loads((REPO / "tests" / "data" / "coco_cc_by" / "annotations.json").read_text())
+    images, anns = [], []
+    for k in range(n):
+        im = coco["images"][k % len(coco["images"])]
+        images.append(dict(im, id=k + 1))
+        for a in coco["annotations"]:
+            if a["image_id"] == im["id"]:
+                anns.append(dict(a, id=len(anns) + 1, image_id=k + 1))
+    return dict(coco, images=images, annotations=anns)
+
+
+def train_peak_mib(n: int, engine: str, folder: Path) -> tuple[float, float]:
+    """Peak PSS (MiB) and seconds of ``sap train`` over one epoch of ``n`` images."""
+    ann = folder / f"train_{n}.json"
+    ann.write_text(json.dumps(repeated_coco(n)))
+    cfg = folder / "narrow.yaml"
+    cfg.write_text("model:\n  head_channels: 64\n  head_convs: 2\n  mask_channels: 32\n  kernel_dim: 64\n")
+    cmd = [sys.executable, "-c", "import cli; cli.main()", "train", "--engine", engine, "--train", str(ann),
+           "--images", str(REPO / "tests" / "data" / "coco_cc_by" / "images"), "--out", str(folder / f"{engine}_{n}"),
+           "--backbone", "resnet18", "--backbone-weights", "none", "--iters", str(n // 6), "--batch", "6",
+           "--min-size", "96", "--max-size", "160", "--workers", "2", "--checkpoint-period", "0", "--device", "cpu",
+           "--keep-empty-images", "--config", str(cfg)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), TQDM_DISABLE="1")
+    t0, peak = time.perf_counter(), 0.0
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None:
+        peak = max(peak, tree_pss_mib(proc.pid))
+        time.sleep(0.2)
+    if proc.returncode != 0:
+        raise SystemExit(f"sap train failed ({engine}, {n} images): {proc.stderr.read()[-2000:]}")
+    return peak, time.perf_counter() - t0
+
+
+def bench_memory(counts: list[int], engines: list[str]) -> None:
+    print("peak memory (PSS) of `sap train` (trainer and its 2 data workers), one epoch at short side 96, "
+          "R18, batch 6, over N images:")
+    with tempfile.TemporaryDirectory() as tmp:
+        for engine in engines:
+            row = [train_peak_mib(n, engine, Path(tmp)) for n in counts]
+            print(f"  {engine:11s} " + "  ".join(f"N={n}: {mib:.0f} MiB ({sec:.0f} s)"
+                                                 for n, (mib, sec) in zip(counts, row)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbones", default="resnet18,resnet50")
@@ -162,7 +239,12 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=2, help="timed iterations per measurement")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--memory", default="", help="image counts for the peak-memory runs of sap train, e.g. 30,100,300")
+    ap.add_argument("--engines", default="torch,detectron2", help="engines of the --memory runs")
     args = ap.parse_args()
+    if args.memory:
+        bench_memory([int(n) for n in args.memory.split(",")], args.engines.split(","))
+        return
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -3,10 +3,11 @@
 Parts, one module each: ``backbone`` (the shared ResNet-FPN in SOLOv2's shape), ``heads``
 (instance and mask-feature branches), ``targets`` (assignment to grid cells), ``losses`` (focal,
 dice, MPS), ``postprocess`` (point-NMS, maskness, matrix NMS, boxes from masks), ``model``
-(composition + config), ``data`` (COCO → samples), ``solver``, ``checkpoint``, ``config``
-(options and summary, shared by the engines), ``train`` (engines by name), ``engine`` (the plain
-PyTorch loop), ``d2`` (the detectron2 engine, the only place detectron2 is imported) and
-``predict`` (COCO results).
+(composition + config, batches in passes), ``data`` (COCO → samples), ``sampling`` (which
+images train together: orientation-grouped passes), ``solver``, ``checkpoint``, ``config``
+(options and summary, shared by the engines), ``run_folder`` (metrics, resume checks),
+``train`` (engines by name), ``engine`` (the plain PyTorch loop), ``d2`` (the detectron2 engine,
+the only place detectron2 is imported) and ``predict`` (COCO results).
 """
 
 from .config import TrainConfig, TrainSummary

@@ -1,9 +1,18 @@
 """What ``sap train`` is asked to do, and what it reports back, whichever engine runs it.
 
 :class:`TrainConfig` (the options; defaults are AdelaiDet's SOLOv2 R50 1x), :func:`check_config`
-(one sentence per unusable option), :func:`lr_schedule_of` (the schedule a configuration implies)
-and :class:`TrainSummary` (the closing report). Both engines import this module; it imports
-neither.
+(one sentence per unusable option), :func:`lr_schedule_of` (the schedule a configuration implies),
+:func:`model_config_of` (the network it implies), :func:`config_differences` (what forbids a
+resume) and :class:`TrainSummary` (the closing report). Both engines import this module; it
+imports neither.
+
+One clipping rule in both engines: ``clip_grad`` is the largest L2 norm of the gradient of all
+parameters together (SOLO's mmdetection setting, 35); ``0`` turns clipping off (AdelaiDet's
+detectron2 configs clip nothing).
+
+Batches are built as AdelaiDet builds them on 8 GPUs of 2 images: ``images_per_pass`` images of
+one orientation are padded together (to multiples of 32) and go through the network in one pass;
+a process's share of ``batch`` is several such passes whose gradients add up, as GPUs' would.
 """
 
 from __future__ import annotations
@@ -15,9 +24,13 @@ from typing import Any
 from pseudolabel.core.errors import InputError
 
 from .data import DataStats, parse_min_sizes
+from .losses import MPS_REDUCTIONS
+from .model import SOLOv2Config
 from .solver import LRSchedule, SCHEDULES, make_schedule
 
 ENGINES = ("torch", "detectron2")
+#: the run folder's subfolder that holds the detectron2 engine's own files and checkpoints
+D2_SUBDIR = "detectron2"
 
 
 @dataclass
@@ -47,7 +60,8 @@ class TrainConfig:
     warmup_factor: float = 0.01
     steps: list[int] | None = None
     gamma: float = 0.1
-    clip_grad: float = 35.0
+    clip_grad: float = 35.0  # max L2 norm of all gradients together (0 = off), in both engines
+    images_per_pass: int = 2  # images padded together in one forward pass (AdelaiDet: 2 per GPU)
     min_size: str = "640-800"
     max_size: int = 1333
     test_size: int | None = None
@@ -132,13 +146,65 @@ def check_config(cfg: TrainConfig) -> None:
         raise InputError(f"--engine must be one of {', '.join(ENGINES)}")
     if cfg.schedule not in SCHEDULES:
         raise InputError(f"--schedule must be one of {', '.join(SCHEDULES)}")
+    check_range(cfg.images_per_pass, "images_per_pass", 1, integer=True)
+    if cfg.mps_reduce not in MPS_REDUCTIONS:
+        raise InputError(f"mps_reduce must be one of {', '.join(MPS_REDUCTIONS)}")
     if (cfg.val is None) != (cfg.val_images is None):
         raise InputError("--val and --val-images go together")
     if not cfg.out:
         raise InputError("--out (the run folder) is required")
+    if cfg.engine == "torch" and (cfg.num_gpus != 1 or cfg.num_machines != 1 or cfg.machine_rank != 0):
+        raise InputError("--num-gpus, --num-machines and --machine-rank are the detectron2 engine's launcher; "
+                         "the torch engine runs on several GPUs through torchrun")
+    lr_schedule_of(cfg)
+
+
+def per_pass_of(cfg: TrainConfig, world_size: int) -> int:
+    """Images per forward pass for one process's share of the batch.
+
+    Raises:
+        InputError: the batch does not split into the processes, or a process's share into passes.
+    """
+    if cfg.batch % world_size:
+        raise InputError(f"--batch {cfg.batch} is not divisible by the {world_size} processes")
+    per_rank = cfg.batch // world_size
+    per_pass = min(cfg.images_per_pass, per_rank)
+    if per_rank % per_pass:
+        raise InputError(f"each process's {per_rank} images do not split into passes of images_per_pass "
+                         f"{per_pass}: choose a --batch that is a multiple of {per_pass * world_size}")
+    return per_pass
 
 
 def lr_schedule_of(cfg: TrainConfig) -> LRSchedule:
-    """The learning-rate schedule a configuration implies (base_lr scaled to the total batch)."""
-    return make_schedule(cfg.schedule, cfg.iters, cfg.base_lr, cfg.batch, cfg.base_batch, cfg.warmup_iters,
-                         cfg.warmup_factor, cfg.gamma, tuple(cfg.steps) if cfg.steps else None)
+    """The learning-rate schedule a configuration implies (base_lr scaled to the total batch).
+
+    Raises:
+        InputError: explicit steps that are not increasing or fall inside the warmup.
+    """
+    try:
+        return make_schedule(cfg.schedule, cfg.iters, cfg.base_lr, cfg.batch, cfg.base_batch, cfg.warmup_iters,
+                             cfg.warmup_factor, cfg.gamma, tuple(cfg.steps) if cfg.steps else None)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+def model_config_of(cfg: TrainConfig, num_classes: int) -> SOLOv2Config:
+    """The network a configuration asks for: AdelaiDet's defaults, the options, then ``model:``.
+
+    Raises:
+        InputError: an unknown or malformed ``model:`` key.
+    """
+    if "num_classes" in cfg.model:
+        raise InputError("model: num_classes comes from the training file's categories; remove it")
+    base = SOLOv2Config(num_classes=num_classes, backbone=cfg.backbone, backbone_weights=str(cfg.backbone_weights),
+                        mps_weight=cfg.mps_weight, mps_reduce=cfg.mps_reduce)
+    try:
+        return SOLOv2Config.from_dict({**base.to_dict(), **cfg.model})
+    except (ValueError, TypeError) as e:
+        raise InputError(f"bad model option in the configuration: {e}") from None
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``"key: old -> new"`` for every option that shapes the result and changed (resume check)."""
+    keys = sorted((set(old) | set(new)) - RESUME_FREE)
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]

@@ -8,9 +8,7 @@
   ``max_size``), flips, and returns the image with :class:`~segtrain.targets.InstanceTargets`
   (masks at stride 4, boxes and centres of mass in the input frame). Items are addressed by
   ``(index, seed)`` so that augmentation is a pure function of the sampler's stream, which
-  makes resumed runs identical to uninterrupted ones.
-* :class:`ResumableBatchSampler` is an endless, seeded stream of batches for one rank, built on
-  :class:`torch.utils.data.DistributedSampler` epochs, that can start at any iteration.
+  makes resumed runs identical to uninterrupted ones (:mod:`segtrain.sampling` makes the stream).
 """
 
 from __future__ import annotations
@@ -18,13 +16,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, DistributedSampler, Sampler
+from torch.utils.data import Dataset
 
 from pseudolabel.core.coco import check_categories, load_coco_json, mps_alternatives
 from pseudolabel.core.errors import ImageError, InputError
@@ -256,6 +254,13 @@ def _load(rec: ImageRecord) -> np.ndarray:
     return load_image_rgb(rec.path, (rec.width, rec.height) if rec.width else None)
 
 
+def draw_augmentation(seed: int, min_sizes: tuple[int, ...], flip_prob: float) -> tuple[int, bool]:
+    """The short side and the flip of a training item with augmentation seed ``seed``."""
+    rng = np.random.default_rng(seed)
+    short = int(min_sizes[rng.integers(len(min_sizes))])
+    return short, bool(rng.random() < flip_prob)
+
+
 class TrainDataset(Dataset):
     """Training samples addressed by ``(index, seed)`` (see the module docstring).
 
@@ -282,9 +287,7 @@ class TrainDataset(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> Sample | FailedSample:
         index, seed = item
         rec = self.records[index]
-        rng = np.random.default_rng(seed)
-        short = int(self.min_sizes[rng.integers(len(self.min_sizes))])
-        flip = bool(rng.random() < self.flip_prob)
+        short, flip = draw_augmentation(seed, self.min_sizes, self.flip_prob)
         try:
             img = _load(rec)
         except ImageError as e:
@@ -344,40 +347,3 @@ class InferenceDataset(Dataset):
 def collate(items: list[Sample | FailedSample]) -> list[Sample | FailedSample]:
     """Keep the list as it is (images have different sizes; the model pads them)."""
     return items
-
-
-class ResumableBatchSampler(Sampler):
-    """Endless batches of ``(index, seed)`` for one rank, starting at iteration ``start_iter``.
-
-    Epoch ``e`` of the stream is ``DistributedSampler(shuffle=True, seed=seed)`` at epoch ``e``
-    (this rank's share of a fresh permutation); batches run across epoch boundaries. The seed of
-    an item depends only on ``(seed, rank, position in the stream)``.
-    """
-
-    def __init__(self, num_items: int, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 start_iter: int = 0) -> None:
-        self.n, self.batch_size, self.seed = num_items, batch_size, seed
-        self.rank, self.world, self.start_iter = rank, world_size, start_iter
-        self._epoch_sampler = DistributedSampler(range(num_items), num_replicas=world_size, rank=rank,
-                                                 shuffle=True, seed=seed, drop_last=False)
-        self.per_epoch = len(self._epoch_sampler)
-
-    def _epoch(self, e: int) -> list[int]:
-        self._epoch_sampler.set_epoch(e)
-        return list(self._epoch_sampler)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        pos = self.start_iter * self.batch_size
-        epoch, offset = divmod(pos, self.per_epoch)
-        order = self._epoch(epoch)
-        while True:
-            batch = []
-            while len(batch) < self.batch_size:
-                if offset == self.per_epoch:
-                    epoch, offset = epoch + 1, 0
-                    order = self._epoch(epoch)
-                item_seed = int(np.random.SeedSequence([self.seed, self.rank, pos]).generate_state(1)[0])
-                batch.append((order[offset], item_seed))
-                offset += 1
-                pos += 1
-            yield batch

@@ -6,7 +6,8 @@ is read from ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``)::
     torchrun --nproc_per_node 8 $(which sap) train --train P.json --images DIR --out RUN --batch 16
 
 ``--batch`` is the total over all processes; the learning rate is ``base_lr · batch / 16``.
-Rank 0 logs, evaluates and saves. The run folder holds ``config.yaml`` (resolved options and
+Each process's share runs as passes of ``images_per_pass`` images of one orientation, padded
+together (see :mod:`segtrain.sampling` and :func:`train_step`). Rank 0 logs, evaluates and saves. The run folder holds ``config.yaml`` (resolved options and
 versions), ``metrics.jsonl`` (training and evaluation lines), ``model_XXXXXXX.pth`` checkpoints,
 ``last_checkpoint``, ``model_final.pth`` and, with a validation set, ``final_eval.json`` and
 ``inference/val_predictions.json``. ``--resume`` continues from ``last_checkpoint`` exactly:
@@ -15,9 +16,9 @@ same weights, optimiser state, learning rate and data stream as an uninterrupted
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +29,18 @@ from pseudolabel.core.config import to_jsonable, write_run_config
 from pseudolabel.core.device import DistInfo, init_distributed, pick_device
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.images import file_sha256
-from pseudolabel.core.journal import read_journal
-from pseudolabel.core.io import write_json_atomic, write_text_atomic
+from pseudolabel.core.io import write_json_atomic
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 
-from .config import RESUME_FREE, TrainConfig, TrainSummary, check_config, lr_schedule_of
 from .checkpoint import last_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .data import (CategoryMap, FailedSample, ResumableBatchSampler, TrainDataset,
-                   check_same_categories, collate, load_dataset, parse_min_sizes)
-from .losses import MPS_REDUCTIONS
-from .model import SOLOv2, SOLOv2Config, build_model
+from .config import TrainConfig, TrainSummary, check_config, lr_schedule_of, model_config_of, per_pass_of
+from .data import (CategoryMap, FailedSample, Sample, TrainDataset, check_same_categories, collate, load_dataset,
+                   parse_min_sizes)
+from .model import SOLOv2, SOLOv2Config, build_model, mean_losses
+from .run_folder import MetricsWriter, other_engine_run, prune_checkpoints, refuse_unresumable, trim_metrics
+from .sampling import ResumableBatchSampler, orientation, pass_slices
 from .solver import make_optimizer, set_lr
+
 
 def _barrier(info: DistInfo) -> None:
     if info.world_size > 1:
@@ -47,53 +49,41 @@ def _barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-# ---- run-folder bookkeeping ------------------------------------------------------------------
-
-def _config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    keys = sorted((set(old) | set(new)) - RESUME_FREE)
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
-
-
-def _trim_metrics(path: Path, upto: int) -> None:
-    """Drop metric lines written after iteration ``upto`` by an interrupted run (and a line torn
-    by the kill)."""
-    if not path.is_file():
-        return
-    kept = [rec for rec in read_journal(path) if isinstance(rec, dict) and rec.get("iter", 0) <= upto]
-    write_text_atomic(path, "".join(json.dumps(rec) + "\n" for rec in kept))
-
-
-def _prune_checkpoints(run_dir: Path, keep: int) -> None:
-    """Delete all but the ``keep`` newest periodic checkpoints (``keep <= 0`` keeps all)."""
-    if keep > 0:
-        for old in sorted(run_dir.glob("model_[0-9]*.pth"))[:-keep]:
-            old.unlink(missing_ok=True)
-
-
-class MetricsWriter:
-    """Appends one JSON object per line to ``metrics.jsonl`` (rank 0 only)."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.path is None:
-            return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-
 # ---- the loop --------------------------------------------------------------------------------
 
-def _model_config(cfg: TrainConfig, num_classes: int) -> SOLOv2Config:
-    if cfg.mps_reduce not in MPS_REDUCTIONS:
-        raise InputError(f"mps_reduce must be one of {', '.join(MPS_REDUCTIONS)}")
-    base = SOLOv2Config(num_classes=num_classes, backbone=cfg.backbone, backbone_weights=str(cfg.backbone_weights),
-                        mps_weight=cfg.mps_weight, mps_reduce=cfg.mps_reduce)
-    try:
-        return SOLOv2Config.from_dict({**base.to_dict(), **cfg.model})
-    except (ValueError, TypeError) as e:
-        raise InputError(f"bad model option in the configuration: {e}") from None
+def train_step(model: SOLOv2, passes: list[list[Sample]], optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, *, clip_grad: float, use_amp: bool = False,
+               net: torch.nn.Module | None = None) -> dict[str, float]:
+    """One SGD step on a batch given as passes; returns the batch's losses (means over its passes).
+
+    Each pass's loss, divided by the number of passes, is back-propagated as soon as it is
+    computed (a batch of 16 holds the activations of one pass only); under DDP the gradients
+    are synchronised on the last pass. Then all gradients together are clipped to the L2 norm
+    ``clip_grad`` (0 = off) and the optimizer steps.
+
+    Raises:
+        FloatingPointError: the loss is not finite.
+    """
+    net = net or model
+    ddp = isinstance(net, torch.nn.parallel.DistributedDataParallel)
+    optimizer.zero_grad(set_to_none=True)
+    records = []
+    for k, samples in enumerate(passes):
+        with net.no_sync() if ddp and k < len(passes) - 1 else nullcontext():
+            batch, sizes = model.preprocess([s.image for s in samples])
+            with torch.autocast(device_type=model.device.type, dtype=torch.float16, enabled=use_amp):
+                losses = net(batch, sizes, [s.targets for s in samples])
+            loss = losses["loss_cate"] + losses["loss_mask"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the loss became {loss.item()}")
+            scaler.scale(loss / len(passes)).backward()
+        records.append({"loss": loss.detach(), **{n: v.detach() for n, v in losses.items()}})
+    if clip_grad > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    return {n: float(v) for n, v in mean_losses(records).items() if n != "num_pos"}
 
 
 def evaluate(model: SOLOv2, val_json: str, records, categories: CategoryMap, cfg: TrainConfig,
@@ -125,8 +115,7 @@ def train_torch(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
     if not dist_info.is_main:  # rank 0 speaks for the run
         logger.setLevel(logging.ERROR)
     device = pick_device(cfg.device, dist_info.local_rank, mps=False)
-    if cfg.batch % dist_info.world_size:
-        raise InputError(f"--batch {cfg.batch} is not divisible by the {dist_info.world_size} processes")
+    per_pass = per_pass_of(cfg, dist_info.world_size)
     min_sizes = parse_min_sizes(cfg.min_size)
 
     missing = "skip" if cfg.skip_missing_images else "error"
@@ -143,20 +132,11 @@ def train_torch(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
     train_sha = file_sha256(cfg.train)
     run_dir = Path(cfg.out)
     cfg_record = to_jsonable(cfg)
+    other_engine_run(run_dir, "torch")
     ckpt_path = last_checkpoint(run_dir)
-    ckpt = None
-    if ckpt_path is not None and not resume:
-        raise InputError(f"{run_dir} already holds a training run ({ckpt_path.name}); "
-                         "pass --resume to continue it or choose another --out")
-    if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)
-        diffs = _config_differences(ckpt["train_config"], cfg_record)
-        if ckpt.get("train_sha256") != train_sha:
-            diffs.insert(0, "the training file's content")
-        if diffs:
-            raise InputError(f"cannot resume {run_dir}: it was started with a different configuration "
-                             f"({'; '.join(diffs[:4])})")
-    elif resume:
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None and resume else None
+    refuse_unresumable(run_dir, resume, ckpt_path, ckpt, cfg_record, train_sha)
+    if resume and ckpt is None:
         logger.info("nothing to resume in %s: starting a new run", run_dir)
 
     torch.manual_seed(cfg.seed)
@@ -164,7 +144,7 @@ def train_torch(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
         model = SOLOv2(SOLOv2Config.from_dict(ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
     else:
-        model = build_model(_model_config(cfg, len(cats.ids)))
+        model = build_model(model_config_of(cfg, len(cats.ids)))
     model.to(device)
     sched = lr_schedule_of(cfg)
     optimizer = make_optimizer(model, sched(0), cfg.momentum, cfg.weight_decay)
@@ -190,7 +170,7 @@ def train_torch(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
                              warmup_iters=sched.warmup_iters, world_size=dist_info.world_size, device=str(device))
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         else:
-            _trim_metrics(run_dir / "metrics.jsonl", start_iter)
+            trim_metrics(run_dir / "metrics.jsonl", start_iter)
     _barrier(dist_info)
     logger.info("training data: %s", stats.summary())
 
@@ -199,11 +179,11 @@ def train_torch(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    per_rank = cfg.batch // dist_info.world_size
     dataset = TrainDataset(records, min_sizes, cfg.max_size, cfg.flip_prob,
                            alt_ranks=model.cfg.mps_ranks if model.cfg.mps_weight > 0 else ())
-    sampler = ResumableBatchSampler(len(dataset), per_rank, seed=cfg.seed, rank=dist_info.rank,
-                                    world_size=dist_info.world_size, start_iter=start_iter)
+    sampler = ResumableBatchSampler(len(dataset), cfg.batch // dist_info.world_size, seed=cfg.seed,
+                                    rank=dist_info.rank, world_size=dist_info.world_size, start_iter=start_iter,
+                                    per_pass=per_pass, groups=[orientation(r.width, r.height) for r in records])
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate,
                         persistent_workers=False)
 
@@ -219,7 +199,6 @@ def train_torch(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
     t_window, n_window = time.perf_counter(), 0
     final_eval = None
     model.train()
-    it = start_iter
     if start_iter < sched.max_iter:
         batches = iter(loader)
         bar = progress(range(start_iter, sched.max_iter), desc="train", total=sched.max_iter, unit="it",
@@ -228,38 +207,28 @@ def train_torch(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
         with logging_to_tqdm():
             for it in bar:
                 items = next(batches)
-                good = []
                 for s in items:
-                    if isinstance(s, FailedSample):
-                        if s.image_id not in failed:
-                            failed[s.image_id] = s.file_name
-                            logger.warning("skipped image %s: %s", s.file_name, s.message)
-                    else:
-                        good.append(s)
+                    if isinstance(s, FailedSample) and s.image_id not in failed:
+                        failed[s.image_id] = s.file_name
+                        logger.warning("skipped image %s: %s", s.file_name, s.message)
+                # an unreadable image shortens its own pass; the others keep their grouping
+                passes = [[s for s in items[part] if not isinstance(s, FailedSample)]
+                          for part in pass_slices(len(items), per_pass)]
+                passes = [p for p in passes if p]
                 lr = sched(it)
                 set_lr(optimizer, lr)
-                if good:
-                    batch, sizes = model.preprocess([s.image for s in good])
-                    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                        losses = net(batch, sizes, [s.targets for s in good])
-                    loss = losses["loss_cate"] + losses["loss_mask"]
-                    if not torch.isfinite(loss):  # stop before a step could write NaN weights
-                        raise InputError(f"the loss became {loss.item()} at iteration {it}; "
-                                         "lower the learning rate (--lr) or check the data")
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if cfg.clip_grad and cfg.clip_grad > 0:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    values = {"loss": loss.item(),
-                              **{k: float(v.detach()) for k, v in losses.items() if k != "num_pos"}}
+                if passes:
+                    try:
+                        values = train_step(model, passes, optimizer, scaler, clip_grad=cfg.clip_grad,
+                                            use_amp=use_amp, net=net)
+                    except FloatingPointError as e:  # stopped before a step could write NaN weights
+                        raise InputError(f"{e} at iteration {it}; lower the learning rate (--lr) or check the "
+                                         "data") from None
                     for k, v in values.items():
                         window.setdefault(k, []).append(v)
                     first_loss = values["loss"] if first_loss is None else first_loss
                     last_loss = values["loss"]
-                    n_window += len(good) * dist_info.world_size
+                    n_window += sum(map(len, passes)) * dist_info.world_size
                 done = it + 1
                 if done % cfg.log_period == 0 or done == sched.max_iter:
                     now = time.perf_counter()
@@ -272,7 +241,7 @@ def train_torch(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
                 if dist_info.is_main and cfg.checkpoint_period and done % cfg.checkpoint_period == 0 \
                         and done < sched.max_iter:
                     save_checkpoint(run_dir / f"model_{done:07d}.pth", payload(done, True), run_dir)
-                    _prune_checkpoints(run_dir, cfg.keep_checkpoints)
+                    prune_checkpoints(run_dir, cfg.keep_checkpoints)
                 if cfg.eval_period and done % cfg.eval_period == 0 and done < sched.max_iter and val_records:
                     if dist_info.is_main:
                         ap, _ = evaluate(model, cfg.val, val_records, cats, cfg)
@@ -280,7 +249,6 @@ def train_torch(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
                         logger.info("iteration %d: val mask AP %.2f, AP50 %.2f", done, ap["AP"], ap["AP50"])
                     _barrier(dist_info)
         del batches
-        it = sched.max_iter
     if dist_info.is_main:
         save_checkpoint(run_dir / "model_final.pth", payload(sched.max_iter, False), run_dir)
         if val_records:

@@ -5,13 +5,16 @@
     batch, sizes = model.preprocess([img])    # img: 3×H×W uint8 RGB, already resized
     losses = model(batch, sizes, targets)     # training mode: dict of losses
     preds = model.predict([img], [(H0, W0)])  # eval: list of Prediction at the original size
+
+A training batch goes through in passes (:func:`pass_losses`): a few images padded together,
+as one GPU of AdelaiDet's 8 × 2 sees them; the batch's loss is the mean of its passes' losses.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +25,7 @@ from pseudolabel.core.resnet_fpn import ResNetFPN, build_resnet_fpn
 from .heads import InstanceHead, MaskFeatureHead
 from .losses import solo_losses
 from .postprocess import InferenceParams, Prediction, point_nms, postprocess_image
+from .sampling import pass_slices
 from .targets import InstanceTargets, build_targets
 
 
@@ -208,3 +212,25 @@ def build_solo_backbone(name: str, weights: str | None = "imagenet", norm: str =
     net.freeze(backbone_freeze_at(net.norm, freeze_at))
     net.freeze_at = freeze_at
     return net
+
+
+def pass_losses(model: SOLOv2, images: list[Tensor], targets: list[InstanceTargets], per_pass: int,
+                forward: Callable[..., dict[str, Tensor]] | None = None) -> Iterator[dict[str, Tensor]]:
+    """The losses of each pass of a batch: consecutive ``per_pass`` images, padded to their own size.
+
+    Args:
+        images: ``3×H×W`` uint8 RGB, already resized (those of a pass share an orientation).
+        forward: what runs the network (default ``model``; a DDP wrapper, or an autocast closure).
+
+    The batch's loss is the mean over passes (:func:`mean_losses`): exactly the gradient that
+    passes on separate GPUs, averaged by DDP, would give.
+    """
+    forward = forward or model
+    for part in pass_slices(len(images), per_pass):
+        batch, sizes = model.preprocess(images[part])
+        yield forward(batch, sizes, targets[part])
+
+
+def mean_losses(passes: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Key by key mean of the loss dicts of a batch's passes."""
+    return {k: sum(p[k] for p in passes) / len(passes) for k in passes[0]}

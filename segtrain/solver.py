@@ -43,10 +43,17 @@ def make_schedule(name: str, iters: int | None, base_lr: float, batch: int, base
                   steps: tuple[int, ...] | None = None) -> LRSchedule:
     """The schedule of a run: ``base_lr`` scaled linearly to the total ``batch``.
 
+    Steps scaled to a short run that land on or after its last iteration never act and are
+    dropped (``--iters 4`` of 1x keeps the step at 3, drops the one at 4), so that every schedule
+    is one detectron2's ``WarmupMultiStepLR`` can express too.
+
     Args:
         name: a key of :data:`SCHEDULES`.
         iters: override of the schedule's length (steps scale with it), or ``None``.
-        steps: explicit decay steps (override).
+        steps: explicit decay steps (override): increasing, after the warmup.
+
+    Raises:
+        ValueError: explicit steps that are not increasing, not positive or inside the warmup.
     """
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
@@ -54,9 +61,15 @@ def make_schedule(name: str, iters: int | None, base_lr: float, batch: int, base
     if iters is not None:
         sched_steps = tuple(round(s * iters / max_iter) for s in sched_steps)
         max_iter = iters
-    if steps is not None:
-        sched_steps = tuple(steps)
     warmup = min(warmup_iters, max_iter // 10)
+    if steps is not None:
+        steps = tuple(int(s) for s in steps)
+        if any(b <= a for a, b in zip(steps, steps[1:])) or any(s < 1 for s in steps):
+            raise ValueError(f"lr steps {list(steps)} must be positive and increasing")
+        if steps and steps[0] < warmup:
+            raise ValueError(f"lr step {steps[0]} falls inside the {warmup}-iteration warmup")
+        sched_steps = steps
+    sched_steps = tuple(s for s in dict.fromkeys(sched_steps) if s < max_iter)
     return LRSchedule(base_lr * batch / base_batch, max_iter, sched_steps, warmup, warmup_factor, gamma)
 
 

@@ -1,7 +1,7 @@
 """``sap train``: check the configuration, then hand it to the engine it names.
 
 Engines by name: ``torch`` (:func:`segtrain.engine.train_torch`, plain PyTorch, always there) and
-``detectron2`` (:func:`segtrain.d2.train_detectron2`, imported only when asked for, since
+``detectron2`` (:func:`segtrain.d2.trainer.train_detectron2`, imported only when asked for, since
 detectron2 is an optional install).
 """
 
@@ -19,7 +19,7 @@ def _torch_engine() -> Callable:
 
 
 def _detectron2_engine() -> Callable:
-    from .d2 import train_detectron2
+    from .d2.trainer import train_detectron2
 
     return train_detectron2
 

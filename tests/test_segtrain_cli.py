@@ -40,8 +40,9 @@ def run_sap(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
 @pytest.fixture
 def tiny(coco_gt, coco_dir, tmp_path):
     sub = subset_coco(coco_gt, 2, max_anns=3)
-    first = [a for a in sub["annotations"] if a["image_id"] == sub["images"][0]["id"]]
-    first[0]["alternatives"] = [a["segmentation"] for a in first[1:]]  # as `sap select` writes them
+    for im in sub["images"]:  # one landscape, one portrait: each pass of 2 holds one of them twice
+        anns = [a for a in sub["annotations"] if a["image_id"] == im["id"]]
+        anns[0]["alternatives"] = [a["segmentation"] for a in anns[1:]]  # as `sap select` writes them
     gt = tmp_path / "train.json"
     gt.write_text(json.dumps(sub))
     cfg = tmp_path / "train.yaml"

@@ -10,8 +10,8 @@ import torch
 
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.rle import encode_mask
-from segtrain.data import (CategoryMap, ResumableBatchSampler, TrainDataset, check_same_categories, load_dataset,
-                           parse_min_sizes, resized_hw)
+from segtrain.data import CategoryMap, TrainDataset, check_same_categories, load_dataset, parse_min_sizes, resized_hw
+from segtrain.sampling import ResumableBatchSampler, orientation, pass_slices
 
 
 def _write(tmp_path, coco: dict, name: str = "train.json"):
@@ -116,3 +116,26 @@ def test_resumable_sampler_restarts_mid_stream_and_shards_ranks():
     r1 = next(iter(ResumableBatchSampler(6, 3, seed=1, rank=1, world_size=2)))
     assert sorted(i for i, _ in r0 + r1) == list(range(6))
     assert len({s for _, s in r0 + r1}) == 6  # every item gets its own augmentation seed
+
+
+def test_passes_are_grouped_by_orientation_and_resume_mid_stream():
+    groups = [0, 1, 0, 0, 1, 0, 1]  # landscape / portrait, as detectron2 groups them
+    full = ResumableBatchSampler(7, 4, seed=5, per_pass=2, groups=groups)
+    it = iter(full)
+    stream = [next(it) for _ in range(8)]
+    for batch in stream:
+        assert len(batch) == 4
+        for part in pass_slices(4, 2):
+            assert len({groups[i] for i, _ in batch[part]}) == 1, batch  # one orientation per pass
+    tail = iter(ResumableBatchSampler(7, 4, seed=5, per_pass=2, groups=groups, start_iter=5))
+    assert [next(tail) for _ in range(3)] == stream[5:]
+    # every image keeps coming: grouping delays items, it drops none
+    seen = [i for b in stream for i, _ in b]
+    assert set(seen) == set(range(7)) and len({s for b in stream for _, s in b}) == len(seen)
+    # without groups, a pass is the next items of the stream (the whole batch by default)
+    plain = next(iter(ResumableBatchSampler(7, 4, seed=5)))
+    assert next(iter(ResumableBatchSampler(7, 4, seed=5, per_pass=2))) == plain
+    assert orientation(640, 480) == 0 and orientation(480, 640) == 1 and orientation(500, 500) == 1
+    assert pass_slices(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    with pytest.raises(ValueError, match="does not split"):
+        ResumableBatchSampler(7, 3, per_pass=2)

@@ -37,6 +37,8 @@ def train_cmd(
     amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision on GPU (default on).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (0).")] = None,
     skip_missing_images: Annotated[Optional[bool], typer.Option("--skip-missing-images", help="Train without images missing from disk instead of stopping.")] = None,
+    keep_empty_images: Annotated[Optional[bool], typer.Option("--keep-empty-images", help="Train on images without instances too (as negatives).")] = None,
+    images_per_pass: Annotated[Optional[int], typer.Option("--images-per-pass", help="Images padded together in one forward pass (2, AdelaiDet's per GPU).")] = None,
     num_gpus: Annotated[Optional[int], typer.Option("--num-gpus", help="detectron2 engine: GPUs per machine (torch engine: use torchrun).")] = None,
     num_machines: Annotated[Optional[int], typer.Option("--num-machines", help="detectron2 engine: number of machines.")] = None,
     machine_rank: Annotated[Optional[int], typer.Option("--machine-rank", help="detectron2 engine: rank of this machine.")] = None,
@@ -59,6 +61,7 @@ def train_cmd(
                   iters=iters, batch=batch, base_lr=lr, min_size=min_size, max_size=max_size, test_size=test_size,
                   mps_weight=mps_weight, eval_period=eval_period, checkpoint_period=checkpoint_period,
                   workers=workers, amp=amp, seed=seed, skip_missing_images=skip_missing_images,
+                  keep_empty_images=keep_empty_images, images_per_pass=images_per_pass,
                   num_gpus=num_gpus, num_machines=num_machines, machine_rank=machine_rank, dist_url=dist_url,
                   device=device)
     summary = run_train(cfg, resume=resume)
