@@ -29,6 +29,8 @@ def proposals_cmd(
     points_per_batch: Annotated[Optional[int], typer.Option("--points-per-batch", help="Prompts per decoder call (0 = auto).")] = None,
     save_embeddings: Annotated[Optional[bool], typer.Option("--save-embeddings/--no-save-embeddings", help="Also store each image embedding (fp16) for sap refine.")] = None,
     shard: Annotated[Optional[str], typer.Option("--shard", help="i/n: process every n-th image from the i-th (default: torchrun RANK/WORLD_SIZE).")] = None,
+    encoder_batch: Annotated[Optional[int], typer.Option("--encoder-batch", help="Images per encoder call (0 = auto: 1 on a CPU, 8 on a GPU).")] = None,
+    overlap: Annotated[Optional[bool], typer.Option("--overlap/--no-overlap", help="Read images ahead and RLE-encode masks on background threads (same cache either way).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a cache made with another configuration.")] = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -43,7 +45,7 @@ def proposals_cmd(
         raise InputError("sap proposals needs --ann, --images and --out (see sap proposals --help)")
     cfg = resolve(ProposalConfig(), load_config_file(config), engine=engine, model=model, checkpoint=checkpoint,
                   precision=precision, device=device, prompts=prompts, points_per_batch=points_per_batch,
-                  save_embeddings=save_embeddings, shard=shard)
+                  save_embeddings=save_embeddings, shard=shard, encoder_batch=encoder_batch, overlap=overlap)
     summary = run_proposals(ann, images, out, cfg, overwrite=overwrite)
     for line in summary.lines():
         typer.echo(line)

@@ -36,6 +36,8 @@ def encode_masks(masks: np.ndarray) -> list[RLE]:
         raise ValueError(f"encode_masks expects N×H×W masks, got shape {masks.shape}")
     if masks.shape[0] == 0:
         return []
+    if masks.dtype == np.bool_:
+        masks = masks.view(np.uint8)  # no copy: column-major stacks (N×W×H in memory) need none
     fortran = np.asfortranarray(masks.transpose(1, 2, 0), dtype=np.uint8)
     rles = mask_utils.encode(fortran)
     for rle in rles:

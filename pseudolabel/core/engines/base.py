@@ -57,6 +57,12 @@ def default_prompt_batch(device: torch.device) -> int:
     return 64 if torch.device(device).type == "cuda" else 4
 
 
+def default_encoder_batch(device: torch.device | str) -> int:
+    """Images per encoder call when the user does not say: 1 on a CPU (one 1024² image already
+    fills its GEMMs: 4096 tokens), 8 on a GPU."""
+    return 8 if torch.device(device).type == "cuda" else 1
+
+
 @dataclass
 class ImageEmbedding:
     """An engine's encoding of one image.
@@ -131,10 +137,12 @@ class PromptEngine:
     """A promptable segmenter on one device at one precision (subclasses: one per family).
 
     Subclasses set :attr:`family` and implement :meth:`input_size`, :meth:`_encode`,
-    :meth:`_decode` and :attr:`iou_head`.
+    :meth:`_decode` and :attr:`iou_head`; a family whose encoder takes a batch of images also
+    implements :meth:`_encode_many` and sets :attr:`batched_encoder`.
     """
 
     family = ""
+    batched_encoder = False  # whether _encode_many runs several images through the encoder at once
 
     def __init__(self, model, name: str, checkpoint_id: str, device: torch.device | str = "cpu",
                  precision: str = "fp32") -> None:
@@ -169,6 +177,11 @@ class PromptEngine:
 
     def _encode(self, image: torch.Tensor, input_size: tuple[int, int]) -> tuple[torch.Tensor, dict]:
         """``1×3×H×W`` float RGB in 0..255 → ``(1×256×64×64 embedding, extras)``."""
+        raise NotImplementedError
+
+    def _encode_many(self, images: list[torch.Tensor], sizes: list[tuple[int, int]]
+                     ) -> tuple[torch.Tensor, dict]:
+        """Several ``1×3×H×W`` images → ``(B×256×64×64 embeddings, extras with batch B)``."""
         raise NotImplementedError
 
     def _decode(self, emb: ImageEmbedding, points, boxes, masks, multimask: bool):
@@ -206,6 +219,34 @@ class PromptEngine:
         self.timings.encoder += time.perf_counter() - t0
         self.timings.images += 1
         return emb
+
+    @torch.inference_mode()
+    def encode_batch(self, images: list[np.ndarray]) -> list[ImageEmbedding]:
+        """:meth:`encode` for several ``H×W×3`` ``uint8`` RGB images.
+
+        Families with :attr:`batched_encoder` run the encoder once on the ``B×3×1024×1024``
+        stack (each image resized, normalised and padded as :meth:`encode` does it); the others,
+        and a single image, go one by one. The timings count one call, ``B`` images. A batched
+        GEMM rounds differently from a single one: embeddings agree to float rounding.
+        """
+        if len(images) <= 1 or not self.batched_encoder:
+            return [self.encode(image) for image in images]
+        for image in images:
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(f"encode expects an H×W×3 uint8 RGB image, got {image.shape} {image.dtype}")
+        t0 = time.perf_counter()
+        xs, sizes = [], []
+        for image in images:
+            sizes.append(self.input_size(*image.shape[:2]))
+            xs.append(torch.from_numpy(np.array(image)).to(self.device).permute(2, 0, 1)[None].float())
+        feats, extras = self._encode_many(xs, sizes)
+        out = [ImageEmbedding(feats[i:i + 1].float(), size, tuple(image.shape[:2]),
+                              {k: v[i:i + 1].float() for k, v in extras.items()})
+               for i, (image, size) in enumerate(zip(images, sizes))]
+        self._sync()
+        self.timings.encoder += time.perf_counter() - t0
+        self.timings.images += len(images)
+        return out
 
     @torch.inference_mode()
     def decode(self, emb: ImageEmbedding, point_coords: np.ndarray | None = None,

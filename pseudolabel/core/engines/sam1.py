@@ -3,7 +3,11 @@
 Architectures by type (:data:`SAM_TYPES`): the three released ones and ``tiny``, SAM's own modules
 at a small width for tests and CPU smoke runs. The image is resized (longest side 1024, PIL's
 resampling up to rounding), normalised and padded right/bottom; the embedding is ``1×256×64×64``.
-The encoder's global-attention blocks run through fused attention (:func:`use_fused_attention`).
+The encoder runs one of three paths (:data:`ENCODER_PATHS`): ``fast`` (default,
+:mod:`.sam1_fast`: every attention through SDPA with the relative-position bias as its mask,
+weights cast once, fewer passes over memory), ``fused`` (only the global-attention blocks through
+SDPA, :func:`use_fused_attention`) or ``plain`` (segment_anything's own forward). They compute
+the same function; the fast path agrees with the plain one to float rounding (tests/test_sam_fast.py).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch.nn.functional as F
 from .base import IMAGE_SIZE, PromptEngine, resized_hw
 
 STRICT_UNEXPECTED = True
+ENCODER_PATHS = ("fast", "fused", "plain")
 
 
 @dataclass(frozen=True)
@@ -122,15 +127,29 @@ def use_fused_attention(model) -> int:
 
 
 class SamEngine(PromptEngine):
-    """SAM v1 with encode-once / decode-batched helpers."""
+    """SAM v1 with encode-once / decode-batched helpers.
+
+    ``encoder`` picks the encoder path (:data:`ENCODER_PATHS`; ``fused_attention=False`` is the
+    older spelling of ``plain``); :attr:`encoder_path` says which one runs (``fast`` falls back to
+    ``fused`` on an encoder that is not segment_anything's own ``ImageEncoderViT``).
+    """
 
     family = "sam"
+    batched_encoder = True
 
     def __init__(self, model, name: str, checkpoint_id: str, device: torch.device | str = "cpu",
-                 precision: str = "fp32", fused_attention: bool = True) -> None:
+                 precision: str = "fp32", fused_attention: bool = True, encoder: str | None = None) -> None:
         super().__init__(model, name, checkpoint_id, device, precision)
-        if fused_attention:
+        encoder = encoder or ("fast" if fused_attention else "plain")
+        if encoder not in ENCODER_PATHS:
+            raise ValueError(f"unknown encoder path {encoder!r}; choose one of {', '.join(ENCODER_PATHS)}")
+        if encoder == "fast":
+            from .sam1_fast import accelerate
+
+            encoder = "fast" if accelerate(self.model) == "fast" else "fused"
+        if encoder == "fused":
             use_fused_attention(self.model)
+        self.encoder_path = encoder
 
     @property
     def iou_head(self) -> torch.nn.Module:
@@ -144,7 +163,11 @@ class SamEngine(PromptEngine):
         return self.model.postprocess_masks(low_res.float(), tuple(emb.input_size), tuple(emb.original_size))
 
     def _encode(self, x: torch.Tensor, input_size: tuple[int, int]) -> tuple[torch.Tensor, dict]:
-        x = self.model.preprocess(resize_longest_side(x, input_size))  # normalise and pad to 1024×1024
+        return self._encode_many([x], [input_size])
+
+    def _encode_many(self, images, sizes) -> tuple[torch.Tensor, dict]:
+        # each resized, normalised and padded to 1024×1024, then one encoder call on the stack
+        x = torch.cat([self.model.preprocess(resize_longest_side(im, size)) for im, size in zip(images, sizes)])
         with self.autocast():
             feats = self.model.image_encoder(x)
         return feats, {}
