@@ -181,11 +181,11 @@ def test_a_torn_last_line_is_dropped_and_cut_so_appends_start_clean(tmp_path):
 
 
 def test_train_resume_survives_a_torn_metrics_line(tmp_path):
-    from segtrain.engine import _trim_metrics
+    from segtrain.run_folder import trim_metrics
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"iter": 20, "loss": 1.0}\n{"iter": 40, "loss": 0.5}\n{"iter": 60, "lo')
-    _trim_metrics(path, 40)
+    trim_metrics(path, 40)
     assert [json.loads(x)["iter"] for x in path.read_text().splitlines()] == [20, 40]
 
 
