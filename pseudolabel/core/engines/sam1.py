@@ -2,8 +2,9 @@
 
 Architectures by type (:data:`SAM_TYPES`): the three released ones; ``tiny``, SAM's own modules
 at a small width for tests and CPU smoke runs; and ``pocket``, SAM's modules at a small width
-trained here on generated shapes (``scripts/train_pocket_sam.py``; not SAM, not for real photos). The image is resized (longest side 1024, PIL's
-resampling up to rounding), normalised and padded right/bottom; the embedding is ``1×256×64×64``.
+trained here on generated shapes (``scripts/train_pocket_sam.py``; not SAM, not for real
+photos). The image is resized (longest side 1024, PIL's resampling up to rounding), normalised
+and padded right/bottom; the embedding is ``1×256×64×64`` (``1×64×64×64`` for ``pocket``).
 The encoder runs one of three paths (:data:`ENCODER_PATHS`): ``fast`` (default,
 :mod:`.sam1_fast`: every attention through SDPA with the relative-position bias as its mask,
 weights cast once, fewer passes over memory), ``fused`` (only the global-attention blocks through
