@@ -27,6 +27,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "pseudolabel.selector": (2, "selector"),
     "refine": (2, "refine"),
     "segtrain": (2, "segtrain"),
+    "pseudolabel.pocket": (2, "pocket"),  # the pocket SAM's scenes and training: core only
     "pseudolabel.evaluate": (3, "tools"),
     "pseudolabel.viz": (3, "tools"),
     "pseudolabel.export": (3, "tools"),

@@ -180,17 +180,19 @@ def test_the_full_demo_configuration_names_real_options(tmp_path):
         assert cfg.train["iters"] == (6 if quick else 60) and cfg.select["epochs"] == (1 if quick else 4)
 
 
-def test_sap_demo_runs_offline_end_to_end_with_the_random_weights_banner(tmp_path):
+def test_sap_demo_runs_offline_end_to_end_with_the_pocket_sam_banner(tmp_path):
     """The README's first command: the whole pipeline on the shapes dataset, without internet
-    (``--quick``: the same stages with a token amount of work)."""
+    (``--quick``: the same stages with a token amount of work), on the pocket SAM (the
+    random-weights fallback: tests/test_pocket.py)."""
     r = subprocess.run([sys.executable, str(REPO / "cli.py"), "demo", "--offline", "--quick", "--out", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "RANDOM WEIGHTS" in r.stderr
+    assert "a pocket SAM trained on synthetic shapes" in r.stderr and "RANDOM WEIGHTS" not in r.stderr
     for stage in STAGES:
         assert stage in r.stdout
     report = (tmp_path / "run" / "report.md").read_text()
-    assert "RANDOM WEIGHTS" in report and "mask AP" in report and "sam-top1" in report
+    assert "a pocket SAM trained on synthetic shapes" in report and "mask AP" in report and "sam-top1" in report
+    assert any("sam_pocket" in p.read_text() for p in (tmp_path / "run").rglob("*.yaml"))
     overlays = sorted((tmp_path / "run" / "7_viz" / "overlays").glob("*.png"))
     assert len(overlays) == 4
     img = Image.open(overlays[0])

@@ -44,7 +44,7 @@ def pipeline_cmd(
 @commands.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("sap_runs/demo"),
-    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="SAM checkpoint file ('none' = random tiny SAM).")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="SAM checkpoint file; it always wins ('none' = random tiny SAM). Without it: the official checkpoint if here or downloadable, else the pocket SAM trained on synthetic shapes (not SAM).")] = None,
     engine: Annotated[Optional[str], typer.Option("--engine", help="Engine of the checkpoint (default sam_vit_b).")] = None,
     model: SamModelOpt = None,
     device: DeviceOpt = None,

@@ -49,6 +49,12 @@ def engine_lines(ckpt_dir) -> list[str]:
         why = availability(name)
         if why is not None:
             state = f"not available: {why}"
+        elif spec.bundled is not None:
+            from .engines.loading import WEIGHTS_DIR
+
+            here = (WEIGHTS_DIR / spec.bundled).is_file()
+            state = (f"available, weights {'bundled' if here else 'MISSING (python scripts/train_pocket_sam.py)'}"
+                     f": {spec.note}")
         elif spec.url is None:
             state = "available (random weights only: tests)"
         else:

@@ -111,11 +111,19 @@ RANDOM_BANNER = _banner(
     "Every mask below is meaningless; the run only shows that the whole pipeline works.",
     "Real masks: sap demo --checkpoint sam_vit_b_01ec64.pth (or run once with internet).")
 
+POCKET_BANNER = _banner(
+    "THIS DEMO'S SAM IS NOT SAM: it is a pocket SAM trained on synthetic shapes",
+    "(SAM's architecture at a small width, trained here by scripts/train_pocket_sam.py).",
+    "Its masks are learnt, not random, but weak (README: The pocket SAM); never for real photos.",
+    "Official SAM: sap demo --checkpoint sam_vit_b_01ec64.pth (or run once with internet).")
+
 
 def demo_config(out: Path, data_json: Path, images: Path, engine: str, checkpoint: str,
                 device: str | None, real: bool, quick: bool = False) -> PipelineConfig:
     """A pipeline small enough for a laptop CPU: shapes images, R18 selector and SOLOv2.
 
+    ``real``: an official SAM checkpoint (then the backbones start from ImageNet weights too);
+    otherwise the backbones start from random weights, as nothing can be downloaded.
     ``quick`` (``sap demo --quick``, and the test of the demo) runs every stage through the same
     code with a token amount of work: one selector epoch, six SOLOv2 iterations on narrow heads.
     """
@@ -141,44 +149,57 @@ def demo_config(out: Path, data_json: Path, images: Path, engine: str, checkpoin
     return cfg
 
 
+def choose_sam(engine: str, checkpoint: str | None, offline: bool) -> tuple[str, str, str]:
+    """Which SAM the demo runs: ``(engine, checkpoint, kind)``, kind ``official``, ``pocket`` or
+    ``random``.
+
+    ``checkpoint`` given: it wins (``none``: ``sam_tiny`` with random weights). Else the official
+    checkpoint of ``engine`` from the checkpoint folder or a download (not with ``offline``); else
+    the pocket SAM with its bundled weights; else ``sam_tiny`` with random weights.
+    """
+    from pseudolabel.core.engines.loading import (RANDOM_CHECKPOINT, bundled_checkpoint, checkpoint_dir,
+                                                  download_checkpoint)
+    from pseudolabel.core.engines.registry import canonical_engine, engine_spec
+
+    engine = canonical_engine(engine)
+    if checkpoint is not None:
+        if str(checkpoint).lower() == RANDOM_CHECKPOINT:
+            return "sam_tiny", RANDOM_CHECKPOINT, "random"
+        return engine, str(checkpoint), "pocket" if engine_spec(engine).bundled else "official"
+    if engine_spec(engine).bundled is None:
+        local = checkpoint_dir() / (engine_spec(engine).filename or "")
+        if local.is_file():
+            return engine, str(local), "official"
+        if not offline:
+            try:
+                return engine, str(download_checkpoint(engine)), "official"
+            except InputError as e:
+                logger.warning("%s", e)
+    try:
+        return "sam_pocket", str(bundled_checkpoint("sam_pocket")), "pocket"
+    except InputError as e:
+        logger.warning("%s", e)
+    return "sam_tiny", RANDOM_CHECKPOINT, "random"
+
+
 def run_demo(out: str | Path = "sap_runs/demo", checkpoint: str | None = None, engine: str = "sam_vit_b",
              device: str | None = None, offline: bool = False, n_images: int | None = None,
              quick: bool = False) -> tuple[list[StageRecord], Path]:
     """Make the shapes dataset and run the whole pipeline on it; returns the records and report path.
 
-    SAM: ``checkpoint`` if given; else the official checkpoint of ``engine`` if it is in the
-    checkpoint folder or can be downloaded (not with ``offline``); else ``sam_tiny`` with random
-    weights, announced by a banner.
+    SAM: see :func:`choose_sam` — a given checkpoint, else the official one, else the pocket SAM
+    (trained on synthetic shapes, announced by a banner), else random weights (another banner).
     """
-    from pseudolabel.core.engines.loading import RANDOM_CHECKPOINT, checkpoint_dir, download_checkpoint
-    from pseudolabel.core.engines.registry import canonical_engine, engine_spec
-
     out = Path(out)
-    engine = canonical_engine(engine)
+    engine, checkpoint, kind = choose_sam(engine, checkpoint, offline)
     n_images = n_images or (4 if quick else 8)
     data_json, images = make_demo_dataset(out / "data", n_images=n_images)
-    real = True
-    if checkpoint is not None and str(checkpoint).lower() == RANDOM_CHECKPOINT:
-        engine, real = "sam_tiny", False
-    elif checkpoint is None:
-        local = checkpoint_dir() / (engine_spec(engine).filename or "")
-        if local.is_file():
-            checkpoint = str(local)
-        elif not offline:
-            try:
-                checkpoint = str(download_checkpoint(engine))
-            except InputError as e:
-                logger.warning("%s", e)
-                real = False
-        else:
-            real = False
-        if not real:
-            engine, checkpoint = "sam_tiny", RANDOM_CHECKPOINT
-    if not real:
-        logger.warning(RANDOM_BANNER)
-    cfg = demo_config(out / "run", data_json, images, engine, str(checkpoint), device, real, quick)
+    banner = {"official": None, "pocket": POCKET_BANNER, "random": RANDOM_BANNER}[kind]
+    if banner:
+        logger.warning(banner)
+    cfg = demo_config(out / "run", data_json, images, engine, checkpoint, device, kind == "official", quick)
     records = Pipeline(cfg).run_stages()
-    report = write_report(out / "run", records, banner=None if real else RANDOM_BANNER)
-    if not real:
-        logger.warning(RANDOM_BANNER)
+    report = write_report(out / "run", records, banner=banner)
+    if banner:
+        logger.warning(banner)
     return records, report

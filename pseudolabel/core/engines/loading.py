@@ -27,6 +27,8 @@ from ..progress import logger
 from .registry import EngineSpec, availability, canonical_engine, engine_spec
 
 RANDOM_CHECKPOINT = "none"
+#: checkpoints shipped inside the package (the pocket SAM's)
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 
 
 def checkpoint_dir() -> Path:
@@ -116,6 +118,32 @@ def download_checkpoint(name: str, dest_dir: Path | None = None) -> Path:
     return dest
 
 
+def bundled_checkpoint(name: str) -> Path:
+    """The checkpoint of engine ``name`` shipped in :data:`WEIGHTS_DIR` (the pocket SAM's).
+
+    Raises:
+        InputError: the engine ships none, the file is missing, or its sha256 is not the one the
+            registry records.
+    """
+    spec = engine_spec(name)
+    if spec.bundled is None:
+        raise InputError(f"engine {spec.name} ships no weights")
+    path = WEIGHTS_DIR / spec.bundled
+    if not path.is_file():
+        raise InputError(f"the {spec.name} weights {path} are missing; make them with "
+                         "python scripts/train_pocket_sam.py or pass --checkpoint PATH")
+    if spec.sha256 is not None and (digest := sha256_of(path)) != spec.sha256:
+        raise InputError(f"{path} has sha256 {digest}, expected {spec.sha256}; restore it from git "
+                         "or retrain it with python scripts/train_pocket_sam.py")
+    return path
+
+
+def default_checkpoint(name: str) -> Path:
+    """Where :func:`load_model` finds engine ``name``'s weights when none is given: the bundled
+    file, else the official checkpoint (downloaded once)."""
+    return bundled_checkpoint(name) if engine_spec(name).bundled else download_checkpoint(name)
+
+
 def build_architecture(name: str, seed: int = 0) -> torch.nn.Module:
     """The network of engine ``name`` with seeded random weights, in eval mode on the CPU."""
     spec = engine_spec(name)
@@ -147,7 +175,8 @@ def load_model(name: str, checkpoint: str | os.PathLike | None = None) -> tuple[
 
     Args:
         name: an engine name (or a deprecated SAM type such as ``vit_b``).
-        checkpoint: a checkpoint file; ``None`` downloads (or reuses) the official one;
+        checkpoint: a checkpoint file; ``None`` takes the bundled one (the pocket SAM) or
+            downloads (or reuses) the official one;
             ``"none"`` keeps seeded random weights (tests and offline demos only: the masks are
             meaningless, and a warning says so).
 
@@ -162,7 +191,7 @@ def load_model(name: str, checkpoint: str | os.PathLike | None = None) -> tuple[
             "!!! %s has RANDOM weights (--checkpoint none): its masks are meaningless; "
             "use this only for tests and offline demos !!!", spec.name)
         return model, "random-init"
-    path = Path(checkpoint) if checkpoint is not None else download_checkpoint(spec.name)
+    path = Path(checkpoint) if checkpoint is not None else default_checkpoint(spec.name)
     state = load_torch_file(path, f"{spec.name} checkpoint")
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]

@@ -22,7 +22,11 @@ from ..errors import InputError
 
 DEFAULT_ENGINE = "sam_vit_h"
 #: ``--model`` values of sap ≤ 0.1 (SAM v1 types) → engine names
-ALIASES = {"vit_h": "sam_vit_h", "vit_l": "sam_vit_l", "vit_b": "sam_vit_b", "tiny": "sam_tiny"}
+ALIASES = {"vit_h": "sam_vit_h", "vit_l": "sam_vit_l", "vit_b": "sam_vit_b", "tiny": "sam_tiny",
+           "pocket": "sam_pocket"}
+#: what the pocket SAM is, for banners, ``sap env`` and the README
+POCKET_NOTE = ("a pocket SAM trained on synthetic shapes (SAM's architecture at a small width, "
+               "scripts/train_pocket_sam.py): not SAM, not for real photos")
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,8 @@ class EngineSpec:
         sha256, md5: the published digest of that file, where one exists (see module docstring).
         size: its size in bytes where published.
         note: one line for ``sap env`` and the README.
+        bundled: a checkpoint shipped in ``pseudolabel/core/weights/`` (the pocket SAM), loaded
+            when no checkpoint is given; ``sha256`` is then that file's digest.
     """
 
     name: str
@@ -90,6 +96,7 @@ class EngineSpec:
     md5: str | None = None
     size: int | None = None
     note: str = ""
+    bundled: str | None = None
 
     @property
     def filename(self) -> str | None:
@@ -116,6 +123,8 @@ ENGINES: dict[str, EngineSpec] = {e.name: e for e in (
                sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
                md5="01ec64d29a2fca3f0661936605ae66f8", note="SAM ViT-B"),
     EngineSpec("sam_tiny", "sam", "tiny", note="SAM's modules at a small width, random weights (tests)"),
+    EngineSpec("sam_pocket", "sam", "pocket", bundled="sam_pocket.pth", note=POCKET_NOTE,
+               sha256="9ce9e9b26e7bb125a34b639dbea3b656e4fea736f5dd4fc8acd90631fcf68fb0"),
     EngineSpec("sam2.1_hiera_t", "sam2", _SAM2_CFG.format("t"), _SAM2 + "sam2.1_hiera_tiny.pt",
                md5="6aa6761c9da74fbaa74b4c790a0a2007", note="SAM 2.1 Hiera-T"),
     EngineSpec("sam2.1_hiera_s", "sam2", _SAM2_CFG.format("s"), _SAM2 + "sam2.1_hiera_small.pt",

@@ -1,8 +1,10 @@
 """SAM v1 (segment_anything): architectures, the release format, and :class:`SamEngine`.
 
-Architectures by type (:data:`SAM_TYPES`): the three released ones and ``tiny``, SAM's own modules
-at a small width for tests and CPU smoke runs. The image is resized (longest side 1024, PIL's
-resampling up to rounding), normalised and padded right/bottom; the embedding is ``1×256×64×64``.
+Architectures by type (:data:`SAM_TYPES`): the three released ones; ``tiny``, SAM's own modules
+at a small width for tests and CPU smoke runs; and ``pocket``, SAM's modules at a small width
+trained here on generated shapes (``scripts/train_pocket_sam.py``; not SAM, not for real
+photos). The image is resized (longest side 1024, PIL's resampling up to rounding), normalised
+and padded right/bottom; the embedding is ``1×256×64×64`` (``1×64×64×64`` for ``pocket``).
 The encoder runs one of three paths (:data:`ENCODER_PATHS`): ``fast`` (default,
 :mod:`.sam1_fast`: every attention through SDPA with the relative-position bias as its mask,
 weights cast once, fewer passes over memory), ``fused`` (only the global-attention blocks through
@@ -33,6 +35,9 @@ class SamType:
     encoder_heads: int
     global_attn: tuple[int, ...]
     decoder_mlp_dim: int = 2048
+    window_size: int = 14
+    decoder_attn_downsample: int = 2  # the TwoWayTransformer's cross-attention downsampling
+    embed_dim: int = 256  # the image embedding's channels (the prompt encoder's and decoder's width)
 
 
 SAM_TYPES: dict[str, SamType] = {
@@ -41,6 +46,8 @@ SAM_TYPES: dict[str, SamType] = {
     "vit_b": SamType(768, 12, 12, (2, 5, 8, 11)),
     # Tests and offline smoke runs: SAM's own modules, narrow encoder and decoder MLP.
     "tiny": SamType(64, 2, 2, (1,), decoder_mlp_dim=256),
+    # Trained here on generated shapes (scripts/train_pocket_sam.py); NOT for real photos.
+    "pocket": SamType(48, 4, 3, (), decoder_mlp_dim=256, window_size=16, embed_dim=64),
 }
 
 
@@ -50,19 +57,20 @@ def build(spec) -> torch.nn.Module:
                                            TwoWayTransformer)
 
     t = SAM_TYPES[spec.arch]
-    embed = 256
+    embed = t.embed_dim
     return Sam(
         image_encoder=ImageEncoderViT(
             depth=t.encoder_depth, embed_dim=t.encoder_dim, img_size=IMAGE_SIZE,
             mlp_ratio=4, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
             num_heads=t.encoder_heads, patch_size=16, qkv_bias=True, use_rel_pos=True,
-            global_attn_indexes=t.global_attn, window_size=14, out_chans=embed),
+            global_attn_indexes=t.global_attn, window_size=t.window_size, out_chans=embed),
         prompt_encoder=PromptEncoder(
             embed_dim=embed, image_embedding_size=(IMAGE_SIZE // 16, IMAGE_SIZE // 16),
             input_image_size=(IMAGE_SIZE, IMAGE_SIZE), mask_in_chans=16),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=embed, mlp_dim=t.decoder_mlp_dim, num_heads=8),
+            transformer=TwoWayTransformer(depth=2, embedding_dim=embed, mlp_dim=t.decoder_mlp_dim, num_heads=8,
+                                          attention_downsample_rate=t.decoder_attn_downsample),
             transformer_dim=embed, iou_head_depth=3, iou_head_hidden_dim=256),
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],

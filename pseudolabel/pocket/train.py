@@ -1,0 +1,188 @@
+"""Training the pocket SAM: SAM's recipe on generated scenes, on a CPU, repeatable from a seed.
+
+Each step draws one scene (:mod:`.scenes`), runs SAM's image encoder once on it in the 1024 frame
+(resized and padded exactly as :class:`pseudolabel.core.engines.sam1.SamEngine` does), picks up to
+``prompts_per_image`` target masks (objects and parts) and runs SAM's interactive loop on them
+(:mod:`.prompts`): a first prompt — a click, a noisy box, or both — then ``iterations − 1``
+correction clicks with the previous logits as the mask prompt. Every decoder call is trained with
+:func:`.losses.sam_loss` on the 3 multimask outputs and, when the prompt is not a lone click, on
+the single output as well; the losses of all calls add up before one AdamW step.
+
+Repeatability: the weights are a function of the configuration alone (scene seeds and prompt
+generators derive from ``seed`` and the step), with one torch thread; the run stops after
+``steps``, never after a time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pseudolabel.core.engines.base import IMAGE_SIZE, resized_hw
+from pseudolabel.core.engines.loading import build_architecture
+from pseudolabel.core.engines.sam1 import resize_longest_side, use_fused_attention
+
+from . import prompts as P
+from .decoder import predict_masks
+from .losses import sam_loss
+from .quality import scene_seed
+from .scenes import make_scene
+
+LOW_RES = IMAGE_SIZE // P.SCALE
+
+
+@dataclass
+class PocketConfig:
+    """Everything that determines the trained weights."""
+
+    engine: str = "sam_pocket"
+    seed: int = 0
+    steps: int = 550
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.05
+    warmup: int = 30
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    prompts_per_image: int = 4
+    iterations: int = 2
+    first_prompt: tuple[float, float, float] = (0.5, 0.3, 0.2)  # click, box, click + box
+    threads: int = 1
+    # SAM weighs focal:dice 20:1; from scratch in a few hundred steps that collapsed to empty
+    # masks (IoU 0 after 100 steps), dice-led training did not: 1:1 (README, "The pocket SAM")
+    focal_weight: float = 1.0
+
+
+def prepare_image(model, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+    """``H×W×3`` uint8 → the encoder's ``1×3×1024×1024`` input and the resized ``(h', w')``
+    (SAM's ResizeLongestSide as the engine does it, then normalise and pad)."""
+    h, w = image.shape[:2]
+    nh, nw = resized_hw(h, w)
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    return model.preprocess(resize_longest_side(x, (nh, nw))), (nh, nw)
+
+
+def lowres_targets(masks: list[np.ndarray], resized: tuple[int, int]) -> torch.Tensor:
+    """Original-size bool masks → ``B×256×256`` bool in SAM's low-resolution frame: resized
+    (antialiased) straight to the ``(h'/4, w'/4)`` cells the image covers, thresholded at half,
+    padded right and bottom."""
+    nh, nw = resized
+    ch, cw = math.ceil(nh / P.SCALE), math.ceil(nw / P.SCALE)
+    m = torch.from_numpy(np.stack(masks)).float()[:, None]
+    m = F.interpolate(m, (ch, cw), mode="bilinear", align_corners=False, antialias=True)
+    return F.pad(m, (0, LOW_RES - cw, 0, LOW_RES - ch))[:, 0] > 0.5
+
+
+def _lr_at(step: int, cfg: PocketConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _decode(model, feats, points, boxes, mask_input):
+    sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+    return predict_masks(model.mask_decoder, feats, model.prompt_encoder.get_dense_pe(), sparse, dense)
+
+
+def train_step(model, step: int, cfg: PocketConfig) -> tuple[torch.Tensor, dict]:
+    """The loss of one scene (summed over SAM's interactive iterations) and its statistics."""
+    rng = np.random.default_rng(scene_seed(cfg.seed, step))
+    gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    scene = make_scene(scene_seed(cfg.seed, step))
+    candidates = scene.targets()
+    pick = rng.choice(len(candidates), size=min(cfg.prompts_per_image, len(candidates)), replace=False)
+    x, resized = prepare_image(model, scene.image)
+    targets = lowres_targets([candidates[i] for i in pick], resized)
+    feats = model.image_encoder(x)
+    first = rng.choice(3, p=cfg.first_prompt)
+    coords = torch.zeros(len(pick), 0, 2)
+    labels = torch.zeros(len(pick), 0, dtype=torch.int64)
+    boxes = mask_input = None
+    if first in (0, 2):
+        coords, labels = P.point_in_mask(targets, gen), torch.ones(len(pick), 1, dtype=torch.int64)
+    if first in (1, 2):
+        boxes = P.noisy_boxes(targets, gen)
+    total = torch.zeros(())
+    stats = {"mask": 0.0, "iou_mse": 0.0, "iou_first": 0.0, "iou_last": 0.0}
+    for it in range(cfg.iterations):
+        points = (coords, labels) if coords.shape[1] else None
+        logits, iou_pred = _decode(model, feats, points, boxes, mask_input)
+        loss, parts = sam_loss(logits[:, 1:], iou_pred[:, 1:], targets, focal_weight=cfg.focal_weight)
+        lone_click = boxes is None and coords.shape[1] == 1 and mask_input is None
+        if not lone_click:
+            loss1, _ = sam_loss(logits[:, :1], iou_pred[:, :1], targets, focal_weight=cfg.focal_weight)
+            loss = loss + loss1
+        total = total + loss / cfg.iterations
+        stats["mask"] += parts["mask"] / cfg.iterations
+        stats["iou_mse"] += parts["iou_mse"] / cfg.iterations
+        stats["iou_first" if it == 0 else "iou_last"] = parts["iou"]
+        if it + 1 == cfg.iterations:
+            break
+        with torch.no_grad():  # the next prompt: a correction click and the previous logits
+            out = 1 + iou_pred[:, 1:].argmax(1) if lone_click else torch.zeros(len(pick), dtype=torch.long)
+            prev = logits[torch.arange(len(pick)), out][:, None]
+            pt, lb = P.correction_points(prev[:, 0] > 0, targets, gen)
+        coords, labels = torch.cat([coords, pt], 1), torch.cat([labels, lb], 1)
+        mask_input = prev.detach()
+    return total, stats
+
+
+def _optimizer(model, cfg: PocketConfig) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos" not in n)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+
+
+def train(cfg: PocketConfig, log=print, resume: dict | None = None, save_every: int = 0,
+          save=None, log_every: int = 25):
+    """Train from scratch for ``cfg.steps``; returns the model in eval mode.
+
+    Args:
+        cfg: the recipe.
+        log: called with one line every ``log_every`` steps.
+        resume: a state from ``save`` (``step``, ``model``, ``optimizer``) to continue from; the
+            result is the same as an uninterrupted run.
+        save_every, save: call ``save(state)`` every ``save_every`` steps.
+    """
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model = build_architecture(cfg.engine, seed=cfg.seed)
+    use_fused_attention(model)
+    model.train()
+    opt = _optimizer(model, cfg)
+    start = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        start = int(resume["step"])
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    window: list[dict] = []
+    for step in range(start, cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg)
+        loss, stats = train_step(model, step, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        window.append(stats)
+        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+            avg = {k: sum(s[k] for s in window) / len(window) for k in window[0]}
+            window = []
+            log(f"step {step + 1}/{cfg.steps} lr {_lr_at(step, cfg):.2e} loss {avg['mask']:.3f} "
+                f"iou_mse {avg['iou_mse']:.3f} iou first {avg['iou_first']:.3f} last {avg['iou_last']:.3f} "
+                f"wall {time.perf_counter() - t0:.0f}s cpu {time.process_time() - cpu0:.0f}s")
+        if save is not None and save_every and (step + 1) % save_every == 0 and step + 1 < cfg.steps:
+            save({"step": step + 1, "model": model.state_dict(), "optimizer": opt.state_dict()})
+    return model.eval()
+
+
+def config_record(cfg: PocketConfig) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,62 @@
+"""Quality, not mechanics: the committed pocket SAM segments held-out generated scenes better than
+its architecture at random init, and its IoU head ranks its masks. Each check fails when the
+engine's path (loading, encoding, prompting, decoding, upscaling) breaks.
+
+The floors sit below the figures measured on these exact 6 scenes (README, "The pocket SAM"),
+with room for the platform's float differences only. The weights are weak (far below the
+issue's 0.8 target), so the stages built on SAM (refine, select, train) get no quality test yet.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pseudolabel.pocket.quality import held_out_scenes, point_prompt_quality, write_scene_dataset
+
+#: floors on 6 held-out scenes (README, "The pocket SAM" has the measured figures)
+MIN_BEST3_MIOU = 0.15  # measured 0.197 (random weights: 0.068)
+MIN_TOP1_MIOU = 0.12  # measured 0.158 (random weights: 0.059)
+MIN_SPEARMAN = 0.30  # measured 0.412 (random weights: 0.068)
+
+
+@pytest.fixture(scope="module")
+def pocket_engine():
+    import torch
+
+    from pseudolabel.core.engines.loading import create_engine
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield create_engine("sam_pocket", None, "cpu", "fp32")
+    torch.set_num_threads(threads)
+
+
+def test_one_click_gives_the_object_and_the_iou_head_knows_how_well(pocket_engine):
+    q = point_prompt_quality(pocket_engine, held_out_scenes(6), click="center")
+    assert q["n"] >= 15
+    assert q["miou_best3"] >= MIN_BEST3_MIOU, q["miou_best3"]
+    assert q["spearman"] >= MIN_SPEARMAN, q["spearman"]
+    assert q["miou_top1"] >= MIN_TOP1_MIOU, q["miou_top1"]
+
+
+def test_the_same_scenes_are_noise_to_random_weights():
+    """What the floors above measure is training: SAM's architecture at random init fails them."""
+    from pseudolabel.core.engines.loading import create_engine
+
+    engine = create_engine("sam_pocket", "none", "cpu", "fp32")
+    q = point_prompt_quality(engine, held_out_scenes(6), click="center")
+    assert q["miou_best3"] < MIN_BEST3_MIOU - 0.03 and q["spearman"] < MIN_SPEARMAN - 0.2, q
+
+
+def test_scene_datasets_are_coco_with_disjoint_visible_masks(tmp_path):
+    from pseudolabel.core.rle import decode_rle
+
+    gt_path, images = write_scene_dataset(tmp_path, 2, split="test")
+    gt = json.loads(gt_path.read_text())
+    assert [c["name"] for c in gt["categories"]] == ["disc", "box", "triangle", "star", "ring"]
+    for im in gt["images"]:
+        masks = [decode_rle(a["segmentation"]) for a in gt["annotations"] if a["image_id"] == im["id"]]
+        assert masks and np.sum(masks, axis=0).max() == 1 and (images / im["file_name"]).is_file()
