@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import PromptEngine, resized_hw
-from .sam1 import resize_longest_side
+from .sam1 import SamGeometryEngine, resize_longest_side
 
 STRICT_UNEXPECTED = False  # HQ-SAM's own builder loads non-strictly: extra keys only warn
 
@@ -45,21 +44,10 @@ def release_format(state: dict) -> dict:
     return state
 
 
-class HqEngine(PromptEngine):
+class HqEngine(SamGeometryEngine):
     """HQ-SAM with cached HQ features and 3 outputs per prompt (see the module docstring)."""
 
     family = "hq"
-
-    @property
-    def iou_head(self) -> torch.nn.Module:
-        return self.model.mask_decoder.iou_prediction_head
-
-    def input_size(self, h: int, w: int) -> tuple[int, int]:
-        return resized_hw(h, w)
-
-    @torch.inference_mode()
-    def official_upscale(self, low_res: torch.Tensor, emb) -> torch.Tensor:
-        return self.model.postprocess_masks(low_res.float(), tuple(emb.input_size), tuple(emb.original_size))
 
     def _encode(self, x: torch.Tensor, input_size: tuple[int, int]) -> tuple[torch.Tensor, dict]:
         x = self.model.preprocess(resize_longest_side(x, input_size))

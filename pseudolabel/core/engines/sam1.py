@@ -134,7 +134,23 @@ def use_fused_attention(model) -> int:
     return n
 
 
-class SamEngine(PromptEngine):
+class SamGeometryEngine(PromptEngine):
+    """What SAM v1 and HQ-SAM share: the 1024 frame (longest side resized, padded right and
+    bottom), the decoder's IoU head, and SAM's own ``postprocess_masks`` as the official upscale."""
+
+    @property
+    def iou_head(self) -> torch.nn.Module:
+        return self.model.mask_decoder.iou_prediction_head
+
+    def input_size(self, h: int, w: int) -> tuple[int, int]:
+        return resized_hw(h, w)
+
+    @torch.inference_mode()
+    def official_upscale(self, low_res: torch.Tensor, emb) -> torch.Tensor:
+        return self.model.postprocess_masks(low_res.float(), tuple(emb.input_size), tuple(emb.original_size))
+
+
+class SamEngine(SamGeometryEngine):
     """SAM v1 with encode-once / decode-batched helpers.
 
     ``encoder`` picks the encoder path (:data:`ENCODER_PATHS`; ``fused_attention=False`` is the
@@ -158,17 +174,6 @@ class SamEngine(PromptEngine):
         if encoder == "fused":
             use_fused_attention(self.model)
         self.encoder_path = encoder
-
-    @property
-    def iou_head(self) -> torch.nn.Module:
-        return self.model.mask_decoder.iou_prediction_head
-
-    def input_size(self, h: int, w: int) -> tuple[int, int]:
-        return resized_hw(h, w)
-
-    @torch.inference_mode()
-    def official_upscale(self, low_res: torch.Tensor, emb) -> torch.Tensor:
-        return self.model.postprocess_masks(low_res.float(), tuple(emb.input_size), tuple(emb.original_size))
 
     def _encode(self, x: torch.Tensor, input_size: tuple[int, int]) -> tuple[torch.Tensor, dict]:
         return self._encode_many([x], [input_size])
