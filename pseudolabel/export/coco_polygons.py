@@ -15,8 +15,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pseudolabel.core.io import write_json_atomic
 from pseudolabel.core.progress import progress
 
@@ -39,7 +37,6 @@ def export_coco_polygons(coco: dict[str, Any], out: str | os.PathLike, tolerance
     out = Path(out)
     report = ExportReport("coco-polygons", str(out), extra={"tolerance_px": tolerance})
     anns: list[dict] = []
-    ious: list[float] = []
     for img, objs in progress(iter_objects(coco, report), desc="coco-polygons", total=len(coco["images"])):
         report.images += 1
         h, w = int(img["height"]), int(img["width"])
@@ -50,13 +47,7 @@ def export_coco_polygons(coco: dict[str, Any], out: str | os.PathLike, tolerance
                 continue
             rings = [part_ring(p) for p in parts]
             iou = rings_iou(o.mask, rings)
-            ious.append(iou)
-            if dropped_parts:
-                report.change("parts_dropped", o.id)
-            if dropped_holes:
-                report.change("holes_dropped", o.id)
-            if iou < min_iou:
-                report.change("low_iou", o.id)
+            report.polygon(o.id, iou, dropped_parts, dropped_holes, min_iou)
             new = {k: v for k, v in o.ann.items() if k not in ("segmentation", "alternatives")}
             new["segmentation"] = [[round(float(v), 2) for v in r.reshape(-1)] for r in rings]
             rle = rings_to_rle(rings, h, w)
@@ -68,9 +59,7 @@ def export_coco_polygons(coco: dict[str, Any], out: str | os.PathLike, tolerance
             report.objects += 1
     result = {k: v for k, v in coco.items() if k != "annotations"}
     result["annotations"] = anns
-    if ious:
-        report.extra.update(mean_polygon_iou=round(float(np.mean(ious)), 5),
-                            min_polygon_iou=round(float(np.min(ious)), 5))
+    report.summarise_polygons()
     write_json_atomic(out, result)
     write_report(report, report_path(out))
     return report

@@ -56,6 +56,25 @@ class ExportReport:
     not_represented: dict[str, list] = field(default_factory=dict)
     changed: dict[str, list] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    polygon_ious: list[float] = field(default_factory=list)
+
+    def polygon(self, ann_id: Any, iou: float, dropped_parts: int, dropped_holes: int,
+                min_iou: float | None = None) -> None:
+        """Record a mask written as polygons: the IoU they keep, the parts and holes they lost,
+        and (with ``min_iou``) an IoU below the allowed loss."""
+        self.polygon_ious.append(iou)
+        if dropped_parts:
+            self.change("parts_dropped", ann_id)
+        if dropped_holes:
+            self.change("holes_dropped", ann_id)
+        if min_iou is not None and iou < min_iou:
+            self.change("low_iou", ann_id)
+
+    def summarise_polygons(self) -> None:
+        """Put the mean and the minimum polygon IoU into :attr:`extra` (nothing if none)."""
+        if self.polygon_ious:
+            self.extra.update(mean_polygon_iou=round(float(np.mean(self.polygon_ious)), 5),
+                              min_polygon_iou=round(float(np.min(self.polygon_ious)), 5))
 
     def skip(self, reason: str, ann_id: Any) -> None:
         self.not_represented.setdefault(reason, []).append(ann_id)

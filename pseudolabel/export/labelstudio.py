@@ -69,7 +69,7 @@ def export_labelstudio(coco: dict[str, Any], out: str | os.PathLike, images_dir:
     out = Path(out)
     report = ExportReport("labelstudio", str(out), extra={"regions": "polygons" if polygons else "brush RLE"})
     names = [str(c.get("name", c["id"])) for c in sorted(coco["categories"], key=lambda c: int(c["id"]))]
-    tasks, ious, with_points = [], [], False
+    tasks, with_points = [], False
     for img, objs in progress(iter_objects(coco, report), desc="labelstudio", total=len(coco["images"])):
         h, w = int(img["height"]), int(img["width"])
         result, scores = [], []
@@ -82,11 +82,7 @@ def export_labelstudio(coco: dict[str, Any], out: str | os.PathLike, images_dir:
                 if ring is None:
                     report.skip("too_small", o.id)
                     continue
-                ious.append(rings_iou(o.mask, [ring]))
-                if dropped_parts:
-                    report.change("parts_dropped", o.id)
-                if dropped_holes:
-                    report.change("holes_dropped", o.id)
+                report.polygon(o.id, rings_iou(o.mask, [ring]), dropped_parts, dropped_holes)
                 pts = (ring / np.array([w, h]) * 100.0).round(4).tolist()
                 region.update(type="polygonlabels", value={"points": pts, "closed": True, "polygonlabels": [o.label]})
             else:
@@ -113,8 +109,7 @@ def export_labelstudio(coco: dict[str, Any], out: str | os.PathLike, images_dir:
             task["predictions"] = [pred]
         tasks.append(task)
         report.images += 1
-    if ious:
-        report.extra.update(mean_polygon_iou=round(float(np.mean(ious)), 5), min_polygon_iou=round(float(np.min(ious)), 5))
+    report.summarise_polygons()
     write_json_atomic(out, tasks)
     config = out.with_suffix(".xml")
     write_text_atomic(config, labelling_config(names, polygons, with_points))

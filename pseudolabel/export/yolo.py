@@ -48,7 +48,6 @@ def export_yolo(coco: dict[str, Any], out: str | os.PathLike, images_dir: str | 
     names = {int(c["id"]): str(c.get("name", c["id"])) for c in coco["categories"]}
     report = ExportReport("yolo-seg", str(out), extra={"tolerance_px": tolerance})
     stems: dict[str, Any] = {}
-    ious: list[float] = []
     for img, objs in progress(iter_objects(coco, report), desc="yolo-seg", total=len(coco["images"])):
         stem = Path(img["file_name"]).with_suffix("").as_posix()
         if stem in stems:
@@ -65,14 +64,7 @@ def export_yolo(coco: dict[str, Any], out: str | os.PathLike, images_dir: str | 
             if ring is None:
                 report.skip("too_small", o.id)
                 continue
-            iou = rings_iou(o.mask, [ring])
-            ious.append(iou)
-            if dropped_parts:
-                report.change("parts_dropped", o.id)
-            if dropped_holes:
-                report.change("holes_dropped", o.id)
-            if iou < min_iou:
-                report.change("low_iou", o.id)
+            report.polygon(o.id, rings_iou(o.mask, [ring]), dropped_parts, dropped_holes, min_iou)
             xy = np.clip(ring / np.array([w, h]), 0.0, 1.0).reshape(-1)
             lines.append(" ".join([str(classes[o.ann["category_id"]])] + [f"{v:.6f}" for v in xy]))
             report.objects += 1
@@ -84,8 +76,6 @@ def export_yolo(coco: dict[str, Any], out: str | os.PathLike, images_dir: str | 
     data = {"path": str(out.resolve()), "train": "images", "val": "images",
             "names": {i: names[c] for c, i in classes.items()}}
     write_text_atomic(out / "data.yaml", yaml.safe_dump(data, sort_keys=False))
-    if ious:
-        report.extra.update(mean_polygon_iou=round(float(np.mean(ious)), 5),
-                            min_polygon_iou=round(float(np.min(ious)), 5))
+    report.summarise_polygons()
     write_report(report, report_path(out))
     return report
