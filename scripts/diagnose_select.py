@@ -12,6 +12,7 @@ and prints, for each kind of synthetic proposal (part, whole, merged, ...):
 
     python scripts/bench_select.py --scenes shapes --n-images 40 --epochs 10 --out /tmp/b
     python scripts/diagnose_select.py /tmp/b --method sapnet --ablations
+    python scripts/diagnose_select.py RUN --input-size 384   # a run with --min-size 384 --max-size 384
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, default=None, help="default: RUN/METHOD/selector.pt")
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--ablations", action="store_true", help="sapnet: selection-time ablations")
+    ap.add_argument("--input-size", type=int, default=None,
+                    help="the run's --min-size/--max-size (default: the scenes' side)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     import torch
@@ -85,7 +88,7 @@ def main() -> None:
     gt = json.loads((run / "data" / "annotations.json").read_text())
     points = json.loads((run / "points.json").read_text())
     bags = synthetic_bags(gt, points)
-    size = gt["images"][0]["width"]
+    size = args.input_size or gt["images"][0]["width"]
     cfg = SelectConfig(method=args.method, backbone=args.backbone, backbone_weights="none", min_size=size,
                        max_size=size, npg_num=SHAPES["npg_num"], workers=0)
     table = stage0_by_kind(run, cfg, checkpoint, gt, bags)
