@@ -4,8 +4,9 @@
     nice -n 10 python scripts/train_pocket_sam.py --out /tmp/pocket.pth --eval 40
 
 The pocket SAM is SAM's own architecture (segment_anything's ImageEncoderViT, PromptEncoder,
-MaskDecoder) at a small width, in SAM's geometry (1024 input frame, 64×64×256 embedding, 256²
-logits), trained with SAM's recipe (:mod:`pseudolabel.pocket.train`) on the procedural scenes
+MaskDecoder) at a small width and a small input frame (256², 16-px patches: a 16×16×64
+embedding and 64² logits; the engine maps prompts and masks from and to SAM's 1024 / 256²
+frames), trained with SAM's recipe (:mod:`pseudolabel.pocket.train`) on the procedural scenes
 of :mod:`pseudolabel.pocket.scenes`. It is not SAM and is not for real photos.
 
 The weights are a function of the recipe and the seed: one torch thread, a fixed number of

@@ -77,8 +77,9 @@ def test_the_decoders_fast_path_is_sams_predict_masks():
     model = build_architecture("sam_pocket")
     dec, c = model.mask_decoder, model.prompt_encoder.embed_dim
     g = torch.Generator().manual_seed(0)
-    emb = torch.randn(1, c, 64, 64, generator=g)
-    sparse, dense = torch.randn(3, 4, c, generator=g), torch.randn(3, c, 64, 64, generator=g)
+    h, w = model.prompt_encoder.image_embedding_size
+    emb = torch.randn(1, c, h, w, generator=g)
+    sparse, dense = torch.randn(3, 4, c, generator=g), torch.randn(3, c, h, w, generator=g)
     pe = model.prompt_encoder.get_dense_pe()
     with torch.no_grad():
         ref = dec.predict_masks(emb, pe, sparse, dense)

@@ -7,8 +7,8 @@ from the error region of the previous prediction (a positive point where the obj
 negative one where background was taken) and feeds the previous mask logits back as the mask
 prompt. These functions draw those prompts for a batch of ``B`` targets at once.
 
-Frames: targets and predictions are ``B×256×256`` in SAM's low-resolution frame (4 input pixels
-per cell); points and boxes come back in SAM's 1024 input frame, points ``(x, y)``, boxes XYXY
+Frames: targets and predictions are ``B×256×256`` in SAM's low-resolution frame (``scale`` = 4
+input pixels per cell; a model with a smaller frame has coarser cells, e.g. ``B×128×128``, scale 8); points and boxes come back in SAM's 1024 input frame, points ``(x, y)``, boxes XYXY
 with an exclusive max, ready for ``PromptEncoder`` (which adds the half-pixel shift itself).
 """
 
@@ -35,18 +35,19 @@ def _uniform_cells(region: torch.Tensor, gen: torch.Generator) -> tuple[torch.Te
     return torch.where(found[:, None], xy, torch.zeros_like(xy)), found
 
 
-def cells_to_input(xy: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Low-resolution cells ``(x, y)`` → input-frame points, uniform inside each cell's 4×4 pixels."""
-    return xy * SCALE + torch.rand(xy.shape, generator=gen) * SCALE - 0.5
+def cells_to_input(xy: torch.Tensor, gen: torch.Generator, scale: float = SCALE) -> torch.Tensor:
+    """Low-resolution cells ``(x, y)`` → input-frame points, uniform inside each cell's
+    ``scale × scale`` pixels."""
+    return xy * scale + torch.rand(xy.shape, generator=gen) * scale - 0.5
 
 
-def point_in_mask(targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def point_in_mask(targets: torch.Tensor, gen: torch.Generator, scale: float = SCALE) -> torch.Tensor:
     """A foreground click per target, uniform over the mask: ``B×1×2`` input-frame ``(x, y)``."""
     xy, _ = _uniform_cells(targets, gen)
-    return cells_to_input(xy, gen)[:, None]
+    return cells_to_input(xy, gen, scale)[:, None]
 
 
-def target_boxes(targets: torch.Tensor) -> torch.Tensor:
+def target_boxes(targets: torch.Tensor, scale: float = SCALE) -> torch.Tensor:
     """Tight boxes of ``B×256×256`` masks in the input frame: ``B×4`` XYXY, exclusive max."""
     b, h, w = targets.shape
     rows, cols = targets.any(2), targets.any(1)
@@ -57,17 +58,17 @@ def target_boxes(targets: torch.Tensor) -> torch.Tensor:
     y1 = torch.where(rows, ar_h, -big).amax(1) + 1
     x0 = torch.where(cols, ar_w, big).amin(1)
     x1 = torch.where(cols, ar_w, -big).amax(1) + 1
-    return torch.stack([x0, y0, x1, y1], 1) * SCALE
+    return torch.stack([x0, y0, x1, y1], 1) * scale
 
 
 def noisy_boxes(targets: torch.Tensor, gen: torch.Generator, std: float = 0.1, max_px: float = 20.0,
-                limit: float = 1024.0) -> torch.Tensor:
+                limit: float = 1024.0, scale: float = SCALE) -> torch.Tensor:
     """SAM's box prompts: each side of the tight box moved by N(0, (std·side)²), capped at ±max_px.
 
     Returns:
         ``B×4`` XYXY in the input frame, clipped to ``[0, limit]`` and kept at least 1 px wide.
     """
-    box = target_boxes(targets)
+    box = target_boxes(targets, scale)
     wh = (box[:, 2:] - box[:, :2]).repeat(1, 2)
     noise = torch.randn(box.shape, generator=gen) * std * wh
     box = box + noise.clamp(-max_px, max_px)
@@ -76,8 +77,8 @@ def noisy_boxes(targets: torch.Tensor, gen: torch.Generator, std: float = 0.1, m
     return torch.cat([lo, torch.maximum(box[:, 2:], lo + 1)], 1)
 
 
-def correction_points(pred: torch.Tensor, targets: torch.Tensor, gen: torch.Generator
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def correction_points(pred: torch.Tensor, targets: torch.Tensor, gen: torch.Generator,
+                      scale: float = SCALE) -> tuple[torch.Tensor, torch.Tensor]:
     """SAM's next click: uniform over the error region of each prediction.
 
     Args:
@@ -95,4 +96,4 @@ def correction_points(pred: torch.Tensor, targets: torch.Tensor, gen: torch.Gene
     xy = torch.where(found[:, None], xy, fallback)
     b = torch.arange(len(xy))
     label = targets[b, xy[:, 1].long(), xy[:, 0].long()].long()
-    return cells_to_input(xy, gen)[:, None], label[:, None]
+    return cells_to_input(xy, gen, scale)[:, None], label[:, None]

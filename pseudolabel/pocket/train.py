@@ -1,8 +1,9 @@
 """Training the pocket SAM: SAM's recipe on generated scenes, on a CPU, repeatable from a seed.
 
-Each step draws one scene (:mod:`.scenes`), runs SAM's image encoder once on it in the 1024 frame
-(resized and padded exactly as :class:`pseudolabel.core.engines.sam1.SamEngine` does), picks up to
-``prompts_per_image`` target masks (objects and parts) and runs SAM's interactive loop on them
+Each step draws one scene (:mod:`.scenes`), runs SAM's image encoder once on it in its own frame
+(resized and padded exactly as :class:`pseudolabel.core.engines.sam1.SamEngine` does), picks
+``prompts_per_image`` target masks (objects and parts of at least ``min_target_area`` px; every
+target once, then repeats with new clicks when the scene has fewer) and runs SAM's interactive loop on them
 (:mod:`.prompts`): a first prompt — a click, a noisy box, or both — then ``iterations − 1``
 correction clicks with the previous logits as the mask prompt. Every decoder call is trained with
 :func:`.losses.sam_loss` on the 3 multimask outputs and, when the prompt is not a lone click, on
@@ -25,15 +26,13 @@ import torch.nn.functional as F
 
 from pseudolabel.core.engines.base import IMAGE_SIZE, resized_hw
 from pseudolabel.core.engines.loading import build_architecture
-from pseudolabel.core.engines.sam1 import resize_longest_side, use_fused_attention
+from pseudolabel.core.engines.sam1 import encoder_input, use_fused_attention
 
 from . import prompts as P
 from .decoder import predict_masks
 from .losses import sam_loss
 from .quality import scene_seed
 from .scenes import make_scene
-
-LOW_RES = IMAGE_SIZE // P.SCALE
 
 
 @dataclass
@@ -42,39 +41,48 @@ class PocketConfig:
 
     engine: str = "sam_pocket"
     seed: int = 0
-    steps: int = 550
+    steps: int = 14000
     lr: float = 1e-3
     min_lr_ratio: float = 0.05
-    warmup: int = 30
+    warmup: int = 200
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    prompts_per_image: int = 4
+    prompts_per_image: int = 8
     iterations: int = 2
     first_prompt: tuple[float, float, float] = (0.5, 0.3, 0.2)  # click, box, click + box
     threads: int = 1
     # SAM weighs focal:dice 20:1; from scratch in a few hundred steps that collapsed to empty
     # masks (IoU 0 after 100 steps), dice-led training did not: 1:1 (README, "The pocket SAM")
     focal_weight: float = 1.0
+    # targets with fewer pixels (in the scene) are never asked for: the held-out measure skips
+    # them too, and at 64² logits they are a few cells
+    min_target_area: int = 100
 
 
 def prepare_image(model, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-    """``H×W×3`` uint8 → the encoder's ``1×3×1024×1024`` input and the resized ``(h', w')``
-    (SAM's ResizeLongestSide as the engine does it, then normalise and pad)."""
+    """``H×W×3`` uint8 → the encoder's ``1×3×F×F`` input and the resized ``(h', w')`` in the
+    1024 frame (exactly as the engine prepares it: :func:`encoder_input`)."""
     h, w = image.shape[:2]
     nh, nw = resized_hw(h, w)
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
-    return model.preprocess(resize_longest_side(x, (nh, nw))), (nh, nw)
+    return encoder_input(model, x, (nh, nw)), (nh, nw)
 
 
-def lowres_targets(masks: list[np.ndarray], resized: tuple[int, int]) -> torch.Tensor:
-    """Original-size bool masks → ``B×256×256`` bool in SAM's low-resolution frame: resized
-    (antialiased) straight to the ``(h'/4, w'/4)`` cells the image covers, thresholded at half,
-    padded right and bottom."""
+def low_res_size(model) -> int:
+    """Side of the decoder's own logits (256 for SAM, 128 for the pocket SAM)."""
+    return int(model.prompt_encoder.mask_input_size[0])
+
+
+def lowres_targets(masks: list[np.ndarray], resized: tuple[int, int], low_res: int = 256) -> torch.Tensor:
+    """Original-size bool masks → ``B×L×L`` bool in the decoder's low-resolution frame
+    (``L = low_res``, ``1024 / L`` input-frame pixels per cell): resized (antialiased) straight to
+    the cells the image covers, thresholded at half, padded right and bottom."""
     nh, nw = resized
-    ch, cw = math.ceil(nh / P.SCALE), math.ceil(nw / P.SCALE)
+    scale = IMAGE_SIZE / low_res
+    ch, cw = math.ceil(nh / scale), math.ceil(nw / scale)
     m = torch.from_numpy(np.stack(masks)).float()[:, None]
     m = F.interpolate(m, (ch, cw), mode="bilinear", align_corners=False, antialias=True)
-    return F.pad(m, (0, LOW_RES - cw, 0, LOW_RES - ch))[:, 0] > 0.5
+    return F.pad(m, (0, low_res - cw, 0, low_res - ch))[:, 0] > 0.5
 
 
 def _lr_at(step: int, cfg: PocketConfig) -> float:
@@ -94,19 +102,25 @@ def train_step(model, step: int, cfg: PocketConfig) -> tuple[torch.Tensor, dict]
     rng = np.random.default_rng(scene_seed(cfg.seed, step))
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
     scene = make_scene(scene_seed(cfg.seed, step))
-    candidates = scene.targets()
-    pick = rng.choice(len(candidates), size=min(cfg.prompts_per_image, len(candidates)), replace=False)
+    candidates = [m for m in scene.targets() if m.sum() >= cfg.min_target_area] or scene.targets()
+    # every target at least once when there are enough prompts, the rest drawn again (new clicks)
+    n = cfg.prompts_per_image
+    pick = rng.permutation(len(candidates))[:n]
+    if n > len(candidates):
+        pick = np.concatenate([pick, rng.choice(len(candidates), size=n - len(candidates))])
     x, resized = prepare_image(model, scene.image)
-    targets = lowres_targets([candidates[i] for i in pick], resized)
+    low_res = low_res_size(model)
+    scale = IMAGE_SIZE / low_res
+    targets = lowres_targets([candidates[i] for i in pick], resized, low_res)
     feats = model.image_encoder(x)
     first = rng.choice(3, p=cfg.first_prompt)
     coords = torch.zeros(len(pick), 0, 2)
     labels = torch.zeros(len(pick), 0, dtype=torch.int64)
     boxes = mask_input = None
     if first in (0, 2):
-        coords, labels = P.point_in_mask(targets, gen), torch.ones(len(pick), 1, dtype=torch.int64)
+        coords, labels = P.point_in_mask(targets, gen, scale), torch.ones(len(pick), 1, dtype=torch.int64)
     if first in (1, 2):
-        boxes = P.noisy_boxes(targets, gen)
+        boxes = P.noisy_boxes(targets, gen, scale=scale)
     total = torch.zeros(())
     stats = {"mask": 0.0, "iou_mse": 0.0, "iou_first": 0.0, "iou_last": 0.0}
     for it in range(cfg.iterations):
@@ -126,7 +140,7 @@ def train_step(model, step: int, cfg: PocketConfig) -> tuple[torch.Tensor, dict]
         with torch.no_grad():  # the next prompt: a correction click and the previous logits
             out = 1 + iou_pred[:, 1:].argmax(1) if lone_click else torch.zeros(len(pick), dtype=torch.long)
             prev = logits[torch.arange(len(pick)), out][:, None]
-            pt, lb = P.correction_points(prev[:, 0] > 0, targets, gen)
+            pt, lb = P.correction_points(prev[:, 0] > 0, targets, gen, scale)
         coords, labels = torch.cat([coords, pt], 1), torch.cat([labels, lb], 1)
         mask_input = prev.detach()
     return total, stats

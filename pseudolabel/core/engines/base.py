@@ -7,7 +7,8 @@ original image size. Every family (SAM, SAM 2.1, HQ-SAM) answers a prompt with 3
 outputs and their predicted IoUs, or one output with ``multimask=False``.
 
 Frames. Every model sees a 1024×1024 frame; its logits and ``mask_input`` are 256×256 over that
-frame and its embedding a 64×64 grid. Where the image lies in the frame is the embedding's
+frame and its embedding a 64×64 grid (a coarser one for the pocket SAM, whose encoder sees the
+frame at 256², :mod:`.sam1`). Where the image lies in the frame is the embedding's
 ``input_size`` ``(h', w')``: SAM and HQ-SAM resize the longest side to 1024 and pad right and
 bottom (``h', w' ≤ 1024``); SAM 2 stretches the image to the whole frame (``h' = w' = 1024``).
 Prompt geometry (points, boxes, mask prompts, CEBox sampling, upscaling) follows from

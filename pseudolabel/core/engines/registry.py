@@ -124,7 +124,7 @@ ENGINES: dict[str, EngineSpec] = {e.name: e for e in (
                md5="01ec64d29a2fca3f0661936605ae66f8", note="SAM ViT-B"),
     EngineSpec("sam_tiny", "sam", "tiny", note="SAM's modules at a small width, random weights (tests)"),
     EngineSpec("sam_pocket", "sam", "pocket", bundled="sam_pocket.pth", note=POCKET_NOTE,
-               sha256="9ce9e9b26e7bb125a34b639dbea3b656e4fea736f5dd4fc8acd90631fcf68fb0"),
+               sha256="7fb21a25b0b84c3d9f9a4abe2e5689451d2b63f0faac96b8a71c2e5bb82287f6"),
     EngineSpec("sam2.1_hiera_t", "sam2", _SAM2_CFG.format("t"), _SAM2 + "sam2.1_hiera_tiny.pt",
                md5="6aa6761c9da74fbaa74b4c790a0a2007", note="SAM 2.1 Hiera-T"),
     EngineSpec("sam2.1_hiera_s", "sam2", _SAM2_CFG.format("s"), _SAM2 + "sam2.1_hiera_small.pt",
