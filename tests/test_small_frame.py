@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from pseudolabel.core.engines.base import IMAGE_SIZE, LOW_RES, resized_hw
-from pseudolabel.core.engines.sam1 import SAM_TYPES, encoder_input, to_low_res, to_model_masks
+from pseudolabel.core.engines.sam1 import (
+    SAM_TYPES,
+    encoder_input,
+    to_low_res,
+    to_model_masks,
+)
 
 
 @pytest.fixture(scope="module")
