@@ -69,7 +69,7 @@ def prepare_image(model, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, in
 
 
 def low_res_size(model) -> int:
-    """Side of the decoder's own logits (256 for SAM, 128 for the pocket SAM)."""
+    """Side of the decoder's own logits (256 for SAM, 64 for the pocket SAM)."""
     return int(model.prompt_encoder.mask_input_size[0])
 
 

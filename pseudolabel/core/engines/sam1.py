@@ -228,7 +228,7 @@ class SamEngine(SamGeometryEngine):
         return self._encode_many([x], [input_size])
 
     def _encode_many(self, images, sizes) -> tuple[torch.Tensor, dict]:
-        # each resized, normalised and padded to 1024×1024, then one encoder call on the stack
+        # each resized, normalised and padded to the encoder's frame, then one encoder call on the stack
         x = torch.cat([encoder_input(self.model, im, size) for im, size in zip(images, sizes)])
         with self.autocast():
             feats = self.model.image_encoder(x)
