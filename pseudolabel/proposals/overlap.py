@@ -24,7 +24,24 @@ V = TypeVar("V")
 _END = object()
 
 
-class Prefetch:
+class _Background:
+    """What both share: an optional thread pool (``self.pool``, None = work inline), shut down
+    by :meth:`close` or at the end of a ``with`` block."""
+
+    pool: ThreadPoolExecutor | None
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Prefetch(_Background):
     """Iterate ``items`` as ``(item, load(item), error)``, loading up to ``depth`` items ahead on
     ``workers`` threads; ``error`` is the :class:`ImageError` that ``load`` raised (other
     exceptions propagate). ``depth=0`` loads in the caller's thread, one item at a time."""
@@ -54,18 +71,8 @@ class Prefetch:
             item, future = queue.popleft()
             yield (item, *future.result())
 
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def __enter__(self) -> "Prefetch":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class RleWorker:
+class RleWorker(_Background):
     """RLE-encodes ``N×H×W`` mask stacks in submission order, on one background thread when
     ``enabled`` (inline otherwise), holding at most ``budget`` mask pixels in flight: a submit
     beyond it waits for the oldest job."""
@@ -90,13 +97,3 @@ class RleWorker:
         self.inflight.append((future, masks.size))
         self.pixels += masks.size
         return future
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-    def __enter__(self) -> "RleWorker":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
