@@ -109,10 +109,9 @@ def sparse_roi_align(feats: torch.Tensor, rois: torch.Tensor, output_size: int, 
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
         m_csr = m.to(flat.dtype).to_sparse_csr()
-        if not flat.requires_grad:
-            return torch.mm(m_csr, flat).view(len(rois), output_size, output_size, c).permute(0, 3, 1, 2)
-        mt_csr = m.t().coalesce().to(flat.dtype).to_sparse_csr()
-    out = _SparseRoIAlign.apply(flat, m_csr, mt_csr)
+        # the transposed matrix only when a backward will need it
+        mt_csr = m.t().coalesce().to(flat.dtype).to_sparse_csr() if flat.requires_grad else None
+    out = torch.mm(m_csr, flat) if mt_csr is None else _SparseRoIAlign.apply(flat, m_csr, mt_csr)
     return out.view(len(rois), output_size, output_size, c).permute(0, 3, 1, 2)
 
 
