@@ -14,6 +14,10 @@ steps, every random draw seeded from ``--seed`` and the step. They are written a
 dict (``pseudolabel/core/weights/sam_pocket.pth`` by default) with a JSON record beside them
 (recipe, versions, sha256, CPU and wall time, load average); ``--resume`` continues an
 interrupted run from the ``.partial`` state saved every 100 steps, with the same result.
+
+``--coarse-share S`` (0 in the committed recipe) starts a share S of the scenes from SAMRefiner's
+first prompt (:func:`samrefiner_prompts`) on a rough mask of the target: the model then refines
+better and clicks worse (README, "The pocket SAM").
 """
 
 from __future__ import annotations
@@ -41,6 +45,15 @@ def fp16_state(model) -> dict:
     return {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
 
 
+def samrefiner_prompts(rough, resized: tuple[int, int]) -> dict:
+    """SAMRefiner's first prompts for rough masks, as `sap refine` builds them (official rules:
+    positive and negative point, tight box, Gaussian mask prompt; no CEBox, which needs the
+    image's features): the ``coarse_prompts`` of :func:`pseudolabel.pocket.train.train`."""
+    from refine.refiner import PromptState, RefineConfig, build_prompts
+
+    return build_prompts(PromptState(rough, RefineConfig(engine="sam_pocket"), None), resized)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(WEIGHTS_DIR / "sam_pocket.pth"), help="weights file to write")
@@ -66,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 
     load0 = os.getloadavg()
     t0, cpu0 = time.perf_counter(), time.process_time()
-    model = train(cfg, log=lambda line: print(line, flush=True), resume=resume, save_every=100, save=save)
+    model = train(cfg, log=lambda line: print(line, flush=True), resume=resume, save_every=100, save=save,
+                  coarse_prompts=samrefiner_prompts if cfg.coarse_share else None)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     with atomic_path(out) as tmp:
         torch.save(fp16_state(model), tmp)

@@ -150,3 +150,51 @@ def test_the_demo_takes_a_given_checkpoint_else_official_else_pocket_else_random
     real.unlink()
     monkeypatch.setattr(loading, "WEIGHTS_DIR", tmp_path / "nothing")
     assert choose_sam("sam_vit_b", None, offline=True) == ("sam_tiny", "none", "random")
+
+
+# ---- rough masks and refinement prompts in training ------------------------------------------------
+
+def test_rough_masks_are_repeatable_never_empty_and_rough():
+    from pseudolabel.pocket.degrade import rough_mask
+
+    yy, xx = np.mgrid[:48, :64]
+    disc = (xx - 30) ** 2 + (yy - 24) ** 2 <= 14 ** 2
+    draws = [rough_mask(disc, np.random.default_rng(i)) for i in range(40)]
+    assert np.array_equal(draws[3], rough_mask(disc, np.random.default_rng(3)))
+    assert all(d.shape == disc.shape and d.dtype == bool and d.any() for d in draws)
+    ious = np.array([(d & disc).sum() / (d | disc).sum() for d in draws])
+    assert (ious < 0.99).all() and 0.5 < ious.mean() < 0.92, ious
+    tiny = np.zeros((8, 8), bool)
+    tiny[4, 4] = True  # erosion or a cut would empty it: the mask comes back instead
+    assert all(rough_mask(tiny, np.random.default_rng(i)).any() for i in range(20))
+
+
+def test_refinement_prompts_enter_training_in_the_1024_frame_and_the_models_mask_size(one_torch_thread):
+    from pseudolabel.core.engines.loading import build_architecture
+    from pseudolabel.pocket.train import PocketConfig, _coarse_first_prompt, train_step
+
+    model = build_architecture("sam_pocket")
+    seen = {}
+
+    def prompts(rough, resized):
+        seen["rough"], seen["resized"] = rough, resized
+        n = len(rough)
+        return {"point_coords": np.tile([[[10.0, 20.0], [0.0, 0.0]]], (n, 1, 1)),
+                "point_labels": np.tile([[1, -1]], (n, 1)),
+                "boxes": np.tile([[10.0, 20.0, 30.0, 40.0]], (n, 1)),
+                "mask_input": np.full((n, 1, 256, 256), 2.0, np.float32)}
+
+    masks = [np.zeros((100, 200), bool) for _ in range(2)]
+    for m in masks:
+        m[20:60, 30:90] = True
+    coords, labels, boxes, mask_input = _coarse_first_prompt(model, masks, (512, 1024), np.random.default_rng(0),
+                                                             prompts)
+    assert seen["rough"].shape == (2, 100, 200) and seen["resized"] == (512, 1024)
+    assert torch.allclose(coords[0, 0], torch.tensor([51.2, 102.4])) and labels[0].tolist() == [1, -1]
+    assert torch.allclose(boxes[0], torch.tensor([51.2, 102.4, 153.6, 204.8]))
+    assert mask_input.shape == (2, 1, 64, 64) and torch.allclose(mask_input, torch.full_like(mask_input, 2.0))
+    cfg = PocketConfig(coarse_share=1.0, prompts_per_image=2)
+    loss, _ = train_step(model.train(), 0, cfg, prompts)
+    assert torch.isfinite(loss) and seen["rough"].shape[0] == 2
+    with pytest.raises(ValueError, match="coarse_prompts"):
+        train_step(model, 0, cfg)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -26,10 +27,15 @@ import torch.nn.functional as F
 
 from pseudolabel.core.engines.base import IMAGE_SIZE, resized_hw
 from pseudolabel.core.engines.loading import build_architecture
-from pseudolabel.core.engines.sam1 import encoder_input, use_fused_attention
+from pseudolabel.core.engines.sam1 import (
+    encoder_input,
+    to_model_masks,
+    use_fused_attention,
+)
 
 from . import prompts as P
 from .decoder import predict_masks
+from .degrade import rough_mask
 from .losses import sam_loss
 from .quality import scene_seed
 from .scenes import make_scene
@@ -57,6 +63,9 @@ class PocketConfig:
     # targets with fewer pixels (in the scene) are never asked for: the held-out measure skips
     # them too, and at 64² logits they are a few cells
     min_target_area: int = 100
+    # share of scenes whose first prompt is a refinement prompt built from a rough mask
+    # (:mod:`.degrade`) by the ``coarse_prompts`` function handed to :func:`train`
+    coarse_share: float = 0.0
 
 
 def prepare_image(model, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -97,7 +106,32 @@ def _decode(model, feats, points, boxes, mask_input):
     return predict_masks(model.mask_decoder, feats, model.prompt_encoder.get_dense_pe(), sparse, dense)
 
 
-def train_step(model, step: int, cfg: PocketConfig) -> tuple[torch.Tensor, dict]:
+#: ``(rough masks B×H×W bool, resized (h', w')) → decode kwargs``: ``point_coords`` ``B×K×2`` and
+#: ``boxes`` ``B×4`` in the scene's pixels (x, y; inclusive max), ``point_labels`` ``B×K`` (−1 =
+#: no point), ``mask_input`` ``B×1×256×256`` logits; e.g. SAMRefiner's prompts (the training script)
+CoarsePrompts = Callable[[np.ndarray, tuple[int, int]], dict]
+
+
+def _coarse_first_prompt(model, masks: list[np.ndarray], resized: tuple[int, int], rng: np.random.Generator,
+                         coarse_prompts: CoarsePrompts):
+    """Points, labels, boxes (1024 frame) and mask_input (the model's size) from rough masks."""
+    rough = np.stack([rough_mask(m, rng) for m in masks])
+    args = coarse_prompts(rough, resized)
+    h, w = rough.shape[1:]
+    sx, sy = resized[1] / w, resized[0] / h
+    coords = torch.as_tensor(args["point_coords"], dtype=torch.float32) * torch.tensor([sx, sy])
+    labels = torch.as_tensor(args["point_labels"], dtype=torch.int64)
+    boxes = args.get("boxes")
+    if boxes is not None:
+        boxes = torch.as_tensor(boxes, dtype=torch.float32) * torch.tensor([sx, sy, sx, sy])
+    mask_input = args.get("mask_input")
+    if mask_input is not None:
+        mask_input = to_model_masks(model, torch.as_tensor(mask_input, dtype=torch.float32))
+    return coords, labels, boxes, mask_input
+
+
+def train_step(model, step: int, cfg: PocketConfig,
+               coarse_prompts: CoarsePrompts | None = None) -> tuple[torch.Tensor, dict]:
     """The loss of one scene (summed over SAM's interactive iterations) and its statistics."""
     rng = np.random.default_rng(scene_seed(cfg.seed, step))
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
@@ -113,10 +147,16 @@ def train_step(model, step: int, cfg: PocketConfig) -> tuple[torch.Tensor, dict]
     scale = IMAGE_SIZE / low_res
     targets = lowres_targets([candidates[i] for i in pick], resized, low_res)
     feats = model.image_encoder(x)
-    first = rng.choice(3, p=cfg.first_prompt)
+    coarse = cfg.coarse_share > 0 and rng.random() < cfg.coarse_share
+    first = -1 if coarse else rng.choice(3, p=cfg.first_prompt)
     coords = torch.zeros(len(pick), 0, 2)
     labels = torch.zeros(len(pick), 0, dtype=torch.int64)
     boxes = mask_input = None
+    if coarse:
+        if coarse_prompts is None:
+            raise ValueError("coarse_share > 0 needs a coarse_prompts function")
+        coords, labels, boxes, mask_input = _coarse_first_prompt(
+            model, [candidates[i] for i in pick], resized, rng, coarse_prompts)
     if first in (0, 2):
         coords, labels = P.point_in_mask(targets, gen, scale), torch.ones(len(pick), 1, dtype=torch.int64)
     if first in (1, 2):
@@ -154,7 +194,7 @@ def _optimizer(model, cfg: PocketConfig) -> torch.optim.Optimizer:
 
 
 def train(cfg: PocketConfig, log=print, resume: dict | None = None, save_every: int = 0,
-          save=None, log_every: int = 25):
+          save=None, log_every: int = 25, coarse_prompts: CoarsePrompts | None = None):
     """Train from scratch for ``cfg.steps``; returns the model in eval mode.
 
     Args:
@@ -163,6 +203,8 @@ def train(cfg: PocketConfig, log=print, resume: dict | None = None, save_every: 
         resume: a state from ``save`` (``step``, ``model``, ``optimizer``) to continue from; the
             result is the same as an uninterrupted run.
         save_every, save: call ``save(state)`` every ``save_every`` steps.
+        coarse_prompts: builds the first prompt of the ``coarse_share`` scenes (see
+            :data:`CoarsePrompts`); required when that share is not 0.
     """
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -180,7 +222,7 @@ def train(cfg: PocketConfig, log=print, resume: dict | None = None, save_every: 
     for step in range(start, cfg.steps):
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg)
-        loss, stats = train_step(model, step, cfg)
+        loss, stats = train_step(model, step, cfg, coarse_prompts)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
