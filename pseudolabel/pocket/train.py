@@ -5,7 +5,9 @@ Each step draws one scene (:mod:`.scenes`), runs SAM's image encoder once on it 
 ``prompts_per_image`` target masks (objects and parts of at least ``min_target_area`` px; every
 target once, then repeats with new clicks when the scene has fewer) and runs SAM's interactive loop on them
 (:mod:`.prompts`): a first prompt — a click, a noisy box, or both — then ``iterations − 1``
-correction clicks with the previous logits as the mask prompt. Every decoder call is trained with
+correction clicks with the previous logits as the mask prompt. A share ``coarse_share`` of the
+scenes (0 by default) start instead from a refinement prompt built from a rough mask of each
+target (:mod:`.degrade`) by a function the caller hands in. Every decoder call is trained with
 :func:`.losses.sam_loss` on the 3 multimask outputs and, when the prompt is not a lone click, on
 the single output as well; the losses of all calls add up before one AdamW step.
 
