@@ -27,7 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pseudolabel.core.engines.base import IMAGE_SIZE, resized_hw
+from pseudolabel.core.engines.base import (
+    IMAGE_SIZE,
+    boxes_to_input_frame,
+    coords_to_input_frame,
+    resized_hw,
+)
 from pseudolabel.core.engines.loading import build_architecture
 from pseudolabel.core.engines.sam1 import (
     encoder_input,
@@ -119,13 +124,12 @@ def _coarse_first_prompt(model, masks: list[np.ndarray], resized: tuple[int, int
     """Points, labels, boxes (1024 frame) and mask_input (the model's size) from rough masks."""
     rough = np.stack([rough_mask(m, rng) for m in masks])
     args = coarse_prompts(rough, resized)
-    h, w = rough.shape[1:]
-    sx, sy = resized[1] / w, resized[0] / h
-    coords = torch.as_tensor(args["point_coords"], dtype=torch.float32) * torch.tensor([sx, sy])
+    hw = rough.shape[1:]
+    coords = torch.as_tensor(coords_to_input_frame(args["point_coords"], hw, resized), dtype=torch.float32)
     labels = torch.as_tensor(args["point_labels"], dtype=torch.int64)
     boxes = args.get("boxes")
     if boxes is not None:
-        boxes = torch.as_tensor(boxes, dtype=torch.float32) * torch.tensor([sx, sy, sx, sy])
+        boxes = torch.as_tensor(boxes_to_input_frame(boxes, hw, resized), dtype=torch.float32)
     mask_input = args.get("mask_input")
     if mask_input is not None:
         mask_input = to_model_masks(model, torch.as_tensor(mask_input, dtype=torch.float32))
