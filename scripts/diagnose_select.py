@@ -39,34 +39,18 @@ SELECTION_ABLATIONS = {"as trained": {}, "no BMS at selection": {"bms": False}, 
 
 def stage0_by_kind(run: Path, cfg: SelectConfig, checkpoint: Path, gt: dict, bags: dict) -> np.ndarray:
     """``4×K``: mean class prob at the label, class accuracy, instance share, score, per kind."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from pseudolabel.selector.data import BagDataset, collate
-    from pseudolabel.selector.losses import instance_probs
+    from pseudolabel.selector.data import BagDataset
+    from pseudolabel.selector.readout import stage_zero_readout
     from pseudolabel.selector.train import build_model, load_checkpoint, load_net_state
 
     cats = [c["id"] for c in gt["categories"]]
     state = load_checkpoint(checkpoint, cats, cfg)
     step = build_model(replace(cfg, backbone_weights="checkpoint"), len(cats), state.get("backbone_norm", "auto"))
     load_net_state(step, state)
-    step.eval()
-    k = len(LABELS)
     data = BagDataset(gt["images"], bags, run / "data" / "images", {c: i for i, c in enumerate(cats)},
                       cfg.max_size, cfg.min_size, 0.0, cfg.seed)
-    rows = []
-    with torch.no_grad():
-        for batch in DataLoader(data, batch_size=4, collate_fn=collate):
-            feats = step.net.features(batch.images)
-            boxes = [torch.as_tensor(np.concatenate(s.boxes), dtype=torch.float32) for s in batch.samples]
-            cls, ins = step.net.forward_boxes(feats, boxes, batch.image_hw, stage=0)
-            labels = np.concatenate([s.labels for s in batch.samples])
-            cls = cls.softmax(-1).reshape(len(labels), k, -1).numpy()
-            ins = instance_probs(ins.reshape(len(labels), k, -1), torch.ones(len(labels), k, dtype=torch.bool)).numpy()
-            at = np.arange(len(labels))
-            c, i = cls[at, :, labels], ins[at, :, labels]
-            rows.append(np.stack([c, cls.argmax(-1) == labels[:, None], i, c * i], axis=1))
-    return np.concatenate(rows).mean(axis=0)
+    r = stage_zero_readout(step, data)
+    return np.stack([r.cls.mean(0), r.correct.mean(0), r.ins.mean(0), r.score.mean(0)])
 
 
 def main() -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 
 from pseudolabel.core.bag_sources import load_bags
 from pseudolabel.core.points import derive_points
 from pseudolabel.core.rle import decode_rle
-from pseudolabel.selector.scenes import SHAPES, make_scenes, render_scene
+from pseudolabel.selector.scenes import SHAPES, SPOTS, make_scenes, render_scene
 from pseudolabel.selector.synthetic import LABELS, synthetic_bags, write_bags_cache
 
 
@@ -46,3 +47,17 @@ def test_scenes_are_deterministic_and_bags_have_the_known_kinds(tmp_path):
             assert (whole == truth[bag.ann_id]).all()  # the "whole" proposal is the object itself
             n += 1
     assert n == len(gt["annotations"])
+
+
+def test_spots_scenes_carry_the_class_as_a_count_of_spots():
+    rng = np.random.default_rng(5)
+    img, objects = render_scene(rng, size=128, class_by="spots")
+    assert objects
+    for cls, mask in objects:
+        colours, counts = np.unique(img[mask].reshape(-1, 3), axis=0, return_counts=True)
+        assert len(colours) == 2  # the body and the spots, each one plain colour
+        spots = (img[mask] == colours[counts.argmin()]).all(axis=1)
+        full = np.zeros(mask.shape, np.uint8)
+        full[mask] = spots
+        n, _ = cv2.connectedComponents(full)
+        assert n - 1 == SPOTS[cls]

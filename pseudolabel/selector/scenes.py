@@ -18,6 +18,10 @@ What decides the category (``class_by``):
 * ``"texture"``: the texture kind (stripes, checks, dots, blotches) with random shapes. Every part
   of an object tells its class, and the purest part (the least background) is what a MIL
   selector prefers: the classic part-domination failure, kept as a contrast.
+* ``"spots"``: how many spots (2, 3 or 4, evenly spaced on a circle around the centre) a plain
+  shape of random form and colour carries. A part of an object shows fewer spots and the object
+  merged with its neighbour more: both look like *another* class, as a part of one COCO object
+  can look like another category. ``"both"``: 3 shapes × 2 textures.
 
 Everything is a pure function of the arguments. Masks are exact (the drawn pixels); points and
 SAM-like bags are made from them by :func:`pseudolabel.core.points.derive_points` and
@@ -38,8 +42,9 @@ from pseudolabel.core.rle import encode_mask, rle_area, rle_to_bbox_xywh
 
 SHAPES = ("disc", "square", "triangle")
 TEXTURES = ("stripes", "checks", "dots", "blotches")
-CLASS_BY = ("shape", "texture", "both")
+CLASS_BY = ("shape", "texture", "both", "spots")
 BOTH_TEXTURES = TEXTURES[:2]  # class_by="both": 3 shapes × 2 textures
+SPOTS = (2, 3, 4)  # class_by="spots": how many spots an object of each class carries
 
 
 def _shape_mask(shape: str, size: int, cx: float, cy: float, radius: float, angle: float) -> np.ndarray:
@@ -76,6 +81,35 @@ def _texture(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     while np.abs(c1 - c2).sum() < 150:  # keep the pattern visible
         c2 = rng.uniform(0, 255, 3)
     return t[..., None] * c1 + (1 - t[..., None]) * c2
+
+
+def _spots(mask: np.ndarray, count: int, cx: float, cy: float, radius: float, rng: np.random.Generator
+           ) -> np.ndarray | None:
+    """``count`` round spots evenly spaced on a circle of ``0.45·radius`` around ``(cx, cy)``.
+
+    Returns the ``size × size`` bool mask of the spots, or None when one does not fit inside
+    ``mask`` (a narrow triangle corner, a shape cut by its neighbour).
+    """
+    r_spot = max(2.0, 0.19 * radius)
+    phase = rng.uniform(0, 2 * np.pi)
+    spots = np.zeros(mask.shape, np.uint8)
+    for k in range(count):
+        t = phase + 2 * np.pi * k / count
+        one = np.zeros(mask.shape, np.uint8)
+        cv2.circle(one, (int(round(cx + 0.45 * radius * np.cos(t))), int(round(cy + 0.45 * radius * np.sin(t)))),
+                   int(round(r_spot)), 1, -1, lineType=cv2.LINE_8)
+        if (one.astype(bool) & ~mask).any():
+            return None
+        spots |= one
+    return spots.astype(bool)
+
+
+def _plain_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A body colour and a spot colour far from it (RGB floats)."""
+    body, dot = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    while np.abs(body - dot).sum() < 200:
+        dot = rng.uniform(0, 255, 3)
+    return body, dot
 
 
 def _background(size: int, rng: np.random.Generator) -> np.ndarray:
@@ -122,7 +156,7 @@ def render_scene(rng: np.random.Generator, size: int = 128, class_by: str = "sha
     Args:
         rng: the random source.
         size: side of the square image in pixels.
-        class_by: ``"shape"`` or ``"texture"`` (see the module docstring).
+        class_by: one of :data:`CLASS_BY` (see the module docstring).
         touch: probability that an object is placed against an earlier one of its class.
         objects: how many objects are attempted (inclusive range); crowded ones are dropped.
         radius: object radius range as a fraction of ``size``.
@@ -149,6 +183,9 @@ def render_scene(rng: np.random.Generator, size: int = 128, class_by: str = "sha
         elif class_by == "both":
             cls = partner[0] if partner else int(rng.integers(len(SHAPES) * len(BOTH_TEXTURES)))
             shape, tex = SHAPES[cls // len(BOTH_TEXTURES)], BOTH_TEXTURES[cls % len(BOTH_TEXTURES)]
+        elif class_by == "spots":
+            cls = partner[0] if partner else int(rng.integers(len(SPOTS)))
+            shape, tex = SHAPES[int(rng.integers(len(SHAPES)))], "plain"
         else:
             cls = partner[0] if partner else int(rng.integers(len(TEXTURES)))
             shape, tex = SHAPES[int(rng.integers(len(SHAPES)))], TEXTURES[cls]
@@ -156,7 +193,15 @@ def render_scene(rng: np.random.Generator, size: int = 128, class_by: str = "sha
         if got is None:
             continue
         mask, cx, cy = got
-        img[mask] = _texture(tex, size, rng)[mask]
+        if class_by == "spots":
+            spots = _spots(mask, SPOTS[cls], cx, cy, r, rng)
+            if spots is None:
+                continue
+            body, dot = _plain_colours(rng)
+            img[mask] = body
+            img[spots] = dot
+        else:
+            img[mask] = _texture(tex, size, rng)[mask]
         taken |= mask
         placed.append((cls, mask, cx, cy, r))
     return np.clip(img, 0, 255).astype(np.uint8), [(c, m) for c, m, *_ in placed]
@@ -173,7 +218,8 @@ def make_scenes(out_dir: str | os.PathLike, n_images: int = 120, seed: int = 0, 
     images_dir = out_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     names = {"shape": SHAPES, "texture": TEXTURES,
-             "both": tuple(f"{s} {t}" for s in SHAPES for t in BOTH_TEXTURES)}[class_by]
+             "both": tuple(f"{s} {t}" for s in SHAPES for t in BOTH_TEXTURES),
+             "spots": tuple(f"{n} spots" for n in SPOTS)}[class_by]
     rng = np.random.default_rng([seed, size, CLASS_BY.index(class_by) if class_by in CLASS_BY else 9])
     images: list[dict[str, Any]] = []
     anns: list[dict[str, Any]] = []
