@@ -3,7 +3,8 @@
 Modules: :mod:`.geometry` (PDG, PPG, NPG, BMS, final choice; pure NumPy), :mod:`.losses`
 (the two MIL losses), :mod:`.model` (ResNet + FPN + RoI heads), :mod:`.data` (images and bags),
 :mod:`.mil` (the two stages on a batch), :mod:`.train` (training, DDP, checkpoints),
-:mod:`.select` (the methods and the output file), :mod:`.synthetic` (bags from ground truth).
+:mod:`.select` (the methods and the output file), :mod:`.synthetic` (bags from ground truth),
+:mod:`.scenes` (learnable scenes), :mod:`.readout` (what a trained PSM says per proposal).
 """
 
 from .options import SelectConfig
