@@ -15,12 +15,12 @@ from torch.utils.data import DataLoader
 
 from .data import BagDataset, collate
 from .losses import instance_probs
-from .mil import SelectorStep
+from .mil import SelectorStep, _pad
 
 
 @dataclass
 class StageZeroReadout:
-    """PSM outputs at each point's label, ``P×K`` arrays (``K`` the largest bag; padding NaN).
+    """PSM outputs at each point's label, ``P×K`` float32 arrays (``K`` the largest bag; padding NaN).
 
     Attributes:
         ann_ids: ``P`` annotation ids, in the dataset's order.
@@ -63,11 +63,6 @@ def stage_zero_readout(step: SelectorStep, dataset: BagDataset, batch_size: int 
                 start += k
             ann_ids.extend(s.ann_ids)
     kmax = max((len(r[0]) for r in rows), default=0)
-
-    def stack(j: int) -> np.ndarray:
-        out = np.full((len(rows), kmax), np.nan)
-        for p, r in enumerate(rows):
-            out[p, :len(r[j])] = r[j]
-        return out
-
-    return StageZeroReadout(ann_ids, stack(0), stack(1), stack(2))
+    cls_at, correct, ins_at = ([r[j] for r in rows] for j in range(3))
+    return StageZeroReadout(ann_ids, *(_pad(a, kmax, np.nan, torch.device("cpu")).numpy()
+                                       for a in (cls_at, correct, ins_at)))
