@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pseudolabel.core.points import derive_points  # noqa: E402
-from pseudolabel.core.rle import rle_iou, segmentation_to_rle  # noqa: E402
+from pseudolabel.core.rle import box_iou_xyxy, rle_iou, segmentation_to_rle  # noqa: E402
 from pseudolabel.evaluate import compare, evaluate_pseudo, format_table  # noqa: E402
 from pseudolabel.selector import SelectConfig, run_select  # noqa: E402
 from pseudolabel.selector.reference import apply_reference  # noqa: E402
@@ -111,6 +111,48 @@ def geometry_drift(gt: dict, bags: dict, cfg: SelectConfig) -> np.ndarray:
                 for j in range(len(b), len(bag1)):
                     out[k, 1, mine(bag1[j], b, h, w)[0]] += 1.0 / (len(bag1) - len(b))
     return out / out.sum(axis=2, keepdims=True)
+
+
+def ideal_network_ceiling(gt: dict, bags: dict, cfg: SelectConfig, score: float) -> np.ndarray:
+    """What SAPNet's boxes make of a perfect network's picks (official float32 rules).
+
+    Stage 0 picks the whole object and stage 1 the box of its bag (proposals and PPG's boxes)
+    closest to the true box, both with ``cls × ins`` score ``score``; each top-1 goes through
+    the official ``s / (s + 1e-8)`` weighting, BMS among the point prompt's proposals and the
+    box-to-mask match, as in `sap select`. Returns the final proposal index of every bag, in
+    the order of ``bags``. A score below ~0.2 leaves the whole object's own box a larger
+    candidate than the top-1 box, which then blocks the rest (docs/fidelity.md, BMS top-1 box);
+    above ~0.34 the float32 weight is exactly 1 and BMS mines towards larger point proposals.
+    """
+    import torch
+
+    from pseudolabel.selector import geometry as geo
+    from pseudolabel.selector import official
+
+    sizes = {im["id"]: (im["height"], im["width"]) for im in gt["images"]}
+    truth = {a["id"]: np.array(a["bbox"], dtype=np.float64) for a in gt["annotations"]}
+    whole = LABELS.index("whole")
+    s = torch.tensor(score, dtype=torch.float32)
+
+    def mine(box: np.ndarray, b, h: int, w: int) -> torch.Tensor:
+        top1 = official.top1_box(box, s, w, h)
+        return official.bms(top1, b.boxes[: cfg.bms_candidates], cfg.bms_expand_iou, cfg.bms_contain_iou,
+                            cfg.bms_slack)[0]
+
+    out = []
+    for image_id, image_bags in bags.items():
+        h, w = sizes[image_id]
+        pts = np.array([b.point for b in image_bags])
+        labels = np.array([b.category_id for b in image_bags])
+        pdg = geo.image_pdg_scores(pts, labels, [b.boxes for b in image_bags], cfg.pdg_root)
+        for p, b in enumerate(image_bags):
+            mined = mine(b.boxes[whole], b, h, w)
+            j = official.ppg_source_index(b.boxes, mined)
+            bag1 = geo.ppg_boxes(b.boxes, b.boxes[j], pdg[p][j])
+            x, y, bw, bh = truth[b.ann_id]
+            best = int(np.argmax(box_iou_xyxy(bag1, np.array([[x, y, x + bw, y + bh]]))[:, 0]))
+            out.append(official.final_index(b.boxes, mine(bag1[best], b, h, w)))
+    return np.array(out, dtype=int)
 
 
 def kind_counts(indices) -> str:
@@ -247,6 +289,16 @@ def main() -> None:
         for r, path in enumerate(("BMS, match", "BMS, a PPG box as stage-1 pick, BMS, match")):
             print(f"| {label} | {path} | " + " | ".join(f"{v:.2f}" for v in drift[k, r]) +
                   f" | {(drift[k, r] * mean_iou).sum():.3f} |")
+
+    order_ids = [b.ann_id for bs in bags.values() for b in bs]
+    print("\nthe ceiling: SAPNet's geometry with a perfect network (stage 0 picks the whole object, stage 1 "
+          "the box closest to the truth), at a low and a confident top-1 score")
+    print("| top-1 score | mask mIoU | % of oracle | " + " | ".join(LABELS) + " |")
+    print("|---|---|---|" + "---|" * len(LABELS))
+    for score in (0.1, 0.9):
+        final = ideal_network_ceiling(gt, bags, apply_reference(base), score)
+        miou = np.mean([ious[a][k] for a, k in zip(order_ids, final)])
+        print(f"| {score} | {miou:.3f} | {100 * miou / oracle_iou:.0f} | {kind_counts(final)} |")
 
     print(f"\nmargin (sap.margin) against wrong picks (mask IoU with the truth < {WRONG_IOU}):")
     print("| method | wrong, all points | wrong, lowest-margin 20 % | wrong, highest-margin 20 % |")

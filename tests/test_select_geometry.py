@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pseudolabel.selector import geometry as geo
+from pseudolabel.selector import official
 from pseudolabel.selector.losses import gfocal, negative_loss, prm_loss, proposal_scores, psm_loss
 from pseudolabel.selector.options import SelectConfig
 from pseudolabel.selector.train import learning_rate
@@ -225,3 +226,25 @@ def test_bce_stays_finite_at_zero_and_one():
     loss.sum().backward()
     assert torch.isfinite(loss).all() and torch.isfinite(p.grad).all()
     assert float(loss[2].detach()) == pytest.approx(1.3862944, abs=1e-6)  # −log 0.25
+
+
+def test_a_confident_whole_object_pick_is_mined_towards_a_touching_neighbour():
+    """The ceiling of SAPNet's geometry (README, "What the selector learns"): the official top-1
+    box is ``proposal × s/(s + 1e-8)`` in float32. At a confident score that is the whole
+    object's box exactly, its own proposal is not larger, and BMS's contain rule moves it towards
+    SAM's larger mask that holds a touching neighbour; the box-to-mask match then lands on the
+    object with a background band. At a low score the box is a hair smaller, the whole object's
+    own proposal is a larger candidate with IoU ≈ 1, and it stays."""
+    # part, whole, merged with a neighbour below-right, small part, eroded, with background (XYXY)
+    bag = np.array([[14, 14, 24, 24], [10, 10, 30, 30], [10, 10, 44, 40],
+                    [15, 15, 25, 25], [11, 11, 29, 29], [7, 7, 33, 33]], dtype=float)
+    for score, branch, final in ((0.9, "contain", 5), (0.05, "expand", 1)):
+        top1 = official.top1_box(bag[1], score, 100, 100)
+        assert bool((top1 == torch.tensor(bag[1], dtype=torch.float32)).all()) == (score == 0.9)
+        mined, how = official.bms(top1, bag[:3])
+        assert how == branch
+        assert official.final_index(bag, mined) == final
+    # contain: (IoU·merged + whole) / (1 + IoU) with IoU = 400/1020
+    iou = 400 / 1020
+    np.testing.assert_allclose(official.bms(official.top1_box(bag[1], 0.9, 100, 100), bag[:3])[0].numpy(),
+                               (iou * bag[2] + bag[1]) / (1 + iou), rtol=1e-6)
