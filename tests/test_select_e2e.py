@@ -239,3 +239,11 @@ def test_sapnet_format_json_is_read_and_checked_against_the_points(data, tmp_pat
     with pytest.raises(InputError, match="belong to another point file"):
         run_select(tmp_path / "fewer.json", sapnet_json, tmp_path / "c.json", replace(FAST, method="sam-top1"))
     assert not (tmp_path / "c.json").exists()
+
+
+def test_a_random_start_at_sapnets_imagenet_rate_hears_of_the_rate_that_learned():
+    from pseudolabel.selector.select import SCRATCH_LR, scratch_rate_advice
+
+    assert "--lr 0.16" in scratch_rate_advice(SelectConfig())  # 0.015 per 32: the official rate
+    assert scratch_rate_advice(SelectConfig(lr=SCRATCH_LR)) is None
+    assert scratch_rate_advice(SelectConfig(lr=0.02, lr_batch=4)) is None  # 0.16 per 32 images

@@ -28,7 +28,8 @@ def select_cmd(
     bms: Annotated[Optional[bool], typer.Option("--bms/--no-bms", help="Box mining after each stage's top-1.")] = None,
     reference: Annotated[Optional[str], typer.Option("--reference", help="official (default: the official SAPNet code's rules, quirks included) | paper (the paper's rules); per-rule overrides (rule_bms, rule_ppg_box, rule_mps, rule_roi_align, rule_bn, rule_pdg_point, rule_neg_norm) go in --config.")] = None,
     missing: Annotated[Optional[str], typer.Option("--missing", help="Points of unreadable images: fallback (SAM's top-1) | skip.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per step per process (4); lr = 0.015 × total / 32.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per step per process (4); the rate scales with the total batch.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate per 32 images (0.015, SAPNet's for ImageNet weights; 0.16 learned from random weights).")] = None,
     min_size: Annotated[Optional[int], typer.Option("--min-size", help="Short side of the network input (800).")] = None,
     max_size: Annotated[Optional[int], typer.Option("--max-size", help="Long side limit of the network input (1333).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Data-loading processes (2).")] = None,
@@ -49,7 +50,7 @@ def select_cmd(
 
     cfg = resolve(SelectConfig(), load_config_file(config), method=method, epochs=epochs, backbone=backbone,
                   backbone_weights=backbone_weights, pdg=pdg, pnpg=pnpg, bms=bms, reference=reference, missing=missing,
-                  batch_size=batch_size, min_size=min_size, max_size=max_size, workers=workers,
+                  batch_size=batch_size, lr=lr, min_size=min_size, max_size=max_size, workers=workers,
                   work_dir=work_dir, resume=resume, weights=weights, device=device, seed=seed)
     summary = run_select(ann, proposals, out, cfg, images=images)
     if summary.out is not None:  # rank 0

@@ -60,6 +60,22 @@ class MethodResult:
     is_main: bool = True
 
 
+#: the rate per 32 images at which a selector from random weights learned the benchmark's classes
+#: (scripts/bench_select.py --scenes shapes: 0.04 barely learned them in 100 iterations, 0.16 did in 300)
+SCRATCH_LR = 0.16
+
+
+def scratch_rate_advice(cfg: SelectConfig) -> str | None:
+    """One sentence when ``cfg.lr`` is far below :data:`SCRATCH_LR` (for a selector trained from
+    random weights, where SAPNet's ImageNet rate learns slowly), else None."""
+    per32 = cfg.lr * 32 / cfg.lr_batch
+    if per32 >= SCRATCH_LR / 2:
+        return None
+    return (f"lr {cfg.lr} per {cfg.lr_batch} images is SAPNet's rate for ImageNet weights; from random weights "
+            f"the selector learned far more slowly at such a rate than at {SCRATCH_LR} per 32 over 300 iterations "
+            "(README, \"What the selector learns\"): consider --lr 0.16")
+
+
 def has_scores(bag: Bag) -> bool:
     """Whether SAM's predicted IoU is known for at least one proposal of the bag."""
     return bool(len(bag)) and not bool(np.isnan(bag.scores).all())
@@ -128,6 +144,8 @@ def choose_learned(ctx: SelectContext) -> MethodResult:
                              "trained from random weights it picks close to chance on real photos: pass "
                              "--backbone-weights PATH (a torchvision ResNet state dict), or --backbone-weights "
                              "none to train from random weights anyway")
+        if step.net.backbone_weights == "random" and (advice := scratch_rate_advice(cfg)):
+            logger.warning(advice)
         train_set = BagDataset(images, ctx.store, ctx.images_dir, cat_index, cfg.max_size, cfg.min_size,
                                cfg.flip, cfg.seed)
         ctx.store.close()  # each data-loading worker opens its own connection
