@@ -55,7 +55,13 @@ class GoldenNet(nn.Module):
         return {}
 
     def forward_boxes(self, feats, boxes, image_hw, stage):
-        return head_logits(torch.cat(boxes), self.weights, stage)
+        return self.box_logits(self.box_features(feats, boxes, image_hw), stage)
+
+    def box_features(self, feats, boxes, image_hw):  # a box's "features" are its coordinates
+        return torch.cat(boxes).float()
+
+    def box_logits(self, x, stage):
+        return head_logits(x, self.weights, stage)
 
 
 class Replay:
@@ -110,6 +116,21 @@ def test_stage0_scores_pdg_and_boxes(case):
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(trace["top1_0"], flat(official["stage0"]["top1_boxes"]), rtol=0, atol=1e-5)
     np.testing.assert_allclose(trace["mined_0"], flat(official["stage0"]["mined_boxes"]), rtol=0, atol=1e-5)
+
+
+def test_stage_one_pools_only_the_boxes_ppg_added():
+    """A stage-1 bag starts with the point's proposals; their stage-0 features are reused (the
+    stage-1 scores above, which match the official ones, read them), so the second RoI call
+    sees PPG's 20 boxes per point and nothing else."""
+    case = CASES[0]
+    calls: list[int] = []
+    net = GoldenNet(case["head"])
+    features = net.box_features
+    net.box_features = lambda feats, boxes, hw: calls.append(sum(len(b) for b in boxes)) or features(feats, boxes, hw)
+    cfg = apply_reference(SelectConfig(method="sapnet", npg_num=case["num_neg"]))
+    SelectorStep(net, cfg)(torch.zeros(2, 3, 32, 32), samples_of(case), False)
+    n = len(flat(case["points"]))
+    assert calls == [6 * n, 20 * n]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"seed{c['seed']}")

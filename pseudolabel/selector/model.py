@@ -131,6 +131,14 @@ class SelectorNet(nn.Module):
         Returns:
             ``(cls, ins)`` logits, each ``(Σ N_b)×C'`` in the order of ``boxes``.
         """
-        pooled = self.roi_align(feats, [b.float() for b in boxes], image_hw)
-        x = self.shared_fcs(pooled)
+        return self.box_logits(self.box_features(feats, boxes, image_hw), stage)
+
+    def box_features(self, feats: "OrderedDict[str, torch.Tensor]", boxes: list[torch.Tensor],
+                     image_hw: list[tuple[int, int]]) -> torch.Tensor:
+        """The shared FC features ``(Σ N_b)×1024`` of boxes (arguments as :meth:`forward_boxes`);
+        both stages read the same ones, so a box in both is pooled once."""
+        return self.shared_fcs(self.roi_align(feats, [b.float() for b in boxes], image_hw))
+
+    def box_logits(self, x: torch.Tensor, stage: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class and instance logits of a stage from :meth:`box_features` rows."""
         return self.fc_cls[stage](x), self.fc_ins[stage](x)
