@@ -9,8 +9,8 @@ too few: 27 %, chance).
 `mil` is trained here (12 scenes of 96 px, 60 iterations, ~75 s: 87 % of the whole objects named,
 untrained 0 %) because its iterations cost half of sapnet's and the stage is the same
 code (:func:`pseudolabel.selector.losses.psm_loss`, the same network); this is the learning a CPU
-shows in a minute. The same settings with `sapnet` took 341 s and named 30 % (its PSM loss
-weighs 0.25 beside PRM's and the negatives'), too slow a test for the suite. Whether sapnet then prefers the whole object among a bag's proposals takes
+shows in a minute. The same settings with `sapnet` took 341 s and named 30 % (the backbone
+then also serves PRM's loss and the negatives'; not separated), too slow a test for the suite. Whether sapnet then prefers the whole object among a bag's proposals takes
 ~300 iterations (16 CPU minutes) and is measured by `scripts/bench_select.py --scenes shapes`
 (README, "What the selector learns").
 """
