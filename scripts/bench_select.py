@@ -78,6 +78,20 @@ def oracle_annotations(bags: dict, ious: dict[int, np.ndarray]) -> list[dict]:
             for bs in bags.values() for b in bs]
 
 
+def bags_with_pdg(gt: dict, bags: dict, cfg: SelectConfig):
+    """Yield ``((h, w), bag, pdg)`` for every bag in the order of ``bags``: its image size and
+    the PDG score of each of its proposals (same-class points of its image)."""
+    from pseudolabel.selector import geometry as geo
+
+    sizes = {im["id"]: (im["height"], im["width"]) for im in gt["images"]}
+    for image_id, image_bags in bags.items():
+        pts = np.array([b.point for b in image_bags])
+        labels = np.array([b.category_id for b in image_bags])
+        pdg = geo.image_pdg_scores(pts, labels, [b.boxes for b in image_bags], cfg.pdg_root)
+        for p, b in enumerate(image_bags):
+            yield sizes[image_id], b, pdg[p]
+
+
 def geometry_drift(gt: dict, bags: dict, cfg: SelectConfig) -> np.ndarray:
     """Where SAPNet's geometry takes a stage-0 pick of each kind, with no network at all.
 
@@ -89,7 +103,6 @@ def geometry_drift(gt: dict, bags: dict, cfg: SelectConfig) -> np.ndarray:
     """
     from pseudolabel.selector import geometry as geo
 
-    sizes = {im["id"]: (im["height"], im["width"]) for im in gt["images"]}
     k_all = len(LABELS)
     out = np.zeros((k_all, 2, k_all))
 
@@ -98,18 +111,13 @@ def geometry_drift(gt: dict, bags: dict, cfg: SelectConfig) -> np.ndarray:
                          cfg.bms_contain_iou, cfg.bms_slack)
         return geo.final_mask_index(b.boxes, box), box
 
-    for image_id, image_bags in bags.items():
-        h, w = sizes[image_id]
-        pts = np.array([b.point for b in image_bags])
-        labels = np.array([b.category_id for b in image_bags])
-        pdg = geo.image_pdg_scores(pts, labels, [b.boxes for b in image_bags], cfg.pdg_root)
-        for p, b in enumerate(image_bags):
-            for k in range(len(b)):
-                first, box0 = mine(b.boxes[k], b, h, w)
-                out[k, 0, first] += 1
-                bag1 = geo.ppg_boxes(b.boxes, box0, pdg[p][k])
-                for j in range(len(b), len(bag1)):
-                    out[k, 1, mine(bag1[j], b, h, w)[0]] += 1.0 / (len(bag1) - len(b))
+    for (h, w), b, pdg in bags_with_pdg(gt, bags, cfg):
+        for k in range(len(b)):
+            first, box0 = mine(b.boxes[k], b, h, w)
+            out[k, 0, first] += 1
+            bag1 = geo.ppg_boxes(b.boxes, box0, pdg[k])
+            for j in range(len(b), len(bag1)):
+                out[k, 1, mine(bag1[j], b, h, w)[0]] += 1.0 / (len(bag1) - len(b))
     return out / out.sum(axis=2, keepdims=True)
 
 
@@ -129,7 +137,6 @@ def ideal_network_ceiling(gt: dict, bags: dict, cfg: SelectConfig, score: float)
     from pseudolabel.selector import geometry as geo
     from pseudolabel.selector import official
 
-    sizes = {im["id"]: (im["height"], im["width"]) for im in gt["images"]}
     truth = {a["id"]: np.array(a["bbox"], dtype=np.float64) for a in gt["annotations"]}
     whole = LABELS.index("whole")
     s = torch.tensor(score, dtype=torch.float32)
@@ -140,18 +147,13 @@ def ideal_network_ceiling(gt: dict, bags: dict, cfg: SelectConfig, score: float)
                             cfg.bms_slack)[0]
 
     out = []
-    for image_id, image_bags in bags.items():
-        h, w = sizes[image_id]
-        pts = np.array([b.point for b in image_bags])
-        labels = np.array([b.category_id for b in image_bags])
-        pdg = geo.image_pdg_scores(pts, labels, [b.boxes for b in image_bags], cfg.pdg_root)
-        for p, b in enumerate(image_bags):
-            mined = mine(b.boxes[whole], b, h, w)
-            j = official.ppg_source_index(b.boxes, mined)
-            bag1 = geo.ppg_boxes(b.boxes, b.boxes[j], pdg[p][j])
-            x, y, bw, bh = truth[b.ann_id]
-            best = int(np.argmax(box_iou_xyxy(bag1, np.array([[x, y, x + bw, y + bh]]))[:, 0]))
-            out.append(official.final_index(b.boxes, mine(bag1[best], b, h, w)))
+    for (h, w), b, pdg in bags_with_pdg(gt, bags, cfg):
+        mined = mine(b.boxes[whole], b, h, w)
+        j = official.ppg_source_index(b.boxes, mined)
+        bag1 = geo.ppg_boxes(b.boxes, b.boxes[j], pdg[j])
+        x, y, bw, bh = truth[b.ann_id]
+        best = int(np.argmax(box_iou_xyxy(bag1, np.array([[x, y, x + bw, y + bh]]))[:, 0]))
+        out.append(official.final_index(b.boxes, mine(bag1[best], b, h, w)))
     return np.array(out, dtype=int)
 
 
