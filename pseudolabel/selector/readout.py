@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from .data import BagDataset, collate
 from .losses import instance_probs
-from .mil import SelectorStep, _pad
+from .mil import SelectorStep, _boxes_per_image, _dense, _dense_index
 
 
 @dataclass
@@ -45,24 +45,24 @@ def stage_zero_readout(step: SelectorStep, dataset: BagDataset, batch_size: int 
     """Run the PSM over every bag of ``dataset`` (no flips: build it with ``flip_prob=0``)."""
     step.eval()
     ann_ids: list[int] = []
-    rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    parts: list[tuple[torch.Tensor, ...]] = []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
         if not batch.samples:
             continue
+        bags = [b for s in batch.samples for b in s.boxes]
         feats = step.net.features(batch.images)
-        boxes = [torch.as_tensor(np.concatenate(s.boxes), dtype=torch.float32) for s in batch.samples]
-        cls, ins = step.net.forward_boxes(feats, boxes, batch.image_hw, stage=0)
-        start = 0
-        for s in batch.samples:
-            for label, bag in zip(s.labels, s.boxes):
-                k = len(bag)
-                c = cls[start:start + k].float().softmax(-1)
-                i = instance_probs(ins[start:start + k][None], torch.ones(1, k, dtype=torch.bool))[0]
-                rows.append((c[:, label].numpy(), (c.argmax(-1) == int(label)).float().numpy(),
-                             i[:, label].numpy()))
-                start += k
-            ann_ids.extend(s.ann_ids)
-    kmax = max((len(r[0]) for r in rows), default=0)
-    cls_at, correct, ins_at = ([r[j] for r in rows] for j in range(3))
-    return StageZeroReadout(ann_ids, *(_pad(a, kmax, np.nan, torch.device("cpu")).numpy()
-                                       for a in (cls_at, correct, ins_at)))
+        cls, ins = step.net.forward_boxes(feats, _boxes_per_image(batch.samples, bags, torch.device("cpu")),
+                                          batch.image_hw, stage=0)
+        index, valid = _dense_index([len(b) for b in bags], torch.device("cpu"))
+        at = torch.arange(len(bags))
+        labels = torch.as_tensor(np.concatenate([s.labels for s in batch.samples]))
+        probs = _dense(cls, index).float().softmax(-1)  # P×K×C'
+        share = instance_probs(_dense(ins, index), valid)  # P×K×C
+        nan = torch.tensor(float("nan"))
+        rows = (probs[at, :, labels], (probs.argmax(-1) == labels[:, None]).float(), share[at, :, labels])
+        parts.append(tuple(torch.where(valid, r, nan) for r in rows))
+        ann_ids.extend(a for s in batch.samples for a in s.ann_ids)
+    kmax = max((p[0].shape[1] for p in parts), default=0)
+    pad = [[torch.nn.functional.pad(p[j], (0, kmax - p[j].shape[1]), value=float("nan")) for p in parts]
+           for j in range(3)]
+    return StageZeroReadout(ann_ids, *(torch.cat(t).numpy() if t else np.zeros((0, 0), np.float32) for t in pad))

@@ -21,7 +21,8 @@ What decides the category (``class_by``):
 * ``"spots"``: how many spots (2, 3 or 4, evenly spaced on a circle around the centre) a plain
   shape of random form and colour carries. A part of an object shows fewer spots and the object
   merged with its neighbour more: both look like *another* class, as a part of one COCO object
-  can look like another category. ``"both"``: 3 shapes × 2 textures.
+  can look like another category.
+* ``"both"``: 3 shapes × 2 textures.
 
 Everything is a pure function of the arguments. Masks are exact (the drawn pixels); points and
 SAM-like bags are made from them by :func:`pseudolabel.core.points.derive_points` and
