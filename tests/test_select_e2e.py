@@ -14,7 +14,7 @@ import pytest
 from pycocotools.coco import COCO
 
 import cli
-from conftest import subset_coco
+from conftest import run_cli, subset_coco
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.points import derive_points
 from pseudolabel.core.rle import rle_area, rle_to_bbox_xywh
@@ -247,3 +247,16 @@ def test_a_random_start_at_sapnets_imagenet_rate_hears_of_the_rate_that_learned(
     assert "--lr 0.16" in scratch_rate_advice(SelectConfig())  # 0.015 per 32: the official rate
     assert scratch_rate_advice(SelectConfig(lr=SCRATCH_LR)) is None
     assert scratch_rate_advice(SelectConfig(lr=0.02, lr_batch=4)) is None  # 0.16 per 32 images
+
+
+def test_the_lr_flag_reaches_the_written_configuration_and_a_bad_one_stops(data, monkeypatch):
+    import yaml
+
+    def argv(name: str, lr: str) -> list[str]:
+        return ["select", "--ann", str(data.ann), "--proposals", str(data.cache), "--out", str(data.root / name),
+                "--method", "sam-top1", "--lr", lr]
+
+    assert run_cli(argv("lr.json", "0.3"), monkeypatch) == 0
+    assert yaml.safe_load((data.root / "lr.config.yaml").read_text())["config"]["lr"] == 0.3
+    assert run_cli(argv("lr0.json", "0"), monkeypatch) == 2
+    assert not (data.root / "lr0.json").exists()
