@@ -210,11 +210,10 @@ def refine_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str 
     ann, images_dir, out = Path(ann), Path(images_dir), Path(out)
     if not images_dir.is_dir():
         raise InputError(f"image folder {images_dir} does not exist")
-    if out.resolve() == ann.resolve():
-        raise InputError(f"--out {out} must differ from --ann (the input is never overwritten)")
+    check_output_file(out, "--out", inputs=(ann, images_dir, cfg.embeddings, cfg.adapter, cfg.checkpoint,
+                                            dump_prompts))
     coco = load_coco_json(ann)
     check_categories(coco, str(ann))
-    check_output_file(out, "--out")
     with output_lock(out):
         return _refine_locked(coco, ann, images_dir, out, cfg, engine, resume, dump_prompts, t0)
 

@@ -26,7 +26,7 @@ from PIL import Image
 from pseudolabel.core.config import write_run_config
 from pseudolabel.core.errors import ImageError, InputError
 from pseudolabel.core.images import load_image_rgb
-from pseudolabel.core.io import atomic_path, write_json_atomic
+from pseudolabel.core.io import atomic_path, check_output_dir, write_json_atomic
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 
 from .refiner import RefineConfig, create_engine, refine_masks
@@ -154,8 +154,7 @@ def refine_semantic(label_dir: str | os.PathLike, images_dir: str | os.PathLike,
     maps = sorted(label_dir.glob("*.png"))
     if not maps:
         raise InputError(f"{label_dir} holds no .png label maps")
-    if out_dir.resolve() == label_dir.resolve():
-        raise InputError("--out must differ from --semantic (the input maps are never overwritten)")
+    check_output_dir(out_dir, "--out", inputs=(label_dir, images_dir, cfg.adapter, cfg.checkpoint))
     if engine is None:
         engine = create_engine(cfg)
     if cfg.adapter:

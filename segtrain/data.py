@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from pseudolabel.core.coco import check_categories, load_coco_json, mps_alternatives
 from pseudolabel.core.errors import ImageError, InputError
-from pseudolabel.core.images import load_image_rgb
+from pseudolabel.core.images import load_image_rgb, why_not_a_file
 from pseudolabel.core.rle import RLE, decode_rles, rle_area, segmentation_to_rle
 
 from .targets import InstanceTargets, downsample_stride4, targets_from_masks
@@ -147,7 +147,7 @@ def load_dataset(json_path: str | os.PathLike, images_dir: str | os.PathLike, *,
     for im in coco["images"]:
         path = images_dir / im["file_name"]
         if not path.is_file():
-            absent.append(im["file_name"])
+            absent.append(f"{im['file_name']}, which {why_not_a_file(path)}")
             continue
         records[im["id"]] = ImageRecord(int(im["id"]), im["file_name"], path, int(im["width"]), int(im["height"]))
     if absent:

@@ -40,9 +40,12 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def trim_metrics(path: Path, upto: int) -> None:
     """Drop metric lines written after iteration ``upto`` by an interrupted run (and a line torn
-    by the kill)."""
+    by the kill), and add ``{"resumed_at": upto}``: the first window means after it average only
+    the iterations run since the resume, so they differ from an uninterrupted run's."""
     if path.is_file():
-        kept = [r for r in read_metrics(path) if r.get("iter", 0) <= upto]
+        kept = [r for r in read_metrics(path) if r.get("iter", 0) <= upto and "resumed_at" not in r
+                or r.get("resumed_at", upto + 1) <= upto]
+        kept.append({"resumed_at": upto})
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 

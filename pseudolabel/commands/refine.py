@@ -27,7 +27,7 @@ def refine_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="Refined COCO JSON (with --ann) or folder of PNGs (with --semantic).")] = None,
     reference: Annotated[Optional[str], typer.Option("--reference", help="Rules to follow: official (linyq2117/SAMRefiner's code, the default) or paper; single rules can be overridden in --config (docs/fidelity.md).")] = None,
     dump_prompts: Annotated[Optional[Path], typer.Option("--dump-prompts", help="Also write the prompts handed to SAM, one JSON line per annotation per iteration (--ann only).")] = None,
-    iters: Annotated[Optional[int], typer.Option("--iters", help="Refinement iterations (default 5).")] = None,
+    iters: Annotated[Optional[int], typer.Option("--iters", help="Refinement iterations (default 5, at most 50; an object stops once its mask stops changing).")] = None,
     prompts: RefinePromptsOpt = None,
     negative_point: Annotated[Optional[bool], typer.Option("--negative-point/--no-negative-point", help="Add the distance-guided negative point (default on).")] = None,
     negative_fallback: Annotated[Optional[str], typer.Option("--negative-fallback", help="When the box holds no background: origin (pixel (0,0), official) or omit (paper).")] = None,
@@ -69,10 +69,8 @@ def refine_cmd(
                   embeddings=embeddings, engine=engine, model=model, checkpoint=checkpoint, precision=precision,
                   device=device, chunk=chunk)
     if semantic is not None:
-        from pseudolabel.core.io import check_output_dir
         from refine.semantic import refine_semantic
 
-        check_output_dir(out, "--out")
         if embeddings is not None or dump_prompts is not None:
             raise InputError("--embeddings and --dump-prompts work with --ann only (label maps have no annotation ids)")
         scfg = resolve(SemanticConfig(), file_sem, stm_mu=stm_mu, num_classes=num_classes,
@@ -116,7 +114,7 @@ def refine_adapt_cmd(
     from refine.adapt import AdaptConfig, adapt_coco
     from refine.refiner import RefineConfig
 
-    check_output_file(out, "--out", inputs=(ann,))
+    check_output_file(out, "--out", inputs=(ann, images, embeddings, checkpoint))
 
     file_refine, file_adapt = split_file_values(load_config_file(config), RefineConfig, AdaptConfig)
     cfg = resolve(RefineConfig(), file_refine, reference=reference, prompts=prompts, cebox_margin=cebox_margin,

@@ -26,6 +26,23 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def why_not_a_file(path: Path) -> str:
+    """Why ``path`` is no readable file, in words: a folder, a broken link or link loop, or missing."""
+    if path.is_dir():
+        return "is a folder, not an image file"
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:  # Python < 3.13 reports a loop so
+            return "is a symbolic link that loops"
+        except OSError as e:
+            return "is a symbolic link that loops" if "loop" in str(e).lower() else "is a broken symbolic link"
+        return "is a symbolic link to no regular file"
+    if path.exists():
+        return "is not a regular file"
+    return "is missing"
+
+
 def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
@@ -54,7 +71,7 @@ def load_image_rgb(path: str | os.PathLike, expected_wh: tuple[int, int] | None 
     """
     path = Path(path)
     if not path.is_file():
-        raise ImageError(f"image file {path} is missing")
+        raise ImageError(f"image file {path} {why_not_a_file(path)}")
     try:
         with Image.open(path) as raw:
             raw.load()
