@@ -347,3 +347,12 @@ class InferenceDataset(Dataset):
 def collate(items: list[Sample | FailedSample]) -> list[Sample | FailedSample]:
     """Keep the list as it is (images have different sizes; the model pads them)."""
     return items
+
+
+def batch_warning(batch: int, n_images: int) -> str | None:
+    """The warning for a ``--batch`` larger than the training set (legal: every step repeats
+    images, but surely unintended), or ``None``."""
+    if batch > n_images:
+        return (f"--batch {batch} is larger than the {n_images} training images: every step repeats each image "
+                f"about {batch // max(n_images, 1)} times; a batch of at most {n_images} is what you want")
+    return None

@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import SapError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -37,6 +39,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
         if is_disk_full(e):
             raise disk_full_error(path, e, written) from None
+        raise
+
+
+@contextlib.contextmanager
+def disk_full_names(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a full disk met in the body (an ``OSError``, SQLite's or ``torch.save``'s error) into
+    the one sentence of :func:`disk_full_error` naming ``path``; other errors pass unchanged."""
+    try:
+        yield
+    except Exception as e:
+        if is_disk_full(e) and not isinstance(e, SapError):
+            raise disk_full_error(path, e) from None
         raise
 
 
