@@ -48,7 +48,7 @@ from pseudolabel.core.coco import annotation_rle, annotations_by_image, check_ca
 from pseudolabel.core.config import sidecar_path, write_run_config
 from pseudolabel.core.errors import ImageError, InputError
 from pseudolabel.core.images import file_sha256
-from pseudolabel.core.io import atomic_path, check_output_file, write_json_atomic
+from pseudolabel.core.io import atomic_path, check_output_file, disk_full_names, write_json_atomic
 from pseudolabel.core.journal import append_record, read_journal
 from pseudolabel.core.lock import output_lock
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
@@ -286,7 +286,7 @@ def _refine_locked(coco: dict, ann: Path, images_dir: Path, out: Path, cfg: Refi
                 engine.checkpoint_id[:12], engine.device, "+".join(cfg.prompts), cfg.iters)
 
     mode = "a" if done else "w"
-    with open(part, mode, encoding="utf-8") as journal, logging_to_tqdm():
+    with disk_full_names(part), open(part, mode, encoding="utf-8") as journal, logging_to_tqdm():
         if not done:
             append_record(journal, {"digest": digest})
         todo = [i for i in work if i not in done]

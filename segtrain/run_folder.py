@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pseudolabel.core.errors import InputError
-from pseudolabel.core.io import write_text_atomic
+from pseudolabel.core.io import disk_full_names, write_text_atomic
 from pseudolabel.core.journal import read_journal
 
 from .checkpoint import last_checkpoint
@@ -29,7 +29,7 @@ class MetricsWriter:
     def write(self, record: dict[str, Any]) -> None:
         if self.path is None:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
+        with disk_full_names(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
 

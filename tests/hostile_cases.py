@@ -33,16 +33,17 @@ FAULTS = {  # name: (spoil the parsed file in place, what the error line must na
     "id_true": (lambda c: _ann(c).update(id=True), "id true"),
     "id_text": (lambda c: _ann(c).update(id="abc"), '"abc"'),
     "image_id_text": (lambda c: _ann(c).update(image_id=str(BAD_IMG)), f'"{BAD_IMG}"'),
-    "category_object": (lambda c: _ann(c).update(category_id={"id": 1}), f"annotation {BAD_ANN}"),
+    "category_object": (lambda c: _ann(c).update(category_id={"id": 1}), f"annotation {BAD_ANN}'s category"),
     "iscrowd_text": (lambda c: _ann(c).update(iscrowd="yes"), f"annotation {BAD_ANN}"),
-    "point_nan": (lambda c: _ann(c).update(point=[float("nan"), 5.0]), f"annotation {BAD_ANN}"),
+    "point_nan": (lambda c: _ann(c).update(point=[float("nan"), 5.0]), "not a finite number"),
     "file_name_up": (lambda c: _img(c).update(file_name="../../../x.jpg"), f"image {BAD_IMG}"),
     "file_name_absolute": (lambda c: _img(c).update(file_name="/tmp/sap-hostile-x.jpg"), f"image {BAD_IMG}"),
     "deep_nesting": (lambda c: c.update(unused=NEST), "too deeply"),
 }
 
 DATA_CASES = {
-    "proposals": ["id_fraction", "id_true", "image_id_text", "point_nan", "file_name_absolute", "deep_nesting"],
+    "proposals": ["id_fraction", "id_true", "image_id_text", "category_object", "point_nan", "file_name_absolute",
+                  "deep_nesting"],
     "select": ["id_text", "point_nan", "deep_nesting"],
     "refine": ["category_object", "iscrowd_text", "file_name_up", "deep_nesting"],
     "train": ["id_fraction", "iscrowd_text"],

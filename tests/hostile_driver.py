@@ -25,9 +25,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cli  # noqa: E402
 
 
+class _Full:
+    """A file open for writing on a full disk: every write raises ENOSPC."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+
+    def write(self, *_args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    writelines = write
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __iter__(self):
+        return iter(self._f)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._f.close()
+
+
 @contextlib.contextmanager
 def full_disk(folder: str):
-    """Every write under ``folder`` fails as on a full disk: ``open`` for writing raises ENOSPC,
+    """Every write under ``folder`` fails as on a full disk: a file opened for writing there
+    opens, and its first ``write`` raises ENOSPC (without a file name, as the OS says it),
     ``torch.save`` raises the RuntimeError it raises then, and SQLite finds no free page (its
     own "database or disk is full"). Reads and writes elsewhere work."""
     import torch
@@ -44,9 +69,8 @@ def full_disk(folder: str):
     real_open, real_save, real_connect = builtins.open, torch.save, sqlite3.connect
 
     def open_(file, mode="r", *args, **kwargs):
-        if any(c in mode for c in "wax+") and under(file):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(file))
-        return real_open(file, mode, *args, **kwargs)
+        f = real_open(file, mode, *args, **kwargs)
+        return _Full(f) if any(c in mode for c in "wax+") and under(file) else f
 
     def save(obj, f, *args, **kwargs):
         if under(f):
