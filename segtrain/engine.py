@@ -191,13 +191,14 @@ def train_torch(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
 
     def payload(it: int, full: bool) -> dict[str, Any]:
         p = {"iter": it, "model": model.state_dict(), **meta}
-        if full:
-            p.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=rng_state())
+        if full:  # and the losses of the log window under way, so a resumed run logs the same means
+            p.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=rng_state(),
+                     metrics_window={k: list(v) for k, v in window.items()})
         return p
 
     failed: dict[int, str] = {}
     first_loss = last_loss = None
-    window: dict[str, list[float]] = {}
+    window: dict[str, list[float]] = {k: list(v) for k, v in (ckpt or {}).get("metrics_window", {}).items()}
     t_window, n_window = time.perf_counter(), 0
     final_eval = None
     model.train()
