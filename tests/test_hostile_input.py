@@ -380,3 +380,23 @@ def test_hostile_input_is_one_sentence_exit_2_and_leaves_nothing(stage, case, wo
     else:
         assert target.read_text() == r["before"]
     assert not lock_path(target).exists()
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["points", "--mode", "uniform", "--seed", "-1"], "--seed"),
+    (["points", "--mode", "uniform", "--seed", "99999999999999999999"], "--seed"),
+    (["corrupt", "--severity", "-1"], "--severity"),
+    (["refine", "adapt", "--images", "IMAGES", "--rank", "0", *TINY_SAM], "--rank"),
+], ids=["points-seed_negative", "points-seed_huge", "corrupt-severity_negative", "adapt-rank_zero"])
+def test_the_numbers_of_the_other_commands_are_one_sentence(argv, flag, world, tmp_path, monkeypatch, capsys):
+    """In this process (no SAM work happens before the check)."""
+    from conftest import run_cli
+
+    out = tmp_path / "out.json"
+    gt = ["--ann" if argv[0] == "refine" else "--gt", str(world["dir"] / "gt.json")]
+    argv = [str(world["images"]) if a == "IMAGES" else a for a in argv]
+    code = run_cli([*argv, *gt, "--out", str(out)], monkeypatch)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("error: ") and flag in err
+    assert not out.exists() and not (tmp_path / "out.config.yaml").exists()

@@ -137,12 +137,13 @@ def corrupt_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Make DAVIS-585-style coarse masks from ground truth (jitter, blobs, holes, missing parts)."""
-    from pseudolabel.core.config import load_config_file, resolve
+    from pseudolabel.core.config import check_range, load_config_file, resolve
     from pseudolabel.core.io import check_output_file
     from refine.corrupt import CorruptConfig, corrupt_coco
 
     check_output_file(out, "--out", inputs=(gt,))
     cfg = resolve(CorruptConfig(), load_config_file(config), seed=seed, severity=severity)
+    check_range(cfg.severity, "--severity", 0)
     counts = corrupt_coco(gt, out, cfg)
     typer.echo(f"{counts['corrupted']} masks corrupted (seed {cfg.seed}, severity {cfg.severity}), "
                f"{counts['passed_through']} annotations passed through; written to {out}")
