@@ -38,7 +38,7 @@ from pseudolabel.evaluate import evaluate_pseudo
 from pseudolabel.core.rle import decode_rle, segmentation_to_rle
 from pseudolabel.core.engines.base import PromptEngine
 from pseudolabel.core.engines.loading import create_engine, save_random_checkpoint
-from refine.corrupt import CorruptConfig, corrupt_coco
+from pseudolabel.testing.corrupt import CorruptConfig, corrupt_coco
 from refine.instances import refine_coco
 from refine.prompts import box_center_point, point_of
 from refine.refiner import RefineConfig

@@ -141,7 +141,7 @@ def corrupt_cmd(
     """Make DAVIS-585-style coarse masks from ground truth (jitter, blobs, holes, missing parts)."""
     from pseudolabel.core.config import load_config_file, resolve
     from pseudolabel.core.io import check_output_file
-    from refine.corrupt import CorruptConfig, corrupt_coco
+    from pseudolabel.testing.corrupt import CorruptConfig, corrupt_coco
 
     check_output_file(out, "--out", inputs=(gt,))
     cfg = resolve(CorruptConfig(), load_config_file(config), seed=seed, severity=severity)
