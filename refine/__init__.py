@@ -11,9 +11,9 @@ truth for benchmarks (`sap corrupt`) live in :mod:`pseudolabel.testing.corrupt`.
 """
 
 from .adapt import AdaptConfig, adapt_coco
-from .instances import RefineSummary, refine_coco
+from .instances import RefineSummary, run_refine
 from .refiner import PROMPT_KINDS, RefineConfig, RefineResult, refine_masks
 from .semantic import SemanticConfig, refine_semantic
 
 __all__ = ["PROMPT_KINDS", "AdaptConfig", "RefineConfig", "RefineResult", "RefineSummary",
-           "SemanticConfig", "adapt_coco", "refine_coco", "refine_masks", "refine_semantic"]
+           "SemanticConfig", "adapt_coco", "refine_masks", "refine_semantic", "run_refine"]

@@ -79,9 +79,9 @@ def refine_cmd(
                        ignore_label=ignore_label, background=background)
         summary = refine_semantic(semantic, images, out, cfg, scfg)
     else:
-        from refine.instances import refine_coco
+        from refine.instances import run_refine
 
-        summary = refine_coco(ann, images, out, cfg, resume=resume, dump_prompts=dump_prompts)
+        summary = run_refine(ann, images, out, cfg, resume=resume, dump_prompts=dump_prompts)
     for line in summary.lines():
         typer.echo(line)
     exit_for_failures(len(summary.failed))
