@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import ConfigOpt, DeviceOpt, EngineOpt, SamModelOpt
+from .common import ConfigOpt, DeviceOpt, EngineOpt, SamCheckpointOpt, SamModelOpt
 
 commands = typer.Typer()
 
@@ -21,7 +21,7 @@ def pipeline_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="Run folder.")] = None,
     engine: EngineOpt = None,
     model: SamModelOpt = None,
-    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="The engine's checkpoint ('none' = random).")] = None,
+    checkpoint: SamCheckpointOpt = None,
     device: DeviceOpt = None,
     sets: Annotated[Optional[list[str]], typer.Option("--set", help="section.key=value, e.g. train.iters=2000 (repeatable).")] = None,
     start: Annotated[Optional[str], typer.Option("--from", help="First stage to run.")] = None,
