@@ -160,11 +160,13 @@ def test_train_under_torchrun_killed_rank_ends_with_a_sentence_and_the_rerun_res
             os.killpg(job.pid, signal.SIGKILL)
     assert job.returncode != 0 and not (out / "model_final.pth").exists()
     assert "rank 0 of 2" in err and "rerun the same command" in err, err[-3000:]
-    assert "Traceback" not in err.split("torch.distributed.elastic")[0]
+    ours = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert ours and "Traceback" not in err.split(ours[0])[0], err[-3000:]
     saved = (out / "last_checkpoint").read_text().strip()
     again = _sap([*argv, "--resume"], ranks=2)
     assert (out / "model_final.pth").is_file()
-    assert "resum" in (again.stderr + again.stdout).lower() and saved in again.stderr + again.stdout
+    done_before = int("".join(c for c in saved if c.isdigit()))
+    assert 2 <= done_before < 8 and f"trained {8 - done_before} iterations (to 8)" in again.stdout
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     assert max(m.get("iter", 0) for m in metrics) >= 7
 
