@@ -109,7 +109,7 @@ def sizes_of(paths: list[Path]) -> int:
     return total
 
 
-def bench_one(n: int, root: Path, train_iters: int) -> list[dict]:
+def bench_one(n: int, root: Path, train_iters: int, skip: set[str]) -> list[dict]:
     from pseudolabel.core.engines.loading import bundled_checkpoint
 
     gt, images = make_scenes(root / "data", n)
@@ -145,7 +145,7 @@ def bench_one(n: int, root: Path, train_iters: int) -> list[dict]:
                    [root / "review"]),
     }
     rows = []
-    for stage in STAGES:
+    for stage in (s for s in STAGES if s not in skip):
         argv, outputs = plan[stage]
         wall, rss, text = run(argv, root / f"{stage}.log")
         model = min(model_seconds(stage, text, n), wall)
@@ -162,11 +162,14 @@ def report(rows: list[dict], sizes: list[int], train_iters: int) -> None:
         n = r["n"]
         print(f"{r['stage']:14s} {n:6d} {r['wall_s'] / n:7.4f}  {r['model_s'] / n:9.4f}  "
               f"{(r['wall_s'] - r['model_s']) / n:9.4f}  {r['rss_mib']:12d}  {r['out_bytes'] / 2**20:10.2f}")
-    small, mid, big = sizes[0], sizes[-2] if len(sizes) > 1 else sizes[0], sizes[-1]
     by = {(r["stage"], r["n"]): r for r in rows}
+    measured = {stage: [n for n in sizes if (stage, n) in by] for stage in STAGES}
+    small, mid, big = sizes[0], sizes[-2] if len(sizes) > 1 else sizes[0], sizes[-1]
     print(f"\nbounds: time/image at N={big} vs N={small} (<= 1.25x; train: non-model part, it runs "
           f"{train_iters} iterations whatever N), peak RSS N={mid} -> N={big} (<= +15 %)")
     for stage in STAGES:
+        ns = measured[stage]
+        small, mid, big = ns[0], ns[-2] if len(ns) > 1 else ns[0], ns[-1]
         a, m, b = by[(stage, small)], by[(stage, mid)], by[(stage, big)]
         if stage == "train":
             ta, tb = (a["wall_s"] - a["model_s"]) / small, (b["wall_s"] - b["model_s"]) / big
@@ -174,17 +177,19 @@ def report(rows: list[dict], sizes: list[int], train_iters: int) -> None:
             ta, tb = a["wall_s"] / small, b["wall_s"] / big
         rss = b["rss_mib"] / m["rss_mib"] - 1
         ok = ("ok" if tb <= 1.25 * ta else "TIME") + (" ok" if rss <= 0.15 else " RSS")
-        print(f"  {stage:14s} time x{tb / ta:5.2f}  RSS {100 * rss:+6.1f} %  {ok}")
-    print(f"\nmarginal cost per image from N={small} to N={big} (start-up and fixed work cancel out): "
+        print(f"  {stage:14s} N {small}->{big}: time x{tb / ta:5.2f}  RSS {mid}->{big} {100 * rss:+6.1f} %  {ok}")
+    print("\nmarginal cost per image from the smallest N to the largest (start-up and fixed work cancel out): "
           "what projections use")
     for stage in STAGES:
+        small, big = measured[stage][0], measured[stage][-1]
         a, b = by[(stage, small)], by[(stage, big)]
         dw, dm = (b["wall_s"] - a["wall_s"]) / (big - small), (b["model_s"] - a["model_s"]) / (big - small)
         print(f"  {stage:14s} {dw:7.4f} s/image  model {dm:7.4f}  other {dw - dm:7.4f}  "
               f"output {(b['out_bytes'] - a['out_bytes']) / (big - small) / 1024:8.1f} KiB/image")
-    print(f"\nnon-model time per image at N={big} next to SAM ViT-H's encoder on an A100 "
+    print(f"\nnon-model time per image at the largest N next to SAM ViT-H's encoder on an A100 "
           f"({A100_VIT_H_S[0]}-{A100_VIT_H_S[1]} s/image): a stage below 0.1 s keeps that GPU busy")
     for stage in STAGES:
+        big = measured[stage][-1]
         b = by[(stage, big)]
         other = (b["wall_s"] - b["model_s"]) / big
         verdict = "keeps up" if other < A100_VIT_H_S[0] else ("keeps up at fp32" if other < A100_VIT_H_S[1]
@@ -197,6 +202,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="500,2000,8000", help="comma-separated N (default 500,2000,8000)")
     ap.add_argument("--out", default="/tmp/bench_scale")
     ap.add_argument("--train-iters", type=int, default=20)
+    ap.add_argument("--sapnet-sizes", default=None,
+                    help="the N at which select-sapnet runs (default: all; the slowest stage on a CPU)")
     args = ap.parse_args()
     sizes = sorted(int(v) for v in args.sizes.split(","))
     import torch
@@ -204,8 +211,10 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"bench_scale: N = {sizes}, CPU only, one thread per process, {os.cpu_count()} cores on the machine")
     rows = []
+    sapnet_sizes = set(sizes) if args.sapnet_sizes is None else {int(v) for v in args.sapnet_sizes.split(",")}
     for n in sizes:
-        rows += bench_one(n, Path(args.out) / f"n{n}", args.train_iters)
+        rows += bench_one(n, Path(args.out) / f"n{n}", args.train_iters,
+                          set() if n in sapnet_sizes else {"select-sapnet"})
     Path(args.out, "rows.json").write_text(json.dumps(rows, indent=1))
     report(rows, sizes, args.train_iters)
 
