@@ -109,16 +109,30 @@ def sizes_of(paths: list[Path]) -> int:
     return total
 
 
-def bench_one(n: int, root: Path, train_iters: int, skip: set[str]) -> list[dict]:
+def synthetic_cache(gt: Path, pts: Path, images: Path, cache: Path) -> None:
+    """A proposal cache without SAM: 6 SAM-like proposals per point made from the true masks
+    (``pseudolabel.selector.synthetic``), for the stages that only read proposals."""
+    try:
+        from pseudolabel.testing.synthetic import synthetic_bags, write_bags_cache
+    except ImportError:  # before the move of the test helpers to pseudolabel.testing
+        from pseudolabel.selector.synthetic import synthetic_bags, write_bags_cache
+    points = json.loads(pts.read_text())
+    write_bags_cache(cache, points, synthetic_bags(json.loads(gt.read_text()), points), images)
+
+
+def bench_one(n: int, root: Path, train_iters: int, skip: set[str], synthetic: bool = False) -> list[dict]:
     from pseudolabel.core.engines.loading import bundled_checkpoint
 
     gt, images = make_scenes(root / "data", n)
     pts, cache = root / "points.json", root / "cache"
     run(["points", "--gt", str(gt), "--out", str(pts)], root / "points.log")
+    if synthetic and not cache.is_dir():
+        synthetic_cache(gt, pts, images, cache)
     pocket = ["--engine", "sam_pocket", "--checkpoint", str(bundled_checkpoint("sam_pocket")), "--device", "cpu"]
     top1, sapnet, refined = root / "top1.json", root / "sapnet.json", root / "refined.json"
     net = ["--backbone", "resnet18", "--backbone-weights", "none", "--lr", "0.16", "--min-size", "128",
            "--max-size", "160", "--workers", "0", "--device", "cpu", "--batch-size", "4"]
+    labels = top1 if "refine" in skip else refined  # what eval, export and review read
     train_cfg = root / "train.yaml"
     train_cfg.write_text("warmup_iters: 1\nmodel: {head_channels: 32, head_convs: 1, fpn_channels: 32, "
                          "mask_channels: 16, kernel_dim: 16}\n")
@@ -136,11 +150,11 @@ def bench_one(n: int, root: Path, train_iters: int, skip: set[str]) -> list[dict
                    str(train_iters), "--batch", "2", "--min-size", "160", "--max-size", "224",
                    "--checkpoint-period", str(train_iters), "--workers", "0", "--device", "cpu",
                    "--config", str(train_cfg)], [root / "train"]),
-        "eval": (["eval", "--gt", str(gt), "--pseudo", str(top1), "--pseudo", str(refined),
+        "eval": (["eval", "--gt", str(gt), "--pseudo", *sorted({str(top1), str(labels)}),
                   "--out", str(root / "eval.json")], [root / "eval.json"]),
-        "export": (["export", "--to", "labelstudio", "--ann", str(refined), "--images", str(images),
+        "export": (["export", "--to", "labelstudio", "--ann", str(labels), "--images", str(images),
                     "--out", str(root / "labelstudio.json")], [root / "labelstudio.json"]),
-        "review": (["review", "--ann", str(refined), "--images", str(images), "--selected", str(top1),
+        "review": (["review", "--ann", str(labels), "--images", str(images), "--selected", str(top1),
                     "--proposals", str(cache), "--no-thumbnails", "--out", str(root / "review")],
                    [root / "review"]),
     }
@@ -164,10 +178,11 @@ def report(rows: list[dict], sizes: list[int], train_iters: int) -> None:
               f"{(r['wall_s'] - r['model_s']) / n:9.4f}  {r['rss_mib']:12d}  {r['out_bytes'] / 2**20:10.2f}")
     by = {(r["stage"], r["n"]): r for r in rows}
     measured = {stage: [n for n in sizes if (stage, n) in by] for stage in STAGES}
+    measured = {k: v for k, v in measured.items() if len(v) > 1}
     small, mid, big = sizes[0], sizes[-2] if len(sizes) > 1 else sizes[0], sizes[-1]
     print(f"\nbounds: time/image at N={big} vs N={small} (<= 1.25x; train: non-model part, it runs "
           f"{train_iters} iterations whatever N), peak RSS N={mid} -> N={big} (<= +15 %)")
-    for stage in STAGES:
+    for stage in measured:
         ns = measured[stage]
         small, mid, big = ns[0], ns[-2] if len(ns) > 1 else ns[0], ns[-1]
         a, m, b = by[(stage, small)], by[(stage, mid)], by[(stage, big)]
@@ -180,7 +195,7 @@ def report(rows: list[dict], sizes: list[int], train_iters: int) -> None:
         print(f"  {stage:14s} N {small}->{big}: time x{tb / ta:5.2f}  RSS {mid}->{big} {100 * rss:+6.1f} %  {ok}")
     print("\nmarginal cost per image from the smallest N to the largest (start-up and fixed work cancel out): "
           "what projections use")
-    for stage in STAGES:
+    for stage in measured:
         small, big = measured[stage][0], measured[stage][-1]
         a, b = by[(stage, small)], by[(stage, big)]
         dw, dm = (b["wall_s"] - a["wall_s"]) / (big - small), (b["model_s"] - a["model_s"]) / (big - small)
@@ -188,7 +203,7 @@ def report(rows: list[dict], sizes: list[int], train_iters: int) -> None:
               f"output {(b['out_bytes'] - a['out_bytes']) / (big - small) / 1024:8.1f} KiB/image")
     print(f"\nnon-model time per image at the largest N next to SAM ViT-H's encoder on an A100 "
           f"({A100_VIT_H_S[0]}-{A100_VIT_H_S[1]} s/image): a stage below 0.1 s keeps that GPU busy")
-    for stage in STAGES:
+    for stage in measured:
         big = measured[stage][-1]
         b = by[(stage, big)]
         other = (b["wall_s"] - b["model_s"]) / big
@@ -202,10 +217,19 @@ def main() -> None:
     ap.add_argument("--sizes", default="500,2000,8000", help="comma-separated N (default 500,2000,8000)")
     ap.add_argument("--out", default="/tmp/bench_scale")
     ap.add_argument("--train-iters", type=int, default=20)
+    ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated stages (default: all)")
+    ap.add_argument("--synthetic-proposals", action="store_true",
+                    help="a proposal cache made from the true masks instead of the proposals stage (for the "
+                         "data-path stages at large N: select-top1, eval, export, review)")
     ap.add_argument("--sapnet-sizes", default=None,
                     help="the N at which select-sapnet runs (default: all; the slowest stage on a CPU)")
+    ap.add_argument("--report-only", action="store_true", help="print the report of OUT/rows.json (a cut-short run)")
     args = ap.parse_args()
     sizes = sorted(int(v) for v in args.sizes.split(","))
+    if args.report_only:
+        rows = json.loads(Path(args.out, "rows.json").read_text())
+        report(rows, sorted({r["n"] for r in rows}), args.train_iters)
+        return
     import torch
 
     torch.set_num_threads(1)
@@ -213,9 +237,9 @@ def main() -> None:
     rows = []
     sapnet_sizes = set(sizes) if args.sapnet_sizes is None else {int(v) for v in args.sapnet_sizes.split(",")}
     for n in sizes:
-        rows += bench_one(n, Path(args.out) / f"n{n}", args.train_iters,
-                          set() if n in sapnet_sizes else {"select-sapnet"})
-    Path(args.out, "rows.json").write_text(json.dumps(rows, indent=1))
+        skip = set(STAGES) - set(args.stages.split(",")) | (set() if n in sapnet_sizes else {"select-sapnet"})
+        rows += bench_one(n, Path(args.out) / f"n{n}", args.train_iters, skip, args.synthetic_proposals)
+        Path(args.out, "rows.json").write_text(json.dumps(rows, indent=1))
     report(rows, sizes, args.train_iters)
 
 
