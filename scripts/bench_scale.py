@@ -9,7 +9,7 @@ the cached embeddings, train (torch engine, a fixed number of iterations), eval,
 (Label Studio) and review. Per stage and N it prints the wall seconds per image, split into the
 model compute the stage reports itself (encoder+decoder, selector training, SOLOv2 iterations)
 and the rest (start-up, reading, RLE, SQLite, JSON, evaluation), the peak RSS of the process
-(``wait4``), and the size of its outputs. Then the two bounds: time per image at the largest N
+(its ``VmHWM``), and the size of its outputs. Then the two bounds: time per image at the largest N
 within 1.25× of the smallest, and peak RSS +15 % at most from the middle N to the largest.
 Last, the non-model time per image next to SAM ViT-H's encoder on an A100 (0.1–0.45 s/image):
 below it, the data path keeps a GPU busy.
@@ -66,19 +66,32 @@ def make_scenes(root: Path, n: int, seed0: int = 0) -> tuple[Path, Path]:
     return gt, images_dir
 
 
+#: runs ``sap`` and, however it exits, writes its own peak RSS (``VmHWM``, kB) to ``$BENCH_RSS``
+#: (``wait4``'s ``ru_maxrss`` would include the RSS the child inherited from this process at fork)
+CHILD = """import os, sys, cli
+try:
+    sys.argv[0] = "sap"
+    cli.main()
+finally:
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+    open(os.environ["BENCH_RSS"], "w").write(hwm)
+"""
+
+
 def run(argv: list[str], log: Path) -> tuple[float, int, str]:
-    """Run ``sap ARGV`` once: (wall seconds, peak RSS in MiB, its stdout+stderr)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    cmd = [sys.executable, "-c", "import sys, cli; sys.argv[0] = 'sap'; cli.main()", *argv]
+    """Run ``sap ARGV`` once: (wall seconds, its own peak RSS in MiB, its stdout+stderr)."""
+    rss_file = log.with_suffix(".rss")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
+           "BENCH_RSS": str(rss_file)}
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
-        _, status, usage = os.wait4(proc.pid, 0)
+        done = subprocess.run([sys.executable, "-c", CHILD, *argv], env=env, stdout=f, stderr=subprocess.STDOUT,
+                              cwd=REPO)
     wall = time.perf_counter() - t0
     text = log.read_text()
-    if os.waitstatus_to_exitcode(status) not in (0, 1):
+    if done.returncode not in (0, 1):
         raise SystemExit(f"sap {argv[0]} failed (see {log}):\n{text[-2000:]}")
-    return wall, usage.ru_maxrss // 1024, text
+    return wall, int(rss_file.read_text()) // 1024, text
 
 
 def _first(pattern: str, text: str, default: float = 0.0) -> float:
