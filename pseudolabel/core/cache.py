@@ -7,7 +7,7 @@ Readers open every ``*.sqlite`` file of the folder.
 Tables:
 
 * ``meta(key, value)``: ``format_version`` and ``config`` (JSON: engine, checkpoint sha256,
-  precision, prompt kinds, digest of the point set; caches of sap ≤ 0.1 name a SAM
+  precision, prompt kinds, digest of the point set, the window rule (:mod:`.windows`); caches of sap ≤ 0.1 name a SAM
   ``model_type`` instead, read as the matching ``sam_*`` engine);
 * ``images``: one row per image attempted: status ``done`` or ``failed`` with the reason, its
   content sha256, size, and timings;
@@ -36,6 +36,7 @@ from .bags import Bag
 from .errors import InputError
 from .points import PointAnn
 from .rle import xywh_to_xyxy
+from .windows import describe_layout
 
 FORMAT_VERSION = 1
 
@@ -171,6 +172,10 @@ class ShardWriter:
             if stored.get("engine") != config.get("engine"):
                 raise InputError(f"the cache in {self.path.parent} holds proposals of engine {stored.get('engine')}, "
                                  f"not {config.get('engine')}; use --overwrite to replace it or choose another --out")
+            if describe_layout(stored) != describe_layout(config):
+                raise InputError(f"the cache in {self.path.parent} holds proposals made with windows "
+                                 f"{describe_layout(stored)}, not {describe_layout(config)}; use --overwrite to "
+                                 "replace it or choose another --out")
             diff = config_difference(stored, config)
             if diff:
                 raise InputError(f"the cache in {self.path.parent} was made with another configuration "

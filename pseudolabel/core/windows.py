@@ -81,6 +81,14 @@ class WindowRule:
                 **({"window_auto_factor": self.factor} if self.mode == "auto" else {})}
 
 
+def describe_layout(record: dict) -> str:
+    """A cache configuration's window rule in words (``off`` for caches made before windows)."""
+    mode = record.get("windows", "off")
+    if mode == "off":
+        return "off"
+    return f"{mode} ({record.get('window_side')} px, halo {record.get('window_halo')})"
+
+
 def window_rule(spec: str | int | None, frame: int, scale: float = 1.0) -> WindowRule:
     """Parse ``--windows auto|off|PIXELS`` and ``--window-scale S`` for an engine's ``frame``.
 
