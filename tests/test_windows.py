@@ -52,7 +52,7 @@ def test_window_rule_values_and_bad_ones():
     assert window_rule("off", 1024).applies((9000, 9000)) is False
     auto = window_rule("auto", 256)
     assert (auto.side, auto.halo) == (256, 64)
-    assert not auto.applies((300, 384)) and auto.applies((300, 385))  # beyond 1.5 frames
+    assert not auto.applies((300, 320)) and auto.applies((300, 321))  # beyond 1.25 frames
     assert window_rule("auto", 256, scale=0.5).side == 512
     assert window_rule("512", 256).applies((300, 513))
     with pytest.raises(InputError, match="smaller than the engine's 256 px frame"):
@@ -119,3 +119,45 @@ def test_a_small_object_in_a_large_scene_gets_a_mask_with_windows_and_not_withou
     with pytest.raises(InputError, match=r"made with windows auto \(256 px, halo 64\), not off"):
         run_proposals(tmp_path / "points.json", tmp_path / "images", tmp_path / "auto",
                       ProposalConfig(engine="sam_pocket", prompts="point", windows="off"), engine=pocket)
+
+
+def test_a_tiled_tiff_is_read_by_window_and_an_untiled_one_refused(tmp_path, monkeypatch):
+    import tifffile
+
+    from pseudolabel.core import tiled
+    from pseudolabel.core.errors import ImageError
+
+    img = np.random.default_rng(2).integers(0, 255, (300, 500, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "t.tif", img, tile=(128, 128), compression="zlib", photometric="rgb")
+    tifffile.imwrite(tmp_path / "s.tif", img, photometric="rgb")  # strips, not tiles
+    assert tiled.open_large_image(tmp_path / "t.tif") is None  # small: decoded whole as before
+    monkeypatch.setattr(tiled, "WHOLE_PIXELS", 1000)
+    reader = tiled.open_large_image(tmp_path / "t.tif", (500, 300))
+    for win in (Window(0, 0, 500, 300), Window(100, 120, 390, 300), Window(127, 127, 129, 129)):
+        assert np.array_equal(reader.read(win), img[win.y0:win.y1, win.x0:win.x1])
+    reader.close()
+    with pytest.raises(ImageError, match=r"untiled 500×300 TIFF.*needs 0.0 GiB"):
+        tiled.open_large_image(tmp_path / "s.tif")
+    with pytest.raises(ImageError, match="annotation file says 300×500"):
+        tiled.open_large_image(tmp_path / "t.tif", (300, 500))
+
+
+def test_proposals_from_a_tiled_tiff_equal_those_from_the_same_png(tmp_path, monkeypatch, pocket):
+    import tifffile
+
+    from pseudolabel.core import tiled
+    from pseudolabel.core.cache import dump_cache
+    from pseudolabel.proposals.run import ProposalConfig, run_proposals
+
+    scene = _large_scene_dataset(tmp_path, size=512, n=3)
+    coco = json.loads((tmp_path / "points.json").read_text())
+    (tmp_path / "tif").mkdir()
+    tifffile.imwrite(tmp_path / "tif" / "big.png", scene.image, tile=(128, 128), photometric="rgb")  # a TIFF named .png
+    monkeypatch.setattr(tiled, "TIFF_SUFFIXES", (".png",))
+    monkeypatch.setattr(tiled, "WHOLE_PIXELS", 1000)
+    cfg = ProposalConfig(engine="sam_pocket", prompts="point,point_box", overlap=False)
+    run_proposals(tmp_path / "points.json", tmp_path / "images", tmp_path / "a", cfg, engine=pocket)
+    summary = run_proposals(tmp_path / "points.json", tmp_path / "tif", tmp_path / "b", cfg, engine=pocket)
+    assert summary.windows > 0 and len(coco["annotations"]) == summary.points
+    a, b = dump_cache(tmp_path / "a"), dump_cache(tmp_path / "b")
+    assert a["proposals"] == b["proposals"] and a["points"] == b["points"]

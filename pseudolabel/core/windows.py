@@ -29,7 +29,7 @@ from .errors import InputError
 
 #: ``auto`` windows an image whose long side exceeds this many window sides (docs/windows.md:
 #: measured with the pocket SAM in scripts/bench_windows.py)
-AUTO_FACTOR = 1.5
+AUTO_FACTOR = 1.25
 #: the halo as a fraction of the window side (a quarter: the core is half the window)
 HALO_FRACTION = 0.25
 

@@ -30,6 +30,7 @@ from pseudolabel.core.io import check_output_dir
 from pseudolabel.core.lock import output_lock
 from pseudolabel.core.points import PointAnn, collect_points
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
+from pseudolabel.core.tiled import open_large_image
 from .prompt_kinds import parse_kinds
 from pseudolabel.core.engines.base import PromptEngine, default_encoder_batch, default_prompt_batch
 from pseudolabel.core.engines.registry import DEFAULT_ENGINE, engine_option
@@ -268,8 +269,11 @@ def _propose(run: _Run, todo: list[dict]) -> None:
 
 
 def _read(run: _Run, img: dict) -> _Loaded:
+    """An image decoded once, whole, or a huge tiled TIFF opened for window reads; its sha256."""
     path = run.images_dir / img["file_name"]
-    return _Loaded(load_image_rgb(path, (img["width"], img["height"])), file_sha256(path))
+    wh = (img["width"], img["height"])
+    large = open_large_image(path, wh)
+    return _Loaded(large if large is not None else load_image_rgb(path, wh), file_sha256(path))
 
 
 def _propose_group(run: _Run, group: list, rle: RleWorker) -> list[_Pending]:
@@ -313,6 +317,8 @@ def _store(run: _Run, p: _Pending) -> None:
               "width": p.img["width"], "height": p.img["height"],
               "encoder_s": p.encoder_s, "decoder_s": p.decoder_s}
     run.writer.write_image(record, p.points, rows, p.embedding)
+    if hasattr(p.loaded.rgb, "close"):  # a tiled TIFF's file
+        p.loaded.rgb.close()
     s = run.summary
     s.done += 1
     s.points += len(p.points)
