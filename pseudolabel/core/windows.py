@@ -213,3 +213,13 @@ def paste_rle(mask: np.ndarray, origin: tuple[int, int], hw: tuple[int, int]) ->
 def paste_rles(masks: np.ndarray, origin: tuple[int, int], hw: tuple[int, int]) -> list[dict]:
     """:func:`paste_rle` for an ``N×h×w`` stack."""
     return [paste_rle(m, origin, hw) for m in masks]
+
+
+def window_pixels(image, window: Window | None) -> np.ndarray:
+    """The ``h×w×3`` uint8 pixels of ``window`` (None: all): a view of ``image`` (an array) or,
+    for a reader with a ``read(window)`` method (:class:`.tiled.TiledTiff`), read from the file."""
+    if hasattr(image, "read"):
+        return image.read(window)
+    if window is None:
+        return image
+    return image[window.y0:window.y1, window.x0:window.x1]

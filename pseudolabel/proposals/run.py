@@ -34,10 +34,10 @@ from pseudolabel.core.tiled import open_large_image
 from .prompt_kinds import parse_kinds
 from pseudolabel.core.engines.base import PromptEngine, default_encoder_batch, default_prompt_batch
 from pseudolabel.core.engines.registry import DEFAULT_ENGINE, engine_option
-from pseudolabel.core.windows import WindowRule, check_rule_fits, window_rule
+from pseudolabel.core.windows import WindowRule, check_rule_fits, window_pixels, window_rule
 from .decode import ChunkProposals, decode_chunks, image_proposals  # noqa: F401 (image_proposals: API)
 from .overlap import Prefetch, RleWorker
-from .windowed import job_pixels, plan_jobs
+from .windowed import plan_jobs
 
 
 @dataclass
@@ -116,7 +116,7 @@ def resolve_shard(shard: str | None) -> tuple[int, int]:
 
 @dataclass
 class _Loaded:
-    rgb: Any  # H×W×3 uint8, or a window reader (windowed.job_pixels)
+    rgb: Any  # H×W×3 uint8, or a window reader (core.windows.window_pixels)
     sha256: str
 
 
@@ -293,7 +293,7 @@ def _propose_group(run: _Run, group: list, rle: RleWorker) -> list[_Pending]:
     for start in range(0, len(jobs), run.encoder_batch):
         batch = jobs[start:start + run.encoder_batch]
         enc0 = engine.timings.encoder
-        embs = engine.encode_batch([job_pixels(ready[j.slot].loaded.rgb, j.window) for j in batch])
+        embs = engine.encode_batch([window_pixels(ready[j.slot].loaded.rgb, j.window) for j in batch])
         enc_s = (engine.timings.encoder - enc0) / len(batch)
         for job, emb in zip(batch, embs):
             p = ready[job.slot]

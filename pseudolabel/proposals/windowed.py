@@ -40,13 +40,3 @@ def plan_jobs(slot: int, hw: tuple[int, int], points: list[PointAnn], rule: Wind
         windows, index = layout_windows(xy, hw, rule.side, rule.halo)
         return [EncodeJob(slot, win, [p for p, i in zip(points, index) if i == k]) for k, win in enumerate(windows)]
     return [EncodeJob(slot, None, points)] if points or whole_without_points else []
-
-
-def job_pixels(image, window: Window | None) -> np.ndarray:
-    """The ``h×w×3`` uint8 pixels a job encodes: a view of ``image`` (an array) or, for a reader
-    with a ``read(window)`` method (a tiled TIFF), the window read from the file."""
-    if hasattr(image, "read"):
-        return image.read(window)
-    if window is None:
-        return image
-    return image[window.y0:window.y1, window.x0:window.x1]
