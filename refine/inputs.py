@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from pseudolabel.core.cache import CacheReader, load_embedding
 from pseudolabel.core.errors import ImageError, InputError
 from pseudolabel.core.images import file_sha256, load_image_rgb
 from pseudolabel.core.progress import logger
 from pseudolabel.core.rle import rle_area, segmentation_to_rle
+from pseudolabel.core.engines.base import ImageEmbedding
 from pseudolabel.core.tiled import open_large_image
+from pseudolabel.core.window_cache import read_window_embeddings
 from pseudolabel.core.windows import Window, WindowRule, window_pixels
 
 from .windowed import WindowedImage
@@ -87,7 +90,8 @@ class EmbeddingSource:
         if self.rule is not None and self.rule.applies(wh[::-1]):
             pixels = open_large_image(path, wh)
             pixels = pixels if pixels is not None else load_image_rgb(path, wh)
-            return WindowedImage(wh[::-1], self.rule, functools.partial(self._encode, pixels))
+            stored = self._stored_windows(image, path)
+            return WindowedImage(wh[::-1], self.rule, functools.partial(self._window, pixels, stored), tuple(stored))
         if self.cache_dir is not None:
             if not path.is_file():
                 raise ImageError(f"image file {path} is missing")
@@ -97,6 +101,25 @@ class EmbeddingSource:
                 self.from_cache += 1
                 return emb
         return self._encode(load_image_rgb(path, wh))
+
+    def _stored_windows(self, image: dict, path: Path) -> dict:
+        """The window embeddings the cache holds for this image file (same checkpoint, same
+        content), ``{window: ({name: array}, input (h, w))}``."""
+        if self.reader is None or self.reader.config.get("checkpoint_sha256") != self.engine.checkpoint_id:
+            return {}
+        sha = [r[0] for r in self.reader.query("SELECT sha256 FROM images WHERE image_id = ?", (image["id"],))]
+        if not sha or not path.is_file() or sha[0] != file_sha256(path):
+            return {}
+        return read_window_embeddings(self.reader.conns, image["id"])
+
+    def _window(self, pixels, stored: dict, window: Window):
+        """A window's embedding: the cache's when it holds that window, else the encoder's."""
+        if window in stored:
+            arrays, input_hw = stored[window]
+            self.from_cache += 1
+            tensors = {k: torch.from_numpy(v).to(self.engine.device) for k, v in arrays.items()}
+            return ImageEmbedding.from_tensors(tensors, input_hw, window.hw)
+        return self._encode(pixels, window)
 
     def _encode(self, pixels, window: Window | None = None):
         """The encoder's embedding of ``window`` of an image (None: all of it)."""

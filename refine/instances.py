@@ -153,7 +153,7 @@ def refine_image(engine, emb, items: list[tuple[dict, dict]], cfg: RefineConfig,
     record = prompts is not None
     if isinstance(emb, WindowedImage):
         rles, scores, kept_coarse, recs = refine_windowed(engine, emb.encode, [r for _, r in items], emb.hw,
-                                                          emb.rule, cfg, record)
+                                                          emb.rule, cfg, record, emb.stored)
     else:
         masks = np.stack([decode_rle(rle) for _, rle in items]).astype(bool)
         result = refine_masks(engine, emb, masks, cfg, record=record)

@@ -2,8 +2,9 @@
 
 When the image exceeds the engine's frame by the proposals' rule (:class:`WindowRule`), each
 coarse mask is refined in a window that holds its box grown by a margin (:func:`object_windows`):
-the grid window of its box's centre (the proposals' layout, so objects nearby share one encoder
-call) when the grown box fits in it, else a square of the grown box's size. The masks are cropped
+a window `sap proposals --save-embeddings` stored for the image when one holds the grown box,
+else the grid window of its box's centre (the proposals' layout, so objects nearby share one
+encoder call) when the grown box fits in it, else a square of the grown box's size. The masks are cropped
 to the window, refined there (points, CEBox and the Gaussian mask prompt all in window
 coordinates), and placed back at the image's full size; the ``--dump-prompts`` records are
 shifted back to image coordinates. A mask cannot grow past its window.
@@ -19,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from pseudolabel.core.rle import decode_rle
-from pseudolabel.core.windows import Window, WindowRule, layout_windows, paste_rle
+from pseudolabel.core.windows import Window, WindowRule, border_distance, layout_windows, paste_rle
 
 MARGIN_FRACTION = 0.5  # a mask's box is grown by half its longer side on every side ...
 MIN_MARGIN = 16  # ... and at least this many pixels
@@ -33,6 +34,7 @@ class WindowedImage:
     hw: tuple[int, int]
     rule: WindowRule
     encode: Callable
+    stored: tuple[Window, ...] = ()  # windows whose embeddings a proposal cache holds
 
 
 def grown_box(box: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -42,14 +44,20 @@ def grown_box(box: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return np.array([max(0, x0 - m), max(0, y0 - m), min(hw[1], x1 + m), min(hw[0], y1 + m)])
 
 
-def object_windows(boxes: np.ndarray, hw: tuple[int, int], side: int, halo: int
-                   ) -> tuple[list[Window], np.ndarray]:
+def _holds(win: Window, g: np.ndarray) -> bool:
+    return g[0] >= win.x0 and g[1] >= win.y0 and g[2] <= win.x1 and g[3] <= win.y1
+
+
+def object_windows(boxes: np.ndarray, hw: tuple[int, int], side: int, halo: int,
+                   prefer: tuple[Window, ...] = ()) -> tuple[list[Window], np.ndarray]:
     """The window of each object (see the module docstring).
 
     Args:
         boxes: ``N×4`` XYXY boxes of the coarse masks.
         hw: the image's ``(H, W)``.
         side, halo: the window rule's (image pixels).
+        prefer: windows already encoded (a proposal cache's): an object whose grown box one of
+            them holds takes it (the one where the box lies farthest from a border that counts).
 
     Returns:
         ``(windows, index)``: distinct windows and each object's index into them.
@@ -61,8 +69,9 @@ def object_windows(boxes: np.ndarray, hw: tuple[int, int], side: int, halo: int
     chosen: list[Window] = []
     for n, box in enumerate(boxes):
         g = grown_box(box, hw)
-        win = grid[cell[n]]
-        if not (g[0] >= win.x0 and g[1] >= win.y0 and g[2] <= win.x1 and g[3] <= win.y1):
+        held = [v for v in prefer if _holds(v, g)]
+        win = max(held, key=lambda v: border_distance(centres[n], v, hw)[0]) if held else grid[cell[n]]
+        if not _holds(win, g):
             size = int(np.ceil(max(g[2] - g[0], g[3] - g[1], side)))
             x0 = int(min(max((g[0] + g[2]) / 2 - size / 2, 0), max(w - size, 0)))
             y0 = int(min(max((g[1] + g[3]) / 2 - size / 2, 0), max(h - size, 0)))
@@ -90,7 +99,7 @@ def shift_records(records: list[dict], origin: tuple[int, int]) -> list[dict]:
 
 
 def refine_windowed(engine, encode_window, rles: list[dict], hw: tuple[int, int], rule: WindowRule, cfg,
-                    record: bool = False):
+                    record: bool = False, prefer: tuple[Window, ...] = ()):
     """Refine one large image's coarse masks window by window.
 
     Args:
@@ -101,6 +110,7 @@ def refine_windowed(engine, encode_window, rles: list[dict], hw: tuple[int, int]
         rule: the window rule (its side and halo).
         cfg: the :class:`~refine.refiner.RefineConfig`.
         record: keep each iteration's prompts (in image coordinates).
+        prefer: windows already encoded (:func:`object_windows`).
 
     Returns:
         ``(rles, scores, kept_coarse, prompts)`` in the order of ``rles`` (prompts None unless
@@ -113,7 +123,7 @@ def refine_windowed(engine, encode_window, rles: list[dict], hw: tuple[int, int]
     n = len(rles)
     boxes = np.array([rle_to_bbox_xywh(r) for r in rles], dtype=np.float64).reshape(-1, 4)
     boxes[:, 2:] += boxes[:, :2]
-    windows, index = object_windows(boxes, hw, rule.side, rule.halo)
+    windows, index = object_windows(boxes, hw, rule.side, rule.halo, prefer)
     out_rles: list = [None] * n
     scores, kept = np.full(n, np.nan), np.zeros(n, dtype=bool)
     prompts: list | None = [None] * n if record else None

@@ -191,11 +191,15 @@ class ShardWriter:
         return dict(self.conn.execute("SELECT image_id, sha256 FROM images WHERE status = 'done'"))
 
     def write_image(self, image: dict[str, Any], points: list[PointAnn], proposals: list[tuple],
-                    embedding: tuple[dict[str, np.ndarray], tuple[int, int], tuple[int, int]] | None = None) -> None:
+                    embedding: tuple[dict[str, np.ndarray], tuple[int, int], tuple[int, int]] | None = None,
+                    extra: Any = None) -> None:
         """Store one image's points, proposals (rows in ``proposals`` column order) and embedding
-        (``({name: array}, input (h, w), original (H, W))``, the engine's layout order)."""
+        (``({name: array}, input (h, w), original (H, W))``, the engine's layout order); ``extra``
+        (``connection → None``) writes more in the same transaction (:mod:`.window_cache`)."""
         with self.conn:
             self.conn.execute("BEGIN")
+            if extra is not None:
+                extra(self.conn)
             self.conn.execute("DELETE FROM proposals WHERE image_id = ?", (image["image_id"],))
             self.conn.execute("DELETE FROM points WHERE image_id = ?", (image["image_id"],))
             self.conn.executemany("INSERT INTO points VALUES (?, ?, ?, ?, ?)",

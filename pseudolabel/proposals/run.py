@@ -31,6 +31,7 @@ from pseudolabel.core.lock import output_lock
 from pseudolabel.core.points import PointAnn, collect_points
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 from pseudolabel.core.tiled import open_large_image
+from pseudolabel.core.window_cache import write_window_embeddings
 from .prompt_kinds import parse_kinds
 from pseudolabel.core.engines.base import PromptEngine, default_encoder_batch, default_prompt_batch
 from pseudolabel.core.engines.registry import DEFAULT_ENGINE, engine_option
@@ -132,6 +133,7 @@ class _Pending:
     encoder_s: float
     decoder_s: float
     windows: int = 0
+    window_embeddings: list = field(default_factory=list)  # (window, {name: array}, input (h, w))
 
 
 @dataclass
@@ -301,9 +303,12 @@ def _propose_group(run: _Run, group: list, rle: RleWorker) -> list[_Pending]:
             if job.points:
                 p.chunks += decode_chunks(engine, emb, job.points, run.kinds, run.points_per_batch, rle,
                                           job.window, (p.img["height"], p.img["width"]))
-            if cfg.save_embeddings and job.window is None:
-                p.embedding = ({k: v.cpu().numpy() for k, v in emb.tensors().items()},
-                               emb.input_size, emb.original_size)
+            if cfg.save_embeddings:
+                arrays = {k: v.cpu().numpy() for k, v in emb.tensors().items()}
+                if job.window is None:
+                    p.embedding = (arrays, emb.input_size, emb.original_size)
+                else:
+                    p.window_embeddings.append((job.window, arrays, emb.input_size))
             p.encoder_s += enc_s
             p.decoder_s += engine.timings.decoder - dec0
             p.windows += job.window is not None
@@ -316,7 +321,9 @@ def _store(run: _Run, p: _Pending) -> None:
     record = {"image_id": p.img["id"], "file_name": p.img["file_name"], "sha256": p.loaded.sha256,
               "width": p.img["width"], "height": p.img["height"],
               "encoder_s": p.encoder_s, "decoder_s": p.decoder_s}
-    run.writer.write_image(record, p.points, rows, p.embedding)
+    extra = functools.partial(write_window_embeddings, image_id=p.img["id"], items=p.window_embeddings) \
+        if p.window_embeddings else None
+    run.writer.write_image(record, p.points, rows, p.embedding, extra=extra)
     if hasattr(p.loaded.rgb, "close"):  # a tiled TIFF's file
         p.loaded.rgb.close()
     s = run.summary
