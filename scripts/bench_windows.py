@@ -87,12 +87,29 @@ def child(points: str, images: str, out: str, windows: str) -> None:
                       "failed": len(s.failed), "peak_mb": peak}))
 
 
-def run_child(points: Path, images: Path, out: Path, windows: str) -> dict:
+MEMORY_CAP_GB = 6.0  # a child over this is stopped (the machine is shared): its figures read "stopped"
+
+
+def run_child(points: Path, images: Path, out: Path, windows: str) -> dict | None:
+    """One child run; None when it grew over :data:`MEMORY_CAP_GB` and was stopped."""
     cmd = [sys.executable, __file__, "--child", str(points), str(images), str(out), windows]
-    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    if res.returncode != 0:
-        raise SystemExit(res.stderr[-3000:])
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryFile("w+") as log, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=err, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        while proc.poll() is None:
+            time.sleep(1)
+            try:
+                rss_gb = int(Path(f"/proc/{proc.pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 30
+            except (OSError, IndexError):
+                continue
+            if rss_gb > MEMORY_CAP_GB:
+                proc.kill()
+                proc.wait()
+                return None
+        log.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(err.read()[-3000:])
+        return json.loads(log.read().strip().splitlines()[-1])
 
 
 def cache_ious(cache: Path, scenes: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -151,6 +168,9 @@ def quality(args, engine) -> None:
             points = write_dataset(Path(tmp), scenes)
             for mode in ("off", "auto"):
                 r = run_child(points, Path(tmp) / "images", Path(tmp) / mode, mode)
+                if r is None:
+                    print(f"{size:>6} {mode:>9}  stopped: resident memory over {MEMORY_CAP_GB:.0f} GB")
+                    continue
                 best, top, diam = cache_ious(Path(tmp) / mode, scenes)
                 print(f"{size:>6} {mode:>9} {best.mean():6.3f} {top.mean():6.3f} {r['wall_s'] / r['images']:7.2f} "
                       f"{1000 * r['wall_s'] / r['points']:6.1f} {r['windows']:5d} {r['peak_mb']:8.0f}   {by_size(best, diam)}")
@@ -215,6 +235,9 @@ def tiff_memory(args) -> None:
         print(f"\n== {side}² tiled TIFF ({size_mb:.0f} MB deflate, written in {time.perf_counter() - t0:.0f} s), "
               f"{args.tiff_points} points, windows auto ==")
         r = run_child(tmp / "points.json", tmp / "images", tmp / "cache", "auto")
+        if r is None:
+            print(f"  stopped: resident memory over {MEMORY_CAP_GB:.0f} GB")
+            return
         print(f"  peak resident memory {r['peak_mb'] / 1024:.2f} GB (goal < 3 GB); {r['wall_s']:.0f} s, "
               f"{r['windows']} windows, {r['failed']} failed; a whole decode needs {side * side * 3 / 2 ** 30:.2f} GB "
               "for its pixels alone (the naive reference)")
