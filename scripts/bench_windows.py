@@ -153,6 +153,25 @@ def reference_ious(engine, scenes: list, crop: int) -> tuple[np.ndarray, np.ndar
     return np.array(best), np.array(top), np.array(diam)
 
 
+def whole_image_ious(engine, scenes: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windows off, in this process: each scene encoded whole, one decoder call per object."""
+    best, top, diam = [], [], []
+    for scene in scenes:
+        emb = engine.encode(scene.image)
+        for box, m in zip(scene.boxes, scene.masks):
+            px, py = point_center(m, None)
+            low, iou = engine.decode(emb, point_coords=np.array([[[px + box[0], py + box[1]]]]),
+                                     point_labels=np.ones((1, 1)), multimask=True)
+            masks = engine.upscale(low, emb)[0].cpu().numpy()
+            area = masks.sum((1, 2))
+            inter = (masks[:, box[1]:box[3], box[0]:box[2]] & m).sum((1, 2))
+            ious = inter / np.maximum(area + m.sum() - inter, 1)
+            best.append(ious.max())
+            top.append(ious[int(iou[0].argmax())])
+            diam.append(2 * np.sqrt(m.sum() / np.pi))
+    return np.array(best), np.array(top), np.array(diam)
+
+
 def by_size(values: np.ndarray, diam: np.ndarray) -> str:
     return "  ".join(f"{name} {values[(diam >= lo) & (diam < hi)].mean():.3f} (n={int(((diam >= lo) & (diam < hi)).sum())})"
                      for lo, hi, name in BINS if ((diam >= lo) & (diam < hi)).any())
@@ -168,8 +187,10 @@ def quality(args, engine) -> None:
             points = write_dataset(Path(tmp), scenes)
             for mode in ("off", "auto"):
                 r = run_child(points, Path(tmp) / "images", Path(tmp) / mode, mode)
-                if r is None:
-                    print(f"{size:>6} {mode:>9}  stopped: resident memory over {MEMORY_CAP_GB:.0f} GB")
+                if r is None:  # the quality without the run's figures, in this process
+                    best, top, diam = whole_image_ious(engine, scenes)
+                    print(f"{size:>6} {mode:>9} {best.mean():6.3f} {top.mean():6.3f}   `sap proposals` stopped: resident "
+                          f"memory over {MEMORY_CAP_GB:.0f} GB   {by_size(best, diam)}")
                     continue
                 best, top, diam = cache_ious(Path(tmp) / mode, scenes)
                 print(f"{size:>6} {mode:>9} {best.mean():6.3f} {top.mean():6.3f} {r['wall_s'] / r['images']:7.2f} "
@@ -187,17 +208,7 @@ def sweep(args, engine) -> None:
         side = int(frame * k)
         scenes = [make_large_scene(scene_seed(side, i), (side, side), max(3, int(6 * k * k)))
                   for i in range(args.sweep_scenes)]
-        off = []
-        for scene in scenes:
-            emb = engine.encode(scene.image)
-            for box, m in zip(scene.boxes, scene.masks):
-                px, py = point_center(m, None)
-                low, _ = engine.decode(emb, point_coords=np.array([[[px + box[0], py + box[1]]]]),
-                                       point_labels=np.ones((1, 1)), multimask=True)
-                masks = engine.upscale(low, emb)[0].cpu().numpy()
-                gt = np.zeros(masks.shape[1:], bool)
-                gt[box[1]:box[3], box[0]:box[2]] = m
-                off.append(((masks & gt).sum((1, 2)) / np.maximum((masks | gt).sum((1, 2)), 1)).max())
+        off = whole_image_ious(engine, scenes)[0]
         ref = reference_ious(engine, scenes, frame)[0]
         print(f"  {k:4.2f} frames ({side:4d} px): off {np.mean(off):.3f}, small scenes {ref.mean():.3f}, "
               f"lost {ref.mean() - np.mean(off):+.3f} (n={len(off)})")
