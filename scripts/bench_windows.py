@@ -236,7 +236,7 @@ def tiff_memory(args) -> None:
         tifffile.imwrite(tmp / "images" / "big.tif", tiles(), shape=(side, side, 3), dtype=np.uint8, tile=(tile, tile),
                          compression="zlib", bigtiff=True, photometric="rgb")
         size_mb = (tmp / "images" / "big.tif").stat().st_size / 2 ** 20
-        cells = -(-side // tile)
+        cells = side // tile  # whole tiles only: every point inside the image
         picks = rng.choice(cells * cells, args.tiff_points, replace=False)
         anns = [{"id": i + 1, "image_id": 1, "category_id": 1,
                  "point": [float(c % cells * tile + 128), float(c // cells * tile + 128)]} for i, c in enumerate(picks)]
