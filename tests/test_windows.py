@@ -102,23 +102,58 @@ def _best_iou(cache_dir, scene, hw):
     return np.array(out)
 
 
-def test_a_small_object_in_a_large_scene_gets_a_mask_with_windows_and_not_without(tmp_path, pocket):
+@pytest.fixture(scope="module")
+def large_runs(tmp_path_factory, pocket):
+    """A 768² scene of four 24-40 px objects and its proposals with windows off and auto (auto
+    also saving embeddings): ``(folder, scene, {mode: summary})``."""
     from pseudolabel.proposals.run import ProposalConfig, run_proposals
 
-    scene = _large_scene_dataset(tmp_path, size=768, n=4)
+    root = tmp_path_factory.mktemp("large")
+    scene = _large_scene_dataset(root, size=768, n=4)
     runs = {}
     for mode in ("off", "auto"):
-        cfg = ProposalConfig(engine="sam_pocket", prompts="point", windows=mode, overlap=False)
-        summary = run_proposals(tmp_path / "points.json", tmp_path / "images", tmp_path / mode, cfg, engine=pocket)
-        runs[mode] = _best_iou(tmp_path / mode, scene, (768, 768))
+        cfg = ProposalConfig(engine="sam_pocket", prompts="point", windows=mode, overlap=False,
+                             save_embeddings=mode == "auto")
+        runs[mode] = run_proposals(root / "points.json", root / "images", root / mode, cfg, engine=pocket)
+    return root, scene, runs
+
+
+def test_a_small_object_in_a_large_scene_gets_a_mask_with_windows_and_not_without(large_runs, pocket):
+    from pseudolabel.proposals.run import ProposalConfig, run_proposals
+
+    root, scene, runs = large_runs
+    ious = {}
+    for mode, summary in runs.items():
         assert (summary.windows > 0) == (mode == "auto") and summary.points == len(scene.masks)
+        ious[mode] = _best_iou(root / mode, scene, (768, 768))
     # the 24-40 px objects shrink to 8-13 px in the pocket SAM's 256 frame without windows
-    assert runs["auto"].mean() > 0.6 and runs["auto"].min() > 0.3, runs["auto"]
-    assert runs["off"].mean() < runs["auto"].mean() - 0.25, (runs["off"], runs["auto"])
+    assert ious["auto"].mean() > 0.6 and ious["auto"].min() > 0.3, ious["auto"]
+    assert ious["off"].mean() < ious["auto"].mean() - 0.25, (ious["off"], ious["auto"])
     # the cache records the layout: a rerun with another one is refused like another engine
     with pytest.raises(InputError, match=r"made with windows auto \(256 px, halo 64\), not off"):
-        run_proposals(tmp_path / "points.json", tmp_path / "images", tmp_path / "auto",
+        run_proposals(root / "points.json", root / "images", root / "auto",
                       ProposalConfig(engine="sam_pocket", prompts="point", windows="off"), engine=pocket)
+
+
+def test_embeddings_are_saved_per_window_and_refine_finds_each_masks_window(large_runs, pocket, tmp_path):
+    from pseudolabel.core.cache import CacheReader
+    from pseudolabel.core.window_cache import read_window_embeddings
+    from refine.instances import refine_coco
+    from refine.refiner import RefineConfig
+
+    root, scene, runs = large_runs
+    with CacheReader(root / "auto") as reader:
+        stored = read_window_embeddings(reader.conns, 1)
+        assert reader.embedding(1) is None  # no whole-image embedding of a windowed image
+    assert len(stored) == runs["auto"].windows > 0
+    coco = json.loads((root / "points.json").read_text())
+    for a in coco["annotations"]:  # the true masks as the coarse ones
+        box, m = scene.boxes[a["id"] - 1], scene.masks[a["id"] - 1]
+        a["segmentation"] = paste_rle(m, (int(box[0]), int(box[1])), (768, 768))
+    (tmp_path / "coarse.json").write_text(json.dumps(coco))
+    result = refine_coco(tmp_path / "coarse.json", root / "images", tmp_path / "out.json",
+                         RefineConfig(engine="sam_pocket", iters=1, embeddings=str(root / "auto")), engine=pocket)
+    assert result.encoded == 0 and 0 < result.from_cache <= len(stored)  # every mask's window was cached
 
 
 def test_a_tiled_tiff_is_read_by_window_and_an_untiled_one_refused(tmp_path, monkeypatch):
@@ -149,39 +184,16 @@ def test_proposals_from_a_tiled_tiff_equal_those_from_the_same_png(tmp_path, mon
     from pseudolabel.core.cache import dump_cache
     from pseudolabel.proposals.run import ProposalConfig, run_proposals
 
-    scene = _large_scene_dataset(tmp_path, size=512, n=3)
+    scene = _large_scene_dataset(tmp_path, size=512, n=2)
     coco = json.loads((tmp_path / "points.json").read_text())
     (tmp_path / "tif").mkdir()
     tifffile.imwrite(tmp_path / "tif" / "big.png", scene.image, tile=(128, 128), photometric="rgb")  # a TIFF named .png
     monkeypatch.setattr(tiled, "TIFF_SUFFIXES", (".png",))
     monkeypatch.setattr(tiled, "WHOLE_PIXELS", 1000)
-    cfg = ProposalConfig(engine="sam_pocket", prompts="point,point_box", overlap=False)
+    cfg = ProposalConfig(engine="sam_pocket", prompts="point,point_box", overlap=False, points_per_batch=2)
     run_proposals(tmp_path / "points.json", tmp_path / "images", tmp_path / "a", cfg, engine=pocket)
     summary = run_proposals(tmp_path / "points.json", tmp_path / "tif", tmp_path / "b", cfg, engine=pocket)
     assert summary.windows > 0 and len(coco["annotations"]) == summary.points
     a, b = dump_cache(tmp_path / "a"), dump_cache(tmp_path / "b")
     assert a["proposals"] == b["proposals"] and a["points"] == b["points"]
 
-
-def test_embeddings_are_saved_per_window_and_refine_finds_each_masks_window(tmp_path, pocket):
-    from pseudolabel.core.cache import CacheReader
-    from pseudolabel.core.window_cache import read_window_embeddings
-    from pseudolabel.proposals.run import ProposalConfig, run_proposals
-    from refine.instances import refine_coco
-    from refine.refiner import RefineConfig
-
-    scene = _large_scene_dataset(tmp_path, n=4)
-    cfg = ProposalConfig(engine="sam_pocket", prompts="point", save_embeddings=True, overlap=False)
-    summary = run_proposals(tmp_path / "points.json", tmp_path / "images", tmp_path / "cache", cfg, engine=pocket)
-    with CacheReader(tmp_path / "cache") as reader:
-        stored = read_window_embeddings(reader.conns, 1)
-        assert reader.embedding(1) is None  # no whole-image embedding of a windowed image
-    assert len(stored) == summary.windows > 0
-    coco = json.loads((tmp_path / "points.json").read_text())
-    for a in coco["annotations"]:  # the true masks as the coarse ones
-        box, m = scene.boxes[a["id"] - 1], scene.masks[a["id"] - 1]
-        a["segmentation"] = paste_rle(m, (int(box[0]), int(box[1])), (1024, 1024))
-    (tmp_path / "coarse.json").write_text(json.dumps(coco))
-    result = refine_coco(tmp_path / "coarse.json", tmp_path / "images", tmp_path / "out.json",
-                         RefineConfig(engine="sam_pocket", iters=1, embeddings=str(tmp_path / "cache")), engine=pocket)
-    assert result.encoded == 0 and 0 < result.from_cache <= len(stored)  # every mask's window was cached
