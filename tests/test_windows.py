@@ -138,7 +138,7 @@ def test_a_small_object_in_a_large_scene_gets_a_mask_with_windows_and_not_withou
 def test_embeddings_are_saved_per_window_and_refine_finds_each_masks_window(large_runs, pocket, tmp_path):
     from pseudolabel.core.cache import CacheReader
     from pseudolabel.core.window_cache import read_window_embeddings
-    from refine.instances import refine_coco
+    from refine.instances import run_refine
     from refine.refiner import RefineConfig
 
     root, scene, runs = large_runs
@@ -151,7 +151,7 @@ def test_embeddings_are_saved_per_window_and_refine_finds_each_masks_window(larg
         box, m = scene.boxes[a["id"] - 1], scene.masks[a["id"] - 1]
         a["segmentation"] = paste_rle(m, (int(box[0]), int(box[1])), (768, 768))
     (tmp_path / "coarse.json").write_text(json.dumps(coco))
-    result = refine_coco(tmp_path / "coarse.json", root / "images", tmp_path / "out.json",
+    result = run_refine(tmp_path / "coarse.json", root / "images", tmp_path / "out.json",
                          RefineConfig(engine="sam_pocket", iters=1, embeddings=str(root / "auto")), engine=pocket)
     assert result.encoded == 0 and 0 < result.from_cache <= len(stored)  # every mask's window was cached
 

@@ -67,7 +67,7 @@ def test_refine_in_windows_on_a_large_scene_dumps_image_coordinates(tmp_path, po
     from PIL import Image
 
     from pseudolabel.pocket.scenes import make_large_scene
-    from refine.instances import refine_coco
+    from refine.instances import run_refine
     from refine.refiner import RefineConfig
 
     scene = make_large_scene(7, (1024, 1024), 4, diameters=(30, 50))
@@ -83,7 +83,7 @@ def test_refine_in_windows_on_a_large_scene_dumps_image_coordinates(tmp_path, po
     coco = {"images": [{"id": 1, "file_name": "big.png", "width": 1024, "height": 1024}],
             "categories": [{"id": 1, "name": "shape"}], "annotations": anns}
     (tmp_path / "in.json").write_text(json.dumps(coco))
-    summary = refine_coco(tmp_path / "in.json", tmp_path / "images", tmp_path / "out.json",
+    summary = run_refine(tmp_path / "in.json", tmp_path / "images", tmp_path / "out.json",
                           RefineConfig(engine="sam_pocket", iters=1), engine=pocket,
                           dump_prompts=tmp_path / "prompts.jsonl")
     assert summary.encoded >= 2 and not summary.failed  # windows, not the whole image

@@ -23,7 +23,7 @@ import numpy as np
 
 from pseudolabel.core.cache import ShardWriter, check_shard_layout, points_digest, shard_filename
 from pseudolabel.core.coco import load_coco_json
-from pseudolabel.core.config import write_run_config
+from pseudolabel.core.config import EngineOptions, write_run_config
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.images import file_sha256, load_image_rgb
 from pseudolabel.core.io import check_output_dir
@@ -34,7 +34,6 @@ from pseudolabel.core.tiled import open_large_image
 from pseudolabel.core.window_cache import write_window_embeddings
 from .prompt_kinds import parse_kinds
 from pseudolabel.core.engines.base import PromptEngine, default_encoder_batch, default_prompt_batch
-from pseudolabel.core.engines.registry import DEFAULT_ENGINE, engine_option
 from pseudolabel.core.windows import WindowRule, check_rule_fits, window_pixels, window_rule
 from .decode import ChunkProposals, decode_chunks, image_proposals  # noqa: F401 (image_proposals: API)
 from .overlap import Prefetch, RleWorker
@@ -42,14 +41,10 @@ from .windowed import plan_jobs
 
 
 @dataclass
-class ProposalConfig:
-    """Options of `sap proposals` (defaults; a config file and flags override them)."""
+class ProposalConfig(EngineOptions):
+    """Options of `sap proposals` (defaults; a config file and flags override them): the engine's
+    (:class:`~pseudolabel.core.config.EngineOptions`, fields first) and the stage's own."""
 
-    engine: str | None = None  # a name of pseudolabel.core.engines.registry.ENGINES; None: sam_vit_h
-    model: str | None = None  # deprecated: a SAM type (vit_b = engine sam_vit_b)
-    checkpoint: str | None = None
-    precision: str = "auto"
-    device: str | None = None
     prompts: str = "point"
     points_per_batch: int = 0  # 0: engines.base.default_prompt_batch (64 on a GPU, 4 on a CPU)
     save_embeddings: bool = False
@@ -58,13 +53,6 @@ class ProposalConfig:
     overlap: bool = True  # read images ahead and RLE-encode behind on background threads
     windows: str = "auto"  # auto | off | a window side in pixels (pseudolabel.core.windows)
     window_scale: float = 1.0  # windows cut at this scale: side = (frame or PIXELS) / scale image px
-
-    def __post_init__(self) -> None:
-        self.engine, self.model = engine_option(self.engine, self.model), None
-
-    @property
-    def engine_name(self) -> str:
-        return self.engine or DEFAULT_ENGINE
 
 
 @dataclass
