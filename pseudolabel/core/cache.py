@@ -174,8 +174,8 @@ class ShardWriter:
                                  f"not {config.get('engine')}; use --overwrite to replace it or choose another --out")
             if describe_layout(stored) != describe_layout(config):
                 raise InputError(f"the cache in {self.path.parent} holds proposals made with windows "
-                                 f"{describe_layout(stored)}, not {describe_layout(config)}; use --overwrite to "
-                                 "replace it or choose another --out")
+                                 f"{describe_layout(stored)}, not {describe_layout(config)}; rerun with its --windows, "
+                                 "use --overwrite to replace it or choose another --out")
             diff = config_difference(stored, config)
             if diff:
                 raise InputError(f"the cache in {self.path.parent} was made with another configuration "
