@@ -27,9 +27,9 @@ from torch.utils.data import Dataset
 from pseudolabel.core.coco import check_categories, load_coco_json, mps_alternatives
 from pseudolabel.core.errors import ImageError, InputError
 from pseudolabel.core.images import load_image_rgb
-from pseudolabel.core.rle import RLE, decode_rles, rle_area, segmentation_to_rle
+from pseudolabel.core.rle import RLE, decode_rles, rle_area, rle_to_bbox_xywh, segmentation_to_rle
 
-from .targets import InstanceTargets, downsample_stride4, targets_from_masks
+from .targets import InstanceTargets, rule_targets, stride4_masks
 
 
 @dataclass
@@ -89,6 +89,7 @@ class ImageRecord:
     height: int
     labels: list[int] = field(default_factory=list)
     rles: list[RLE] = field(default_factory=list)
+    boxes: list[list[float]] = field(default_factory=list)  # the annotations' bbox, COCO XYWH
     alternatives: list[list[RLE]] = field(default_factory=list)
 
 
@@ -104,6 +105,7 @@ class DataStats:
     crowd: int = 0
     without_mask: int = 0
     with_alternatives: int = 0
+    without_bbox: int = 0
 
     def summary(self) -> str:
         parts = [f"{self.images} images", f"{self.instances} instances"]
@@ -113,6 +115,8 @@ class DataStats:
                 parts.append(f"{v} {name.replace('_', ' ')} skipped")
         if self.with_alternatives:
             parts.append(f"{self.with_alternatives} with alternatives")
+        if self.without_bbox:
+            parts.append(f"{self.without_bbox} without a usable bbox (their mask's box sizes them)")
         return ", ".join(parts)
 
 
@@ -176,8 +180,13 @@ def load_dataset(json_path: str | os.PathLike, images_dir: str | os.PathLike, *,
         except InputError as e:
             raise InputError(f"{json_path}: annotation {ann.get('id')} of image {ann['image_id']}: {e}") from None
         stats.with_alternatives += bool(alts)
+        box = annotation_box(ann)
+        if box is None:
+            stats.without_bbox += 1
+            box = rle_to_bbox_xywh(rle)
         rec.labels.append(index[ann["category_id"]])
         rec.rles.append(rle)
+        rec.boxes.append(box)
         rec.alternatives.append(alts)
     out = []
     for rec in records.values():
@@ -194,6 +203,34 @@ def load_dataset(json_path: str | os.PathLike, images_dir: str | os.PathLike, *,
         what = "image with a usable instance mask" if with_annotations else "image"
         raise InputError(f"{json_path.name} has no {what} in {images_dir}")
     return out, cats, stats
+
+
+def annotation_box(ann: dict[str, Any]) -> list[float] | None:
+    """The annotation's COCO ``bbox`` ``[x, y, w, h]`` as floats, ``None`` when absent or malformed."""
+    box = ann.get("bbox")
+    if not isinstance(box, (list, tuple)) or len(box) != 4:
+        return None
+    try:
+        values = [float(v) for v in box]
+    except (TypeError, ValueError):
+        return None
+    return values if all(np.isfinite(values)) and values[2] >= 0 and values[3] >= 0 else None
+
+
+def boxes_to_input_frame(boxes_xywh: np.ndarray, original_hw: tuple[int, int], hw: tuple[int, int],
+                         flip: bool) -> np.ndarray:
+    """COCO ``XYWH`` boxes of the original image → ``N×4`` float32 XYXY in the resized (and maybe
+    flipped) input frame, clipped to it: detectron2's arithmetic (``XYWH → XYXY`` in float32,
+    then scaled and flipped in float64), so both engines size objects with the same boxes."""
+    b = np.asarray(boxes_xywh, dtype=np.float32).reshape(-1, 4)
+    xyxy = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1).astype(np.float64)
+    (h0, w0), (h, w) = original_hw, hw
+    xyxy[:, 0::2] *= w * 1.0 / w0
+    xyxy[:, 1::2] *= h * 1.0 / h0
+    if flip:
+        xyxy[:, 0::2] = w - xyxy[:, 2::-2]
+    xyxy = np.minimum(xyxy.clip(min=0), [w, h, w, h])
+    return xyxy.astype(np.float32)
 
 
 def parse_min_sizes(spec: str | int | list | tuple) -> tuple[int, ...]:
@@ -271,10 +308,12 @@ class TrainDataset(Dataset):
         flip_prob: probability of a horizontal flip.
         alt_ranks: 1-based ranks of alternatives to load for MPS (rank r ↦ ``alternatives[r-2]``);
             empty to load none.
+        rules: the target rules (``SOLOv2Config.data_rules()``; default AdelaiDet's).
     """
 
     def __init__(self, records: list[ImageRecord], min_sizes: tuple[int, ...], max_size: int,
-                 flip_prob: float = 0.5, alt_ranks: tuple[int, ...] = ()) -> None:
+                 flip_prob: float = 0.5, alt_ranks: tuple[int, ...] = (), rules: dict[str, str] | None = None) -> None:
+        self.rules = rules or {"mask_target": "official", "centre": "official", "scale_box": "official"}
         self.records = records
         self.min_sizes = tuple(min_sizes)
         self.max_size = max_size
@@ -303,18 +342,20 @@ class TrainDataset(Dataset):
             return Sample(image, rec.image_id, (h0, w0), InstanceTargets.empty(h4, w4))
         full = torch.from_numpy(masks_to_input_frame(decode_rles(rec.rles), (h, w), flip))
         alive = full.flatten(1).any(dim=1)  # a tiny instance can vanish when shrunk
-        targets = targets_from_masks(full, torch.tensor(rec.labels, dtype=torch.long))
+        boxes = torch.from_numpy(boxes_to_input_frame(np.array(rec.boxes), (h0, w0), (h, w), flip))
+        targets = rule_targets(full, torch.tensor(rec.labels, dtype=torch.long), boxes, self.rules)
         if self.alt_cols and any(rec.alternatives):
             keep = alive.nonzero().flatten().tolist()
             r = len(self.alt_cols)
+            h4, w4 = targets.masks.shape[-2:]
             alt = np.zeros((len(keep), r, h4, w4), dtype=np.uint8)
             valid = np.zeros((len(keep), r), dtype=bool)
             for row, i in enumerate(keep):
                 alts_i = rec.alternatives[i]
                 have = [(j, alts_i[c]) for j, c in enumerate(self.alt_cols) if c < len(alts_i)]
                 if have:
-                    m = downsample_stride4(torch.from_numpy(
-                        masks_to_input_frame(decode_rles([a for _, a in have]), (h, w), flip))).numpy()
+                    m = stride4_masks(torch.from_numpy(masks_to_input_frame(
+                        decode_rles([a for _, a in have]), (h, w), flip)), self.rules["mask_target"]).numpy()
                     for (j, _), mj in zip(have, m):
                         alt[row, j] = mj
                         valid[row, j] = mj.any()

@@ -75,11 +75,12 @@ def test_train_samples_are_a_function_of_index_and_seed_and_flip_mirrors(small_g
     assert min(h, w) == 96 and a.original_hw == (records[0].height, records[0].width)
     assert torch.equal(f.image, a.image.flip(-1))
     n = len(a.targets)
-    assert n == len(records[0].rles) and a.targets.masks.shape == (n, -(-h // 4), -(-w // 4))
+    assert n == len(records[0].rles) and a.targets.masks.shape == (n, int(h / 4 + 0.5), int(w / 4 + 0.5))
     mirrored = torch.stack([w - a.targets.boxes[:, 2], a.targets.boxes[:, 1], w - a.targets.boxes[:, 0],
                             a.targets.boxes[:, 3]], dim=1)
     assert torch.allclose(f.targets.boxes, mirrored)
-    assert torch.allclose(f.targets.centers[:, 0], w - a.targets.centers[:, 0], atol=1e-3)
+    # AdelaiDet's centres put pixel i at i: the mirror image of x is w - 1 - x
+    assert torch.allclose(f.targets.centers[:, 0], w - 1 - a.targets.centers[:, 0], atol=1e-3)
     # the stride-4 masks agree with the boxes (to a cell)
     ys, xs = torch.nonzero(a.targets.masks[0], as_tuple=True)
     assert abs(xs.min().item() * 4 - a.targets.boxes[0, 0].item()) <= 4
