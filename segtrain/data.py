@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -250,19 +249,34 @@ def parse_min_sizes(spec: str | int | list | tuple) -> tuple[int, ...]:
 
 
 def resized_hw(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
-    """Size after resizing the short side to ``short`` with the long side capped at ``max_size``."""
-    scale = short / min(h, w)
-    if max(h, w) * scale > max_size:
-        scale = max_size / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
+    """Size after resizing the short side to ``short`` with the long side capped at ``max_size``
+    (detectron2's ``ResizeShortestEdge`` arithmetic, so both engines resize to the same size)."""
+    scale = short * 1.0 / min(h, w)
+    newh, neww = (float(short), scale * w) if h < w else (scale * h, float(short))
+    if max(newh, neww) > max_size:
+        scale = max_size * 1.0 / max(newh, neww)
+        newh, neww = newh * scale, neww * scale
+    return int(newh + 0.5), int(neww + 0.5)
+
+
+def resize_image(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """``H0×W0×3`` uint8 RGB → ``H×W×3``: PIL bilinear (antialiased when shrinking), as
+    detectron2's ``ResizeTransform`` and so AdelaiDet resize images."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).resize((hw[1], hw[0]), Image.BILINEAR))
 
 
 def masks_to_input_frame(masks: np.ndarray, hw: tuple[int, int], flip: bool) -> np.ndarray:
-    """``N×H0×W0`` 0/1 masks → ``N×H×W`` uint8 0/1 resized (bilinear, ≥ 0.5) and maybe flipped."""
+    """``N×H0×W0`` 0/1 masks → ``N×H×W`` uint8 0/1 resized and maybe flipped: PIL nearest
+    neighbour (pixel centres), as detectron2's ``ResizeTransform.apply_segmentation`` resizes
+    RLE masks for AdelaiDet."""
+    from PIL import Image
+
     h, w = hw
     out = np.empty((len(masks), h, w), dtype=np.uint8)
     for i, m in enumerate(masks):
-        r = cv2.resize(m * np.uint8(255), (w, h), interpolation=cv2.INTER_LINEAR) >= 128
+        r = np.asarray(Image.fromarray(np.ascontiguousarray(m, dtype=np.uint8)).resize((w, h), Image.NEAREST))
         out[i] = r[:, ::-1] if flip else r
     return out
 
@@ -333,7 +347,7 @@ class TrainDataset(Dataset):
             return FailedSample(rec.image_id, rec.file_name, str(e))
         h0, w0 = img.shape[:2]
         h, w = resized_hw(h0, w0, short, self.max_size)
-        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+        img = resize_image(img, (h, w))
         if flip:
             img = img[:, ::-1]
         image = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
@@ -381,7 +395,7 @@ class InferenceDataset(Dataset):
             return FailedSample(rec.image_id, rec.file_name, str(e))
         h0, w0 = img.shape[:2]
         h, w = resized_hw(h0, w0, self.min_size, self.max_size)
-        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+        img = resize_image(img, (h, w))
         return Sample(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))), rec.image_id, (h0, w0))
 
 
