@@ -6,7 +6,10 @@
   are an :class:`InputError` (or skipped and counted with ``missing="skip"``).
 * :class:`TrainDataset` resizes (short side drawn from ``min_sizes``, long side at most
   ``max_size``), flips, and returns the image with :class:`~segtrain.targets.InstanceTargets`
-  (masks at stride 4, boxes and centres of mass in the input frame). Items are addressed by
+  (masks at stride 4, boxes and centres of mass in the input frame, under the target rules).
+  Images, masks and boxes are mapped as detectron2's ``DatasetMapper`` maps them for AdelaiDet
+  (PIL bilinear images, PIL nearest masks, its size and box arithmetic), so both engines see the
+  same batch. Items are addressed by
   ``(index, seed)`` so that augmentation is a pure function of the sampler's stream, which
   makes resumed runs identical to uninterrupted ones (:mod:`segtrain.sampling` makes the stream).
 """
