@@ -210,13 +210,8 @@ def load_dataset(json_path: str | os.PathLike, images_dir: str | os.PathLike, *,
 def annotation_box(ann: dict[str, Any]) -> list[float] | None:
     """The annotation's COCO ``bbox`` ``[x, y, w, h]`` as floats, ``None`` when absent or malformed."""
     box = ann.get("bbox")
-    if not isinstance(box, (list, tuple)) or len(box) != 4:
-        return None
-    try:
-        values = [float(v) for v in box]
-    except (TypeError, ValueError):
-        return None
-    return values if all(np.isfinite(values)) and values[2] >= 0 and values[3] >= 0 else None
+    ok = isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
+    return [float(v) for v in box] if ok and np.isfinite(box).all() and min(box[2:]) >= 0 else None
 
 
 def boxes_to_input_frame(boxes_xywh: np.ndarray, original_hw: tuple[int, int], hw: tuple[int, int],

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from pseudolabel.core.errors import InputError
-from pseudolabel.core.rle import encode_mask
-from segtrain.data import CategoryMap, TrainDataset, check_same_categories, load_dataset, parse_min_sizes, resized_hw
+from pseudolabel.core.rle import encode_mask, rle_to_bbox_xywh
+from segtrain.data import (CategoryMap, TrainDataset, boxes_to_input_frame, check_same_categories, load_dataset,
+                           parse_min_sizes, resized_hw)
 from segtrain.sampling import ResumableBatchSampler, orientation, pass_slices
 
 
@@ -140,3 +141,17 @@ def test_passes_are_grouped_by_orientation_and_resume_mid_stream():
     assert pass_slices(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
     with pytest.raises(ValueError, match="does not split"):
         ResumableBatchSampler(7, 3, per_pass=2)
+
+
+def test_annotation_boxes_go_to_the_input_frame_and_a_missing_bbox_is_counted(small_gt, coco_dir, tmp_path):
+    coco = json.loads(small_gt.read_text())
+    del coco["annotations"][0]["bbox"]
+    records, _, stats = load_dataset(_write(tmp_path, coco), coco_dir / "images")
+    assert stats.without_bbox == 1 and "1 without a usable bbox" in stats.summary()
+    ann = coco["annotations"][0]
+    rec = next(r for r in records if r.image_id == ann["image_id"])
+    assert rec.boxes[0] == rle_to_bbox_xywh(rec.rles[0])  # its mask's box stands in
+    # XYWH → XYXY, scaled to the input frame, mirrored, clipped
+    boxes = boxes_to_input_frame(np.array([[10.0, 20.0, 30.0, 40.0], [90.0, 0.0, 20.0, 10.0]]), (100, 100), (50, 200),
+                                 flip=True)
+    assert boxes.dtype == np.float32 and boxes.tolist() == [[120.0, 10.0, 180.0, 30.0], [0.0, 0.0, 20.0, 5.0]]
