@@ -76,7 +76,7 @@ class SOLOv2Config:
     size_divisibility: int = 32
 
     def data_rules(self) -> dict[str, str]:
-        """The target rules the data pipelines apply (:func:`segtrain.data.instance_targets`)."""
+        """The target rules the data pipelines apply (:func:`segtrain.targets.rule_targets`)."""
         return {"mask_target": self.rule_mask_target, "centre": self.rule_centre, "scale_box": self.rule_scale_box}
 
     def to_dict(self) -> dict[str, Any]:
