@@ -140,16 +140,20 @@ def stride4_masks(masks: Tensor, rule: str = "official") -> Tensor:
 
 
 def centres_of_mass_official(masks: Tensor) -> Tensor:
-    """``N×2`` float32 ``(x, y)`` centres of mass of ``N×H×W`` 0/1 masks with pixel ``i`` at ``i``
-    (AdelaiDet's ``center_of_mass``, the same float32 sums in the same order)."""
-    m = masks.bool()
-    _, h, w = m.shape
-    ys = torch.arange(0, h, dtype=torch.float32)
-    xs = torch.arange(0, w, dtype=torch.float32)
-    m00 = m.sum(dim=-1).sum(dim=-1).clamp(min=1e-6)
-    cx = (m * xs).sum(dim=-1).sum(dim=-1) / m00
-    cy = (m * ys[:, None]).sum(dim=-1).sum(dim=-1) / m00
-    return torch.stack([cx, cy], dim=1).to(torch.float32)
+    """``N×2`` float32 ``(x, y)`` centres of mass of ``N×H×W`` 0/1 masks with pixel ``i`` at ``i``:
+    AdelaiDet's ``center_of_mass``, bit for bit.
+
+    AdelaiDet sums ``mask · x`` along each row, then the rows, in float32. A row's sum holds whole
+    numbers below 2²⁴ (``Σx < W²/2``), so it is exact however it is added up: here one matrix
+    product; the sum over rows is then the same float32 reduction as AdelaiDet's.
+    """
+    n, h, w = masks.shape
+    m = masks.reshape(n * h, w).to(torch.float32)
+    row_x = (m @ torch.arange(0, w, dtype=torch.float32)).reshape(n, h)
+    row_n = m.sum(dim=-1).reshape(n, h)
+    row_y = row_n * torch.arange(0, h, dtype=torch.float32)
+    m00 = row_n.sum(dim=-1).clamp(min=1e-6)
+    return torch.stack([row_x.sum(dim=-1) / m00, row_y.sum(dim=-1) / m00], dim=1)
 
 
 def mask_geometry(masks: Tensor) -> tuple[Tensor, Tensor]:
@@ -180,12 +184,13 @@ def targets_from_masks(masks: Tensor, labels: Tensor, boxes: Tensor | None = Non
     masks = masks.cpu().bool()
     keep = masks.flatten(1).any(dim=1) if len(masks) else torch.zeros(0, dtype=torch.bool)
     masks, labels = masks[keep], labels.cpu()[keep]
-    mask_boxes, centers = mask_geometry(masks)
     if centre == "official":
         centers = centres_of_mass_official(masks)
-    if boxes is not None:
-        mask_boxes = boxes.detach().cpu().to(torch.float32).reshape(-1, 4)[keep]
-    return InstanceTargets(labels.long(), mask_boxes, centers, stride4_masks(masks, mask_target))
+        boxes = masks_to_boxes_xyxy(masks) if boxes is None else boxes.detach().cpu().to(torch.float32)[keep]
+    else:
+        mask_boxes, centers = mask_geometry(masks)
+        boxes = mask_boxes if boxes is None else boxes.detach().cpu().to(torch.float32)[keep]
+    return InstanceTargets(labels.long(), boxes, centers, stride4_masks(masks, mask_target))
 
 
 def rule_targets(masks: Tensor, labels: Tensor, boxes: Tensor | None, rules: dict[str, str]) -> InstanceTargets:

@@ -44,7 +44,7 @@ def test_resnet18_learns_masks_of_two_coco_images(coco_gt, coco_dir, tmp_path):
     cfg = TrainConfig(train=str(gt), images=str(images), out=str(tmp_path / "run"), val=str(gt),
                       val_images=str(images), backbone="resnet18", backbone_weights="none", iters=100, batch=2,
                       base_lr=0.02, base_batch=2, min_size="160", max_size=267, flip_prob=0.0, workers=0,
-                      log_period=20, checkpoint_period=0, model=NARROW)
+                      log_period=20, checkpoint_period=0, model=NARROW, clip_grad=35.0)
 
     # the untrained model, as training starts it (same seed), made to output every candidate
     records, cats, _ = load_dataset(gt, images)
