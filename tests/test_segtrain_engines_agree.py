@@ -66,3 +66,36 @@ def test_the_torch_and_detectron2_engines_build_the_same_targets_from_the_same_b
                 assert all(torch.equal(x, y) for x, y in zip(la.pairs(), lb.pairs()))
             compared += len(a)
     assert compared > 20
+
+
+def test_both_engines_train_to_the_same_weights(tmp_path):
+    """End to end through ``sap train``'s two engines (their samplers, schedulers, seeding): on two
+    photos of one orientation every batch holds both, so three iterations must end at the same
+    weights up to float summation order (before: each engine started from its own weights)."""
+    import json
+
+    from segtrain import TrainConfig, train
+    from segtrain.checkpoint import load_checkpoint
+
+    coco = json.loads((DATA / "annotations.json").read_text())
+    keep = {30, 89}  # landscape, with instances
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps(dict(coco, images=[im for im in coco["images"] if im["id"] in keep],
+                                  annotations=[a for a in coco["annotations"] if a["image_id"] in keep])))
+    narrow = dict(fpn_channels=32, head_channels=32, head_convs=1, mask_channels=32, kernel_dim=32)
+    weights = {}
+    for engine in ("torch", "detectron2"):
+        cfg = TrainConfig(train=str(gt), images=str(DATA / "images"), out=str(tmp_path / engine), engine=engine,
+                          backbone="resnet18", backbone_weights="none", iters=3, batch=2, base_lr=0.02, base_batch=2,
+                          min_size="64", max_size=107, flip_prob=0.0, workers=0, checkpoint_period=0, device="cpu",
+                          model=dict(narrow))
+        train(cfg)
+        weights[engine] = load_checkpoint(tmp_path / engine / "model_final.pth")["model"]
+    start = {k for k in weights["torch"]}
+    assert start == set(weights["detectron2"])
+    moved = 0
+    for name, a in weights["torch"].items():
+        b = weights["detectron2"][name]
+        assert torch.allclose(a.float(), b.float(), atol=1e-4, rtol=1e-4), name
+        moved += int(a.is_floating_point())
+    assert moved > 50
