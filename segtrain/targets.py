@@ -144,8 +144,8 @@ def centres_of_mass_official(masks: Tensor) -> Tensor:
     AdelaiDet's ``center_of_mass``, bit for bit.
 
     AdelaiDet sums ``mask · x`` along each row, then the rows, in float32. A row's sum holds whole
-    numbers below 2²⁴ (``Σx < W²/2``), so it is exact however it is added up: here one matrix
-    product; the sum over rows is then the same float32 reduction as AdelaiDet's.
+    numbers below 2²⁴ (``Σx < W²/2``, for any ``W`` below 5792), so it is exact however it is
+    added up: here one matrix product; the sum over rows is then AdelaiDet's float32 reduction.
     """
     n, h, w = masks.shape
     m = masks.reshape(n * h, w).to(torch.float32)
