@@ -84,8 +84,8 @@ def main() -> None:
     for engine, vals in results.items():
         aps = [v[0] for v in vals]
         spread = f" (min {min(aps):.1f}, max {max(aps):.1f})" if len(aps) > 1 else ""
-        print(f"{engine}: mean mask AP {statistics.mean(aps):.1f}{spread}, AP50 {statistics.mean(v[1] for v in vals):.1f}"
-              f" over {len(aps)} seeds")
+        ap50 = statistics.mean(v[1] for v in vals)
+        print(f"{engine}: mean mask AP {statistics.mean(aps):.1f}{spread}, AP50 {ap50:.1f} over {len(aps)} seeds")
 
 
 if __name__ == "__main__":
