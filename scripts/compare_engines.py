@@ -26,7 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from segtrain import TrainConfig, train  # noqa: E402
+from segtrain import TrainConfig, run_train  # noqa: E402
 
 DATA = REPO / "tests" / "data" / "coco_cc_by"
 NARROW = dict(fpn_channels=64, head_channels=64, head_convs=2, mask_channels=32, kernel_dim=64)
@@ -75,7 +75,7 @@ def main() -> None:
                                   backbone_weights="none", iters=args.iters, batch=2, base_lr=0.02, base_batch=2,
                                   min_size="160", max_size=267, flip_prob=0.0, workers=0, log_period=25,
                                   checkpoint_period=0, seed=seed, model=dict(NARROW), **extra)
-                summary = train(cfg)
+                summary = run_train(cfg)
                 ev = summary.final_eval or {}
                 results.setdefault(engine, []).append((ev.get("AP", float("nan")), ev.get("AP50", float("nan"))))
                 print(f"seed {seed} {engine}: mask AP {ev.get('AP', float('nan')):.1f} AP50 "

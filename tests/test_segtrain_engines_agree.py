@@ -74,7 +74,7 @@ def test_both_engines_train_to_the_same_weights(tmp_path):
     weights up to float summation order (before: each engine started from its own weights)."""
     import json
 
-    from segtrain import TrainConfig, train
+    from segtrain import TrainConfig, run_train
     from segtrain.checkpoint import load_checkpoint
 
     coco = json.loads((DATA / "annotations.json").read_text())
@@ -89,7 +89,7 @@ def test_both_engines_train_to_the_same_weights(tmp_path):
                           backbone="resnet18", backbone_weights="none", iters=3, batch=2, base_lr=0.02, base_batch=2,
                           min_size="64", max_size=107, flip_prob=0.0, workers=0, checkpoint_period=0, device="cpu",
                           model=dict(narrow))
-        train(cfg)
+        run_train(cfg)
         weights[engine] = load_checkpoint(tmp_path / engine / "model_final.pth")["model"]
     start = {k for k in weights["torch"]}
     assert start == set(weights["detectron2"])
