@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pseudolabel.core.config import to_jsonable, write_run_config
-from pseudolabel.core.device import DistInfo, init_distributed, pick_device
+from pseudolabel.core.device import DistInfo, init_distributed, loader_workers, pick_device
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.images import file_sha256
 from pseudolabel.core.io import write_json_atomic
@@ -95,7 +95,7 @@ def evaluate(model: SOLOv2, val_json: str, records, categories: CategoryMap, cfg
     from .predict import run_inference
 
     results, failed = run_inference(model, records, categories, min_size=cfg.test_size_resolved(),
-                                    max_size=cfg.max_size, workers=min(cfg.workers, 2), desc="eval")
+                                    max_size=cfg.max_size, workers=loader_workers(min(cfg.workers, 2)), desc="eval")
     if out_json is not None:
         write_json_atomic(out_json, results)
     return coco_mask_ap(val_json, results), failed
@@ -215,7 +215,7 @@ def _loader(run: _Run) -> DataLoader:
     sampler = ResumableBatchSampler(len(dataset), cfg.batch // dist_info.world_size, seed=cfg.seed,
                                     rank=dist_info.rank, world_size=dist_info.world_size, start_iter=run.start_iter,
                                     per_pass=run.per_pass, groups=[orientation(r.width, r.height) for r in run.records])
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate,
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=loader_workers(cfg.workers), collate_fn=collate,
                       persistent_workers=False)
 
 
