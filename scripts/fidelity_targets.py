@@ -84,7 +84,7 @@ def main() -> None:
             short, flip = draw_augmentation(epoch * len(records) + k, sizes, 0.5)
             h, w = resized_hw(rec.height, rec.width, short, args.max_size)
             full = masks_to_input_frame(decode_rles(rec.rles), (h, w), flip)
-            t = targets_from_masks(torch.from_numpy(full), torch.tensor(rec.labels))
+            t = targets_from_masks(torch.from_numpy(full), torch.tensor(rec.labels), mask_target="sap", centre="sap")
             alive = full.reshape(len(full), -1).any(axis=1)
             ours4 = downsample_stride4(torch.from_numpy(full[alive])).numpy()
             ious += [iou_padded(o, adelaidet_stride4(m)) for o, m in zip(ours4, full[alive])]

@@ -7,8 +7,10 @@ resume) and :class:`TrainSummary` (the closing report). Both engines import this
 imports neither.
 
 One clipping rule in both engines: ``clip_grad`` is the largest L2 norm of the gradient of all
-parameters together (SOLO's mmdetection setting, 35); ``0`` turns clipping off (AdelaiDet's
-detectron2 configs clip nothing).
+parameters together; ``0`` turns clipping off. ``--reference official`` (the default) is
+AdelaiDet's rules: no clipping and its target rules; ``--reference sap`` clips at 35 (SOLO's
+mmdetection setting) and keeps ``sap``'s target rules (:mod:`segtrain.reference`). The engines
+call :func:`resolved` first, so every rule is a value when they read it.
 
 Batches are built as AdelaiDet builds them on 8 GPUs of 2 images: ``images_per_pass`` images of
 one orientation are padded together (to multiples of 32) and go through the network in one pass;
@@ -60,7 +62,13 @@ class TrainConfig:
     warmup_factor: float = 0.01
     steps: list[int] | None = None
     gamma: float = 0.1
-    clip_grad: float = 35.0  # max L2 norm of all gradients together (0 = off), in both engines
+    # AdelaiDet's rules (official) or sap's, rule by rule (None: from `reference`; segtrain/reference.py)
+    reference: str = "official"
+    rule_cell_conflict: str | None = None  # official (later annotation wins, a mask per claimant) | sap (smaller wins)
+    rule_mask_target: str | None = None  # official (imrescale bilinear, uint8) | sap (4×4 cells half covered)
+    rule_centre: str | None = None  # official (pixel i at i) | sap (at i + 0.5)
+    rule_scale_box: str | None = None  # official (the annotation's bbox) | sap (the mask's tight box)
+    clip_grad: float | None = None  # max L2 norm of all gradients together, both engines (official 0 = off; sap 35)
     images_per_pass: int = 2  # images padded together in one forward pass (AdelaiDet: 2 per GPU)
     min_size: str = "640-800"
     max_size: int = 1333
@@ -120,9 +128,18 @@ class TrainSummary:
         return [s + f"; run folder {self.run_dir}"]
 
 
+def resolved(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the rules ``reference`` sets filled in (see :mod:`segtrain.reference`)."""
+    from .reference import apply_reference
+
+    return apply_reference(cfg)
+
+
 def check_config(cfg: TrainConfig) -> None:
     """One sentence (:class:`InputError`) for the first unusable option."""
     from pseudolabel.core.config import check_range
+
+    cfg = resolved(cfg)
 
     if cfg.iters is not None:
         check_range(cfg.iters, "--iters", 1, integer=True)
@@ -197,8 +214,11 @@ def model_config_of(cfg: TrainConfig, num_classes: int) -> SOLOv2Config:
     """
     if "num_classes" in cfg.model:
         raise InputError("model: num_classes comes from the training file's categories; remove it")
+    cfg = resolved(cfg)
     base = SOLOv2Config(num_classes=num_classes, backbone=cfg.backbone, backbone_weights=str(cfg.backbone_weights),
-                        mps_weight=cfg.mps_weight, mps_reduce=cfg.mps_reduce)
+                        mps_weight=cfg.mps_weight, mps_reduce=cfg.mps_reduce,
+                        rule_cell_conflict=cfg.rule_cell_conflict, rule_mask_target=cfg.rule_mask_target,
+                        rule_centre=cfg.rule_centre, rule_scale_box=cfg.rule_scale_box)
     try:
         return SOLOv2Config.from_dict({**base.to_dict(), **cfg.model})
     except (ValueError, TypeError) as e:

@@ -6,7 +6,10 @@
   are an :class:`InputError` (or skipped and counted with ``missing="skip"``).
 * :class:`TrainDataset` resizes (short side drawn from ``min_sizes``, long side at most
   ``max_size``), flips, and returns the image with :class:`~segtrain.targets.InstanceTargets`
-  (masks at stride 4, boxes and centres of mass in the input frame). Items are addressed by
+  (masks at stride 4, boxes and centres of mass in the input frame, under the target rules).
+  Images, masks and boxes are mapped as detectron2's ``DatasetMapper`` maps them for AdelaiDet
+  (PIL bilinear images, PIL nearest masks, its size and box arithmetic), so both engines see the
+  same batch. Items are addressed by
   ``(index, seed)`` so that augmentation is a pure function of the sampler's stream, which
   makes resumed runs identical to uninterrupted ones (:mod:`segtrain.sampling` makes the stream).
 """
@@ -18,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -28,9 +30,9 @@ from pseudolabel.core.alternatives import attach_alternatives
 from pseudolabel.core.coco import check_categories, load_coco_json, mps_alternatives
 from pseudolabel.core.errors import ImageError, InputError
 from pseudolabel.core.images import load_image_rgb, why_not_a_file
-from pseudolabel.core.rle import RLE, decode_rles, rle_area, segmentation_to_rle
+from pseudolabel.core.rle import RLE, decode_rles, rle_area, rle_to_bbox_xywh, segmentation_to_rle
 
-from .targets import InstanceTargets, downsample_stride4, targets_from_masks
+from .targets import InstanceTargets, rule_targets, stride4_masks
 
 
 @dataclass
@@ -90,6 +92,7 @@ class ImageRecord:
     height: int
     labels: list[int] = field(default_factory=list)
     rles: list[RLE] = field(default_factory=list)
+    boxes: list[list[float]] = field(default_factory=list)  # the annotations' bbox, COCO XYWH
     alternatives: list[list[RLE]] = field(default_factory=list)
 
 
@@ -105,6 +108,7 @@ class DataStats:
     crowd: int = 0
     without_mask: int = 0
     with_alternatives: int = 0
+    without_bbox: int = 0
 
     def summary(self) -> str:
         parts = [f"{self.images} images", f"{self.instances} instances"]
@@ -114,6 +118,8 @@ class DataStats:
                 parts.append(f"{v} {name.replace('_', ' ')} skipped")
         if self.with_alternatives:
             parts.append(f"{self.with_alternatives} with alternatives")
+        if self.without_bbox:
+            parts.append(f"{self.without_bbox} without a usable bbox (their mask's box sizes them)")
         return ", ".join(parts)
 
 
@@ -179,8 +185,13 @@ def load_dataset(json_path: str | os.PathLike, images_dir: str | os.PathLike, *,
         except InputError as e:
             raise InputError(f"{json_path}: annotation {ann.get('id')} of image {ann['image_id']}: {e}") from None
         stats.with_alternatives += bool(alts)
+        box = annotation_box(ann)
+        if box is None:
+            stats.without_bbox += 1
+            box = rle_to_bbox_xywh(rle)
         rec.labels.append(index[ann["category_id"]])
         rec.rles.append(rle)
+        rec.boxes.append(box)
         rec.alternatives.append(alts)
     out = []
     for rec in records.values():
@@ -197,6 +208,29 @@ def load_dataset(json_path: str | os.PathLike, images_dir: str | os.PathLike, *,
         what = "image with a usable instance mask" if with_annotations else "image"
         raise InputError(f"{json_path.name} has no {what} in {images_dir}")
     return out, cats, stats
+
+
+def annotation_box(ann: dict[str, Any]) -> list[float] | None:
+    """The annotation's COCO ``bbox`` ``[x, y, w, h]`` as floats, ``None`` when absent or malformed."""
+    box = ann.get("bbox")
+    ok = isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
+    return [float(v) for v in box] if ok and np.isfinite(box).all() and min(box[2:]) >= 0 else None
+
+
+def boxes_to_input_frame(boxes_xywh: np.ndarray, original_hw: tuple[int, int], hw: tuple[int, int],
+                         flip: bool) -> np.ndarray:
+    """COCO ``XYWH`` boxes of the original image → ``N×4`` float32 XYXY in the resized (and maybe
+    flipped) input frame, clipped to it: detectron2's arithmetic (``XYWH → XYXY`` in float32,
+    then scaled and flipped in float64), so both engines size objects with the same boxes."""
+    b = np.asarray(boxes_xywh, dtype=np.float32).reshape(-1, 4)
+    xyxy = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1).astype(np.float64)
+    (h0, w0), (h, w) = original_hw, hw
+    xyxy[:, 0::2] *= w * 1.0 / w0
+    xyxy[:, 1::2] *= h * 1.0 / h0
+    if flip:
+        xyxy[:, 0::2] = w - xyxy[:, 2::-2]
+    xyxy = np.minimum(xyxy.clip(min=0), [w, h, w, h])
+    return xyxy.astype(np.float32)
 
 
 def parse_min_sizes(spec: str | int | list | tuple) -> tuple[int, ...]:
@@ -216,19 +250,34 @@ def parse_min_sizes(spec: str | int | list | tuple) -> tuple[int, ...]:
 
 
 def resized_hw(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
-    """Size after resizing the short side to ``short`` with the long side capped at ``max_size``."""
-    scale = short / min(h, w)
-    if max(h, w) * scale > max_size:
-        scale = max_size / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
+    """Size after resizing the short side to ``short`` with the long side capped at ``max_size``
+    (detectron2's ``ResizeShortestEdge`` arithmetic, so both engines resize to the same size)."""
+    scale = short * 1.0 / min(h, w)
+    newh, neww = (float(short), scale * w) if h < w else (scale * h, float(short))
+    if max(newh, neww) > max_size:
+        scale = max_size * 1.0 / max(newh, neww)
+        newh, neww = newh * scale, neww * scale
+    return int(newh + 0.5), int(neww + 0.5)
+
+
+def resize_image(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """``H0×W0×3`` uint8 RGB → ``H×W×3``: PIL bilinear (antialiased when shrinking), as
+    detectron2's ``ResizeTransform`` and so AdelaiDet resize images."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).resize((hw[1], hw[0]), Image.BILINEAR))
 
 
 def masks_to_input_frame(masks: np.ndarray, hw: tuple[int, int], flip: bool) -> np.ndarray:
-    """``N×H0×W0`` 0/1 masks → ``N×H×W`` uint8 0/1 resized (bilinear, ≥ 0.5) and maybe flipped."""
+    """``N×H0×W0`` 0/1 masks → ``N×H×W`` uint8 0/1 resized and maybe flipped: PIL nearest
+    neighbour (pixel centres), as detectron2's ``ResizeTransform.apply_segmentation`` resizes
+    RLE masks for AdelaiDet."""
+    from PIL import Image
+
     h, w = hw
     out = np.empty((len(masks), h, w), dtype=np.uint8)
     for i, m in enumerate(masks):
-        r = cv2.resize(m * np.uint8(255), (w, h), interpolation=cv2.INTER_LINEAR) >= 128
+        r = np.asarray(Image.fromarray(np.ascontiguousarray(m, dtype=np.uint8)).resize((w, h), Image.NEAREST))
         out[i] = r[:, ::-1] if flip else r
     return out
 
@@ -274,10 +323,12 @@ class TrainDataset(Dataset):
         flip_prob: probability of a horizontal flip.
         alt_ranks: 1-based ranks of alternatives to load for MPS (rank r ↦ ``alternatives[r-2]``);
             empty to load none.
+        rules: the target rules (``SOLOv2Config.data_rules()``; default AdelaiDet's).
     """
 
     def __init__(self, records: list[ImageRecord], min_sizes: tuple[int, ...], max_size: int,
-                 flip_prob: float = 0.5, alt_ranks: tuple[int, ...] = ()) -> None:
+                 flip_prob: float = 0.5, alt_ranks: tuple[int, ...] = (), rules: dict[str, str] | None = None) -> None:
+        self.rules = rules or {"mask_target": "official", "centre": "official", "scale_box": "official"}
         self.records = records
         self.min_sizes = tuple(min_sizes)
         self.max_size = max_size
@@ -297,7 +348,7 @@ class TrainDataset(Dataset):
             return FailedSample(rec.image_id, rec.file_name, str(e))
         h0, w0 = img.shape[:2]
         h, w = resized_hw(h0, w0, short, self.max_size)
-        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+        img = resize_image(img, (h, w))
         if flip:
             img = img[:, ::-1]
         image = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
@@ -306,18 +357,20 @@ class TrainDataset(Dataset):
             return Sample(image, rec.image_id, (h0, w0), InstanceTargets.empty(h4, w4))
         full = torch.from_numpy(masks_to_input_frame(decode_rles(rec.rles), (h, w), flip))
         alive = full.flatten(1).any(dim=1)  # a tiny instance can vanish when shrunk
-        targets = targets_from_masks(full, torch.tensor(rec.labels, dtype=torch.long))
+        boxes = torch.from_numpy(boxes_to_input_frame(np.array(rec.boxes), (h0, w0), (h, w), flip))
+        targets = rule_targets(full, torch.tensor(rec.labels, dtype=torch.long), boxes, self.rules)
         if self.alt_cols and any(rec.alternatives):
             keep = alive.nonzero().flatten().tolist()
             r = len(self.alt_cols)
+            h4, w4 = targets.masks.shape[-2:]
             alt = np.zeros((len(keep), r, h4, w4), dtype=np.uint8)
             valid = np.zeros((len(keep), r), dtype=bool)
             for row, i in enumerate(keep):
                 alts_i = rec.alternatives[i]
                 have = [(j, alts_i[c]) for j, c in enumerate(self.alt_cols) if c < len(alts_i)]
                 if have:
-                    m = downsample_stride4(torch.from_numpy(
-                        masks_to_input_frame(decode_rles([a for _, a in have]), (h, w), flip))).numpy()
+                    m = stride4_masks(torch.from_numpy(masks_to_input_frame(
+                        decode_rles([a for _, a in have]), (h, w), flip)), self.rules["mask_target"]).numpy()
                     for (j, _), mj in zip(have, m):
                         alt[row, j] = mj
                         valid[row, j] = mj.any()
@@ -343,7 +396,7 @@ class InferenceDataset(Dataset):
             return FailedSample(rec.image_id, rec.file_name, str(e))
         h0, w0 = img.shape[:2]
         h, w = resized_hw(h0, w0, self.min_size, self.max_size)
-        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+        img = resize_image(img, (h, w))
         return Sample(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))), rec.image_id, (h0, w0))
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from pseudolabel.core.io import write_json_atomic
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 
 from .checkpoint import last_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig, TrainSummary, check_config, lr_schedule_of, model_config_of, per_pass_of
+from .config import TrainConfig, TrainSummary, check_config, lr_schedule_of, model_config_of, per_pass_of, resolved
 from .data import (CategoryMap, FailedSample, Sample, TrainDataset, batch_warning, check_same_categories, collate,
                    load_dataset, parse_min_sizes)
 from .model import SOLOv2, SOLOv2Config, build_model, mean_losses
@@ -100,24 +101,50 @@ def evaluate(model: SOLOv2, val_json: str, records, categories: CategoryMap, cfg
     return coco_mask_ap(val_json, results), failed
 
 
-def train_torch(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
-    """Train SOLOv2 with the torch engine; see the module docstring for the run folder.
+@dataclass
+class _Run:
+    """What one process of a torch-engine run holds between setup, the loop and the end."""
 
-    Returns the summary on rank 0 (``None`` on the other ranks).
+    cfg: TrainConfig
+    dist: DistInfo
+    device: torch.device
+    per_pass: int
+    records: list
+    cats: CategoryMap
+    stats: Any
+    val_records: list | None
+    run_dir: Path
+    model: SOLOv2
+    sched: Any
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    start_iter: int
+    resumed: bool
+    meta: dict[str, Any]
+    metrics: MetricsWriter | None = None
+    failed: dict[int, str] = field(default_factory=dict)
+    first_loss: float | None = None
+    last_loss: float | None = None
+    #: the losses of the log window under way, kept in full checkpoints so a resumed run logs the same means
+    window: dict[str, list[float]] = field(default_factory=dict)
 
-    Raises:
-        InputError: unusable inputs (missing images, category mismatch with the validation set,
-            a run folder that already holds another run, a resume with a different configuration).
-    """
-    t_start = time.perf_counter()
-    check_config(cfg)
+    def payload(self, it: int, full: bool) -> dict[str, Any]:
+        """A checkpoint at iteration ``it``; ``full`` adds what a resume needs."""
+        p = {"iter": it, "model": self.model.state_dict(), **self.meta}
+        if full:
+            p.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(), rng=rng_state(),
+                     metrics_window={k: list(v) for k, v in self.window.items()})
+        return p
+
+
+def _setup(cfg: TrainConfig, resume: bool) -> _Run:
+    """Read the data, check the run folder, build (or restore) the model, optimiser and scaler."""
     dist_info = init_distributed()
     if not dist_info.is_main:  # rank 0 speaks for the run
         logger.setLevel(logging.ERROR)
     device = pick_device(cfg.device, dist_info.local_rank, mps=False)
     per_pass = per_pass_of(cfg, dist_info.world_size)
-    min_sizes = parse_min_sizes(cfg.min_size)
-
     missing = "skip" if cfg.skip_missing_images else "error"
     records, cats, stats = load_dataset(cfg.train, cfg.images, missing=missing,
                                         keep_empty_images=cfg.keep_empty_images)
@@ -162,105 +189,145 @@ def train_torch(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
     meta = {"model_config": model.cfg.to_dict(), "categories": cats.to_dict(),
             "train_config": {**cfg_record, "test_size_resolved": cfg.test_size_resolved()},
             "train_sha256": train_sha}
+    run = _Run(cfg, dist_info, device, per_pass, records, cats, stats, val_records, run_dir, model, sched, optimizer,
+               scaler, use_amp, start_iter, ckpt is not None, meta)
+    run.window = {k: list(v) for k, v in (ckpt or {}).get("metrics_window", {}).items()}
+    return run
 
-    metrics = MetricsWriter(run_dir / "metrics.jsonl" if dist_info.is_main else None)
-    if dist_info.is_main:
+
+def _open_run_folder(run: _Run) -> None:
+    """Rank 0 writes ``config.yaml`` (a new run) or trims ``metrics.jsonl`` (a resumed one)."""
+    cfg, run_dir = run.cfg, run.run_dir
+    run.metrics = MetricsWriter(run_dir / "metrics.jsonl" if run.dist.is_main else None)
+    if run.dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if ckpt is None:
-            write_run_config(run_dir / "config.yaml", "train", cfg, model=model.cfg, categories=cats.to_dict(),
-                             data=stats, lr=sched.base_lr, max_iter=sched.max_iter, steps=sched.steps,
-                             warmup_iters=sched.warmup_iters, world_size=dist_info.world_size, device=str(device))
+        if not run.resumed:
+            sched = run.sched
+            write_run_config(run_dir / "config.yaml", "train", cfg, model=run.model.cfg, categories=run.cats.to_dict(),
+                             data=run.stats, lr=sched.base_lr, max_iter=sched.max_iter, steps=sched.steps,
+                             warmup_iters=sched.warmup_iters, world_size=run.dist.world_size, device=str(run.device))
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         else:
-            trim_metrics(run_dir / "metrics.jsonl", start_iter)
-    _barrier(dist_info)
-    logger.info("training data: %s", stats.summary())
+            trim_metrics(run_dir / "metrics.jsonl", run.start_iter)
+    _barrier(run.dist)
+    logger.info("training data: %s", run.stats.summary())
 
-    net: torch.nn.Module = model
-    if dist_info.world_size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    dataset = TrainDataset(records, min_sizes, cfg.max_size, cfg.flip_prob,
-                           alt_ranks=model.cfg.mps_ranks if model.cfg.mps_weight > 0 else ())
+def _loader(run: _Run) -> DataLoader:
+    """The resumable data stream of this process (grouped passes, seeded augmentation)."""
+    cfg, model, dist_info = run.cfg, run.model, run.dist
+    dataset = TrainDataset(run.records, parse_min_sizes(cfg.min_size), cfg.max_size, cfg.flip_prob,
+                           alt_ranks=model.cfg.mps_ranks if model.cfg.mps_weight > 0 else (),
+                           rules=model.cfg.data_rules())
     sampler = ResumableBatchSampler(len(dataset), cfg.batch // dist_info.world_size, seed=cfg.seed,
-                                    rank=dist_info.rank, world_size=dist_info.world_size, start_iter=start_iter,
-                                    per_pass=per_pass, groups=[orientation(r.width, r.height) for r in records])
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=loader_workers(cfg.workers), collate_fn=collate,
-                        persistent_workers=False)
+                                    rank=dist_info.rank, world_size=dist_info.world_size, start_iter=run.start_iter,
+                                    per_pass=run.per_pass, groups=[orientation(r.width, r.height) for r in run.records])
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=loader_workers(cfg.workers), collate_fn=collate,
+                      persistent_workers=False)
 
-    def payload(it: int, full: bool) -> dict[str, Any]:
-        p = {"iter": it, "model": model.state_dict(), **meta}
-        if full:  # and the losses of the log window under way, so a resumed run logs the same means
-            p.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=rng_state(),
-                     metrics_window={k: list(v) for k, v in window.items()})
-        return p
 
-    failed: dict[int, str] = {}
-    first_loss = last_loss = None
-    window: dict[str, list[float]] = {k: list(v) for k, v in (ckpt or {}).get("metrics_window", {}).items()}
+def _passes(run: _Run, items: list) -> list[list[Sample]]:
+    """A batch's passes without its unreadable images (each recorded once and logged)."""
+    for s in items:
+        if isinstance(s, FailedSample) and s.image_id not in run.failed:
+            run.failed[s.image_id] = s.file_name
+            logger.warning("skipped image %s: %s", s.file_name, s.message)
+    # an unreadable image shortens its own pass; the others keep their grouping
+    passes = [[s for s in items[part] if not isinstance(s, FailedSample)]
+              for part in pass_slices(len(items), run.per_pass)]
+    return [p for p in passes if p]
+
+
+def _periodic(run: _Run, done: int) -> None:
+    """The checkpoint and the evaluation due after iteration ``done`` (not the last one)."""
+    cfg, sched = run.cfg, run.sched
+    if run.dist.is_main and cfg.checkpoint_period and done % cfg.checkpoint_period == 0 and done < sched.max_iter:
+        save_checkpoint(run.run_dir / f"model_{done:07d}.pth", run.payload(done, True), run.run_dir)
+        prune_checkpoints(run.run_dir, cfg.keep_checkpoints)
+    if cfg.eval_period and done % cfg.eval_period == 0 and done < sched.max_iter and run.val_records:
+        if run.dist.is_main:
+            ap, _ = evaluate(run.model, cfg.val, run.val_records, run.cats, cfg)
+            run.metrics.write({"iter": done, "type": "eval", **ap})
+            logger.info("iteration %d: val mask AP %.2f, AP50 %.2f", done, ap["AP"], ap["AP50"])
+        _barrier(run.dist)
+
+
+def _loop(run: _Run, net: torch.nn.Module) -> None:
+    """Iterations ``start_iter .. max_iter``: a step, the log window, checkpoints and evaluations."""
+    cfg, sched, dist_info = run.cfg, run.sched, run.dist
     t_window, n_window = time.perf_counter(), 0
+    batches = iter(_loader(run))
+    bar = progress(range(run.start_iter, sched.max_iter), desc="train", total=sched.max_iter, unit="it",
+                   disable=None if dist_info.is_main else True)
+    bar.update(run.start_iter)
+    with logging_to_tqdm():
+        for it in bar:
+            passes = _passes(run, next(batches))
+            lr = sched(it)
+            set_lr(run.optimizer, lr)
+            if passes:
+                try:
+                    values = train_step(run.model, passes, run.optimizer, run.scaler, clip_grad=cfg.clip_grad,
+                                        use_amp=run.use_amp, net=net)
+                except FloatingPointError as e:  # stopped before a step could write NaN weights
+                    raise InputError(f"{e} at iteration {it}; lower the learning rate (--lr) or check the "
+                                     "data") from None
+                for k, v in values.items():
+                    run.window.setdefault(k, []).append(v)
+                run.first_loss = values["loss"] if run.first_loss is None else run.first_loss
+                run.last_loss = values["loss"]
+                n_window += sum(map(len, passes)) * dist_info.world_size
+            done = it + 1
+            if done % cfg.log_period == 0 or done == sched.max_iter:
+                now = time.perf_counter()
+                rec = {"iter": done, "lr": lr, "img_per_s": round(n_window / max(now - t_window, 1e-9), 3),
+                       **{k: round(sum(v) / len(v), 5) for k, v in run.window.items()}}
+                run.metrics.write(rec)
+                bar.set_postfix(loss=f"{rec.get('loss', float('nan')):.3f}", lr=f"{lr:.2e}",
+                                img_s=f"{rec['img_per_s']:.1f}")
+                run.window, t_window, n_window = {}, now, 0
+            _periodic(run, done)
+    del batches
+
+
+def _finish(run: _Run) -> dict[str, float] | None:
+    """Rank 0 saves ``model_final.pth`` and, with a validation set, evaluates it; the final AP."""
     final_eval = None
-    model.train()
-    if start_iter < sched.max_iter:
-        batches = iter(loader)
-        bar = progress(range(start_iter, sched.max_iter), desc="train", total=sched.max_iter, unit="it",
-                       disable=None if dist_info.is_main else True)
-        bar.update(start_iter)
-        with logging_to_tqdm():
-            for it in bar:
-                items = next(batches)
-                for s in items:
-                    if isinstance(s, FailedSample) and s.image_id not in failed:
-                        failed[s.image_id] = s.file_name
-                        logger.warning("skipped image %s: %s", s.file_name, s.message)
-                # an unreadable image shortens its own pass; the others keep their grouping
-                passes = [[s for s in items[part] if not isinstance(s, FailedSample)]
-                          for part in pass_slices(len(items), per_pass)]
-                passes = [p for p in passes if p]
-                lr = sched(it)
-                set_lr(optimizer, lr)
-                if passes:
-                    try:
-                        values = train_step(model, passes, optimizer, scaler, clip_grad=cfg.clip_grad,
-                                            use_amp=use_amp, net=net)
-                    except FloatingPointError as e:  # stopped before a step could write NaN weights
-                        raise InputError(f"{e} at iteration {it}; lower the learning rate (--lr) or check the "
-                                         "data") from None
-                    for k, v in values.items():
-                        window.setdefault(k, []).append(v)
-                    first_loss = values["loss"] if first_loss is None else first_loss
-                    last_loss = values["loss"]
-                    n_window += sum(map(len, passes)) * dist_info.world_size
-                done = it + 1
-                if done % cfg.log_period == 0 or done == sched.max_iter:
-                    now = time.perf_counter()
-                    rec = {"iter": done, "lr": lr, "img_per_s": round(n_window / max(now - t_window, 1e-9), 3),
-                           **{k: round(sum(v) / len(v), 5) for k, v in window.items()}}
-                    metrics.write(rec)
-                    bar.set_postfix(loss=f"{rec.get('loss', float('nan')):.3f}", lr=f"{lr:.2e}",
-                                    img_s=f"{rec['img_per_s']:.1f}")
-                    window, t_window, n_window = {}, now, 0
-                if dist_info.is_main and cfg.checkpoint_period and done % cfg.checkpoint_period == 0 \
-                        and done < sched.max_iter:
-                    save_checkpoint(run_dir / f"model_{done:07d}.pth", payload(done, True), run_dir)
-                    prune_checkpoints(run_dir, cfg.keep_checkpoints)
-                if cfg.eval_period and done % cfg.eval_period == 0 and done < sched.max_iter and val_records:
-                    if dist_info.is_main:
-                        ap, _ = evaluate(model, cfg.val, val_records, cats, cfg)
-                        metrics.write({"iter": done, "type": "eval", **ap})
-                        logger.info("iteration %d: val mask AP %.2f, AP50 %.2f", done, ap["AP"], ap["AP50"])
-                    _barrier(dist_info)
-        del batches
-    if dist_info.is_main:
-        save_checkpoint(run_dir / "model_final.pth", payload(sched.max_iter, False), run_dir)
-        if val_records:
-            final_eval, _ = evaluate(model, cfg.val, val_records, cats, cfg,
-                                     out_json=run_dir / "inference" / "val_predictions.json")
-            write_json_atomic(run_dir / "final_eval.json", {"iter": sched.max_iter, **final_eval}, indent=2)
-            metrics.write({"iter": sched.max_iter, "type": "eval", **final_eval})
-    _barrier(dist_info)
-    if not dist_info.is_main:
+    if run.dist.is_main:
+        max_iter = run.sched.max_iter
+        save_checkpoint(run.run_dir / "model_final.pth", run.payload(max_iter, False), run.run_dir)
+        if run.val_records:
+            final_eval, _ = evaluate(run.model, run.cfg.val, run.val_records, run.cats, run.cfg,
+                                     out_json=run.run_dir / "inference" / "val_predictions.json")
+            write_json_atomic(run.run_dir / "final_eval.json", {"iter": max_iter, **final_eval}, indent=2)
+            run.metrics.write({"iter": max_iter, "type": "eval", **final_eval})
+    _barrier(run.dist)
+    return final_eval
+
+
+def train_torch(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
+    """Train SOLOv2 with the torch engine; see the module docstring for the run folder.
+
+    Returns the summary on rank 0 (``None`` on the other ranks).
+
+    Raises:
+        InputError: unusable inputs (missing images, category mismatch with the validation set,
+            a run folder that already holds another run, a resume with a different configuration).
+    """
+    t_start = time.perf_counter()
+    cfg = resolved(cfg)
+    check_config(cfg)
+    run = _setup(cfg, resume)
+    _open_run_folder(run)
+    net: torch.nn.Module = run.model
+    if run.dist.world_size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    run.model.train()
+    if run.start_iter < run.sched.max_iter:
+        _loop(run, net)
+    final_eval = _finish(run)
+    if not run.dist.is_main:
         return None
-    return TrainSummary(run_dir, sched.max_iter, start_iter, first_loss, last_loss, stats, failed, final_eval,
-                        time.perf_counter() - t_start)
+    return TrainSummary(run.run_dir, run.sched.max_iter, run.start_iter, run.first_loss, run.last_loss, run.stats,
+                        run.failed, final_eval, time.perf_counter() - t_start)

@@ -3,8 +3,10 @@ SAPNet's multi-mask proposal supervision (MPS) as an auxiliary dice term.
 
 * category: sigmoid focal loss (alpha 0.25, gamma 2) summed over all cells and classes and
   divided by ``num_positive_cells + 1`` (so an image without instances is fine);
-* mask: for every positive cell, ``dice = 1 − 2·Σpt / (Σp² + ε + Σt² + ε)`` between the sigmoid
-  of its mask and its instance's mask at stride 4, averaged over positive cells, weight 3;
+* mask: for every mask target (a positive cell and an instance that claims it: one per cell, or
+  one per claimant under AdelaiDet's ``cell_conflict`` rule, see :mod:`segtrain.targets`),
+  ``dice = 1 − 2·Σpt / (Σp² + ε + Σt² + ε)`` between the sigmoid of the cell's mask and the
+  instance's mask at stride 4, averaged over mask targets, weight 3;
 * MPS: the same dice between the cell's mask and the instance's alternative proposals at the
   chosen ranks; per cell the mean over the ranks present (``reduce="mean"``, the paper's
   ``γ = 0.25``) or their sum (``reduce="sum"``; the official code is ``weight = 0.5/6`` with
@@ -52,6 +54,18 @@ def _pad_to(masks: Tensor, h: int, w: int) -> Tensor:
     return masks
 
 
+def _mask_pairs(levels: list[LevelTargets], cells_per_level: list[int]) -> tuple[Tensor, Tensor]:
+    """An image's mask targets over all levels: ``(cell, instance)`` pairs, cells numbered across
+    the concatenated levels (level by level, row-major)."""
+    cells, owners, offset = [], [], 0
+    for lv, n in zip(levels, cells_per_level):
+        c, o = lv.pairs()
+        cells.append(c + offset)
+        owners.append(o)
+        offset += n
+    return torch.cat(cells), torch.cat(owners)
+
+
 def solo_losses(cate_preds: list[Tensor], kernel_preds: list[Tensor], mask_feats: Tensor,
                 targets: list[InstanceTargets], level_targets: list[list[LevelTargets]], *,
                 num_classes: int, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
@@ -90,13 +104,12 @@ def solo_losses(cate_preds: list[Tensor], kernel_preds: list[Tensor], mask_feats
     mps_terms: list[Tensor] = []
     alt_cols = [r - 2 for r in mps_ranks if r >= 2]
     for i in range(b):
-        inst = torch.cat([level_targets[i][lv].instance.reshape(-1) for lv in range(len(kernel_preds))]).to(device)
-        pos = (inst >= 0).nonzero().flatten()
+        pos, idx = _mask_pairs(level_targets[i], [k.shape[-2] * k.shape[-1] for k in kernel_preds])
+        pos, idx = pos.to(device), idx.to(device)
         if pos.numel() == 0:
             continue
         kernels = torch.cat([k[i].reshape(d, -1) for k in kernel_preds], dim=1)[:, pos].t()  # K×D
         mask_logits = kernels @ mask_feats[i].reshape(d, -1)  # K×(h·w)
-        idx = inst[pos]
         gt = _pad_to(targets[i].masks, h, w)[idx].reshape(len(idx), -1)
         dice_terms.append(dice_loss(mask_logits, gt, dice_eps))
         tg = targets[i]

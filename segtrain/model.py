@@ -63,12 +63,21 @@ class SOLOv2Config:
     mps_weight: float = 0.25
     mps_ranks: tuple[int, ...] = (2, 4, 6)
     mps_reduce: str = "mean"
+    # target rules: official (AdelaiDet) | sap; see segtrain/targets.py and segtrain/reference.py
+    rule_cell_conflict: str = "official"
+    rule_mask_target: str = "official"
+    rule_centre: str = "official"
+    rule_scale_box: str = "official"
     # inference
     inference: InferenceParams = field(default_factory=InferenceParams)
     # input normalisation (RGB, 0-255 scale; torchvision ImageNet statistics)
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     size_divisibility: int = 32
+
+    def data_rules(self) -> dict[str, str]:
+        """The target rules the data pipelines apply (:func:`segtrain.targets.rule_targets`)."""
+        return {"mask_target": self.rule_mask_target, "centre": self.rule_centre, "scale_box": self.rule_scale_box}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
@@ -151,8 +160,8 @@ class SOLOv2(nn.Module):
         if targets is not None:
             cfg = self.cfg
             padded = (int(batch.shape[-2]), int(batch.shape[-1]))
-            level_targets = [build_targets(t, padded, cfg.num_grids, cfg.scale_ranges, cfg.sigma, cfg.num_classes)
-                             for t in targets]
+            level_targets = [build_targets(t, padded, cfg.num_grids, cfg.scale_ranges, cfg.sigma, cfg.num_classes,
+                                           cfg.rule_cell_conflict) for t in targets]
             targets = [t.to(batch.device) for t in targets]
             return solo_losses(cates, kernels, mask_feats, targets, level_targets, num_classes=cfg.num_classes,
                                focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma,

@@ -119,6 +119,12 @@ def test_bad_input_is_one_sentence_and_writes_nothing(monkeypatch, capsys, tiny,
     (tmp_path / "missing.json").write_text(json.dumps(missing))
     code, _, err = run_sap(monkeypatch, capsys, *base[:2], tmp_path / "missing.json", *base[3:])
     assert code == 2 and "missing" in err and "gone.jpg" in err
+    code, _, err = run_sap(monkeypatch, capsys, *base, "--reference", "paper")
+    assert code == 2 and "--reference must be one of official, sap, not 'paper'" in err and err.count("\n") == 1
+    bad_rule = tmp_path / "bad_rule.yaml"
+    bad_rule.write_text(cfg.read_text() + "rule_centre: middle\n")
+    code, _, err = run_sap(monkeypatch, capsys, *base[:-1], bad_rule)
+    assert code == 2 and "rule_centre must be one of official, sap, not 'middle'" in err
     assert not run.exists()
     code, _, err = run_sap(monkeypatch, capsys, "predict", "--weights", gt, "--images", images,
                            "--out", tmp_path / "p.json")

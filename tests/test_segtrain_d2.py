@@ -73,6 +73,7 @@ def test_every_model_and_inference_setting_reaches_the_detectron2_model(tmp_path
                    sigma=0.3, prior_prob=0.02, focal_alpha=0.3, focal_gamma=1.5, focal_weight=2.0, dice_weight=2.5,
                    dice_eps=1e-4, mps_weight=0.5, mps_ranks=(2, 3), mps_reduce="sum", inference=inference,
                    pixel_mean=(120.0, 110.0, 100.0), pixel_std=(50.0, 51.0, 52.0), size_divisibility=64,
+                   rule_cell_conflict="sap", rule_mask_target="sap", rule_centre="sap", rule_scale_box="sap",
                    **{**NARROW, "fpn_channels": 64, "kernel_dim": 64})
     # every field is set to something else than its default (a new field must be added here)
     defaults = SOLOv2Config()
@@ -136,7 +137,7 @@ def test_same_weights_and_batch_give_the_same_losses_and_step_in_both_engines(tm
     from segtrain.engine import train_step
     from segtrain.sampling import pass_slices
     from segtrain.solver import make_optimizer
-    from segtrain.targets import InstanceTargets, targets_from_masks
+    from segtrain.targets import InstanceTargets, rule_targets
 
     tcfg = d2_config(tmp_path, min_size="96", max_size=160, flip_prob=0.0, batch=4, clip_grad=1.0)
     cfg = build_d2_config(tcfg, 80)
@@ -157,8 +158,8 @@ def test_same_weights_and_batch_give_the_same_losses_and_step_in_both_engines(tm
     samples = []
     for x in batch:
         inst, (h, w) = x["instances"], x["image"].shape[-2:]
-        targets = (targets_from_masks(inst.gt_masks.tensor, inst.gt_classes) if inst.has("gt_masks")
-                   else InstanceTargets.empty(-(-h // 4), -(-w // 4)))
+        targets = (rule_targets(inst.gt_masks.tensor, inst.gt_classes, inst.gt_boxes.tensor, twin.cfg.data_rules())
+                   if inst.has("gt_masks") else InstanceTargets.empty(-(-h // 4), -(-w // 4)))
         samples.append(Sample(x["image"], x["image_id"], (x["height"], x["width"]), targets))
     passes = [samples[part] for part in pass_slices(len(samples), tcfg.images_per_pass)]
     lr = cfg.SOLVER.BASE_LR

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from pseudolabel.core.errors import InputError
-from pseudolabel.core.rle import encode_mask
-from segtrain.data import CategoryMap, TrainDataset, check_same_categories, load_dataset, parse_min_sizes, resized_hw
+from pseudolabel.core.rle import encode_mask, rle_to_bbox_xywh
+from segtrain.data import (CategoryMap, TrainDataset, boxes_to_input_frame, check_same_categories, load_dataset,
+                           parse_min_sizes, resized_hw)
 from segtrain.sampling import ResumableBatchSampler, orientation, pass_slices
 
 
@@ -75,11 +76,12 @@ def test_train_samples_are_a_function_of_index_and_seed_and_flip_mirrors(small_g
     assert min(h, w) == 96 and a.original_hw == (records[0].height, records[0].width)
     assert torch.equal(f.image, a.image.flip(-1))
     n = len(a.targets)
-    assert n == len(records[0].rles) and a.targets.masks.shape == (n, -(-h // 4), -(-w // 4))
+    assert n == len(records[0].rles) and a.targets.masks.shape == (n, int(h / 4 + 0.5), int(w / 4 + 0.5))
     mirrored = torch.stack([w - a.targets.boxes[:, 2], a.targets.boxes[:, 1], w - a.targets.boxes[:, 0],
                             a.targets.boxes[:, 3]], dim=1)
     assert torch.allclose(f.targets.boxes, mirrored)
-    assert torch.allclose(f.targets.centers[:, 0], w - a.targets.centers[:, 0], atol=1e-3)
+    # AdelaiDet's centres put pixel i at i: the mirror image of x is w - 1 - x
+    assert torch.allclose(f.targets.centers[:, 0], w - 1 - a.targets.centers[:, 0], atol=1e-3)
     # the stride-4 masks agree with the boxes (to a cell)
     ys, xs = torch.nonzero(a.targets.masks[0], as_tuple=True)
     assert abs(xs.min().item() * 4 - a.targets.boxes[0, 0].item()) <= 4
@@ -147,3 +149,17 @@ def test_a_batch_larger_than_the_training_set_is_warned_about():
     assert batch_warning(4, 4) is None and batch_warning(2, 100) is None
     text = batch_warning(100000, 4)
     assert "--batch 100000 is larger than the 4 training images" in text and "25000 times" in text
+
+
+def test_annotation_boxes_go_to_the_input_frame_and_a_missing_bbox_is_counted(small_gt, coco_dir, tmp_path):
+    coco = json.loads(small_gt.read_text())
+    del coco["annotations"][0]["bbox"]
+    records, _, stats = load_dataset(_write(tmp_path, coco), coco_dir / "images")
+    assert stats.without_bbox == 1 and "1 without a usable bbox" in stats.summary()
+    ann = coco["annotations"][0]
+    rec = next(r for r in records if r.image_id == ann["image_id"])
+    assert rec.boxes[0] == rle_to_bbox_xywh(rec.rles[0])  # its mask's box stands in
+    # XYWH → XYXY, scaled to the input frame, mirrored, clipped
+    boxes = boxes_to_input_frame(np.array([[10.0, 20.0, 30.0, 40.0], [90.0, 0.0, 20.0, 10.0]]), (100, 100), (50, 200),
+                                 flip=True)
+    assert boxes.dtype == np.float32 and boxes.tolist() == [[120.0, 10.0, 180.0, 30.0], [0.0, 0.0, 20.0, 5.0]]

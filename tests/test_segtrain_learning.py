@@ -4,11 +4,13 @@ The run is cut to fit the CPU test budget (about a minute on two busy cores): tw
 photos (6 instances of 3 classes, objects of 45-290 px; one orientation, so each pass of 2 holds
 both), short side 160, narrow heads (FPN and towers of
 64 channels, two convs per tower) and 100 iterations of batch 2 at lr 0.02 without flips. The
-architecture, losses, target assignment, schedule and inference are the real ones.
+architecture, losses, target assignment (AdelaiDet's, the default), schedule and inference are the
+real ones; gradients are clipped at 35 (``--reference sap``'s clipping): AdelaiDet clips nothing,
+and from random weights at this rate the run then learns half as much (loss 0.45×, AP50 33).
 
 Thresholds, measured on this setting (deterministic for a given machine; other CPUs change the
 rounding, not the trend):
-* loss: the mean of iterations 81-100 is about 0.21× that of iterations 1-20; we require ≤ 0.4×.
+* loss: the mean of iterations 81-100 is about 0.32× that of iterations 1-20; we require ≤ 0.4×.
 * mask AP50 on the training images: about 67 after training; we require ≥ 30. The same model
   before training, with its score thresholds lowered (0.1 → 0.005, and 0.05 → 0 after matrix
   NMS) so that it outputs its 100 best candidates per image (its category scores start at the
@@ -44,7 +46,7 @@ def test_resnet18_learns_masks_of_two_coco_images(coco_gt, coco_dir, tmp_path):
     cfg = TrainConfig(train=str(gt), images=str(images), out=str(tmp_path / "run"), val=str(gt),
                       val_images=str(images), backbone="resnet18", backbone_weights="none", iters=100, batch=2,
                       base_lr=0.02, base_batch=2, min_size="160", max_size=267, flip_prob=0.0, workers=0,
-                      log_period=20, checkpoint_period=0, model=NARROW)
+                      log_period=20, checkpoint_period=0, model=NARROW, clip_grad=35.0)
 
     # the untrained model, as training starts it (same seed), made to output every candidate
     records, cats, _ = load_dataset(gt, images)

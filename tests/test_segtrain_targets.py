@@ -45,7 +45,8 @@ def test_instances_go_to_the_levels_whose_scale_range_holds_them():
     boxes = [[0, 0, s, s] for s in sizes]
     centers = [[s / 2, s / 2] for s in sizes]
     t = _instances(boxes, centers, [0, 1, 2, 3])
-    levels = build_targets(t, (1024, 1024), CFG.num_grids, CFG.scale_ranges, CFG.sigma, num_classes=4)
+    levels = build_targets(t, (1024, 1024), CFG.num_grids, CFG.scale_ranges, CFG.sigma, num_classes=4,
+                           cell_conflict="sap")
     owners = [set(lv.instance[lv.instance >= 0].tolist()) for lv in levels]
     assert owners == [{0, 1}, {1}, {2}, {2}, {3}]
     for lv in levels:  # labels agree with the owning instance, background elsewhere
@@ -70,10 +71,26 @@ def test_positive_cells_surround_the_centre_of_mass_not_the_box_centre():
     assert all(abs(r - cy) <= 1 and abs(c - cx) <= 1 for r, c in cells)
 
 
-def test_smaller_instance_wins_a_shared_cell():
+def test_smaller_instance_wins_a_shared_cell_under_the_sap_rule():
     t = _instances([[0, 0, 90, 90], [30, 30, 60, 60]], [[45, 45], [45, 45]], [0, 1])
+    lv = build_level_targets(t, (100, 100), 10, (1, 200), 0.2, num_classes=2, cell_conflict="sap")
+    assert lv.instance[4, 4] == 1 and lv.labels[4, 4] == 1
+    t = _instances([[30, 30, 60, 60], [0, 0, 90, 90]], [[45, 45], [45, 45]], [0, 1])
+    lv = build_level_targets(t, (100, 100), 10, (1, 200), 0.2, num_classes=2, cell_conflict="sap")
+    assert lv.instance[4, 4] == 0 and lv.labels[4, 4] == 0
+    cells, owners = lv.pairs()
+    assert cells.tolist() == sorted(set(cells.tolist())) and owners[cells.tolist().index(44)] == 0
+
+
+def test_later_annotation_wins_a_shared_cell_and_every_claimant_trains_its_mask_under_the_official_rule():
+    # the small object first: AdelaiDet writes in annotation order, so the large one takes cell (4, 4)
+    t = _instances([[30, 30, 60, 60], [0, 0, 90, 90]], [[45, 45], [45, 45]], [0, 1])
     lv = build_level_targets(t, (100, 100), 10, (1, 200), 0.2, num_classes=2)
     assert lv.instance[4, 4] == 1 and lv.labels[4, 4] == 1
+    cells, owners = lv.pairs()
+    assert cells.tolist().count(44) == 2
+    assert [o for c, o in zip(cells.tolist(), owners.tolist()) if c == 44] == [0, 1]
+    assert owners.tolist()[:1] == [0]  # instance by instance, in annotation order
 
 
 def test_image_without_instances_is_all_background():
@@ -91,8 +108,19 @@ def test_targets_from_masks_geometry_and_stride4_masks():
     assert boxes[0].tolist() == [4, 2, 12, 6]
     assert centers[0].tolist() == [8.0, 4.0]
     assert boxes[2].tolist() == [0, 0, 0, 0]
-    t = targets_from_masks(masks, torch.tensor([5, 6, 7]))
+    t = targets_from_masks(masks, torch.tensor([5, 6, 7]), mask_target="sap", centre="sap")
     assert t.labels.tolist() == [5, 6]  # the empty mask is dropped
     assert t.masks.shape == (2, 3, 4)  # ceil(10/4) × ceil(13/4)
     assert t.masks[0].tolist() == [[0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]]
     assert t.masks[1].sum() == 0
+
+
+def test_official_mask_targets_and_centres_follow_adelaidet():
+    masks = torch.zeros(2, 10, 13, dtype=torch.uint8)
+    masks[0, 2:6, 4:12] = 1
+    masks[1, 0:10, 0:1] = 1
+    t = targets_from_masks(masks, torch.tensor([5, 6]), torch.tensor([[4.0, 2, 12, 6], [0, 0, 3, 10]]))
+    assert t.masks.shape == (2, 3, 3)  # int(10/4 + 0.5) × int(13/4 + 0.5)
+    assert t.masks[0].tolist() == [[0, 0, 0], [0, 1, 1], [0, 0, 0]]  # OpenCV bilinear, then uint8
+    assert t.centers[0].tolist() == [7.5, 3.5]  # pixel i at i
+    assert t.boxes[1].tolist() == [0, 0, 3, 10]  # the annotation box, not the mask's

@@ -38,6 +38,7 @@ def train_cmd(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (0).")] = None,
     skip_missing_images: Annotated[Optional[bool], typer.Option("--skip-missing-images", help="Train without images missing from disk instead of stopping.")] = None,
     keep_empty_images: Annotated[Optional[bool], typer.Option("--keep-empty-images", help="Train on images without instances too (as negatives).")] = None,
+    reference: Annotated[Optional[str], typer.Option("--reference", help="official (default: AdelaiDet's SOLOv2 targets, no gradient clipping) | sap (smaller object wins a cell, half-covered stride-4 cells, pixel-centre masses, mask boxes, clipping at 35); per-rule overrides (rule_cell_conflict, rule_mask_target, rule_centre, rule_scale_box, clip_grad) go in --config.")] = None,
     images_per_pass: Annotated[Optional[int], typer.Option("--images-per-pass", help="Images padded together in one forward pass (2, AdelaiDet's per GPU).")] = None,
     num_gpus: Annotated[Optional[int], typer.Option("--num-gpus", help="detectron2 engine: GPUs per machine (torch engine: use torchrun).")] = None,
     num_machines: Annotated[Optional[int], typer.Option("--num-machines", help="detectron2 engine: number of machines.")] = None,
@@ -61,7 +62,7 @@ def train_cmd(
                   iters=iters, batch=batch, base_lr=lr, min_size=min_size, max_size=max_size, test_size=test_size,
                   mps_weight=mps_weight, eval_period=eval_period, checkpoint_period=checkpoint_period,
                   workers=workers, amp=amp, seed=seed, skip_missing_images=skip_missing_images,
-                  keep_empty_images=keep_empty_images, images_per_pass=images_per_pass,
+                  keep_empty_images=keep_empty_images, images_per_pass=images_per_pass, reference=reference,
                   num_gpus=num_gpus, num_machines=num_machines, machine_rank=machine_rank, dist_url=dist_url,
                   device=device)
     summary = run_train(cfg, resume=resume)

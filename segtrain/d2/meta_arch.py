@@ -20,17 +20,20 @@ import torch
 from torch import nn
 
 from ..model import build_model, mean_losses, pass_losses
-from ..targets import InstanceTargets, targets_from_masks
+from ..targets import InstanceTargets, rule_targets
 from .settings import ARCH_NAME, solov2_config_from_cfg
 
 
-def targets_of(instances: Any) -> InstanceTargets:
-    """:class:`InstanceTargets` of detectron2 ``Instances`` (masks from ``gt_masks``, none if absent)."""
+def targets_of(instances: Any, rules: dict[str, str]) -> InstanceTargets:
+    """:class:`InstanceTargets` of detectron2 ``Instances`` under the target ``rules``
+    (``SOLOv2Config.data_rules()``): masks from ``gt_masks`` (none if absent), annotation boxes
+    from ``gt_boxes``; the same function as the torch engine's data pipeline."""
     if instances.has("gt_masks") and len(instances):
         masks = instances.gt_masks.tensor
     else:
         masks = torch.zeros((0, *instances.image_size), dtype=torch.bool)
-    return targets_from_masks(masks, instances.gt_classes)
+    boxes = instances.gt_boxes.tensor if instances.has("gt_boxes") else None
+    return rule_targets(masks, instances.gt_classes, boxes, rules)
 
 
 class SapSOLOv2(nn.Module):
@@ -49,7 +52,8 @@ class SapSOLOv2(nn.Module):
     def forward(self, batched_inputs: list[dict[str, Any]]):
         images = [x["image"] for x in batched_inputs]
         if self.training:
-            targets = [targets_of(x["instances"]) for x in batched_inputs]
+            rules = self.model.cfg.data_rules()
+            targets = [targets_of(x["instances"], rules) for x in batched_inputs]
             losses = mean_losses(list(pass_losses(self.model, images, targets, self.images_per_pass)))
             return {"loss_cate": losses["loss_cate"], "loss_mask": losses["loss_mask"]}
         from detectron2.structures import Boxes, Instances

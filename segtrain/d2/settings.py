@@ -23,7 +23,7 @@ from typing import Any
 from pseudolabel.core.device import pick_device
 from pseudolabel.core.errors import InputError
 
-from ..config import D2_SUBDIR, TrainConfig, lr_schedule_of, model_config_of
+from ..config import D2_SUBDIR, TrainConfig, lr_schedule_of, model_config_of, resolved
 from ..data import DataStats, parse_min_sizes
 from ..model import SOLOv2Config
 
@@ -73,7 +73,7 @@ def add_solov2_config(cfg: Any) -> Any:
     write_model_keys(cfg, SOLOv2Config())
     cfg.MODEL.META_ARCHITECTURE = ARCH_NAME
     cfg.MODEL.MASK_ON = True  # else DatasetMapper drops every mask
-    cfg.SAP = CN({"CLIP_GRAD_NORM": 35.0, "IMAGES_PER_PASS": 2, "KEEP_CHECKPOINTS": 3, "LOG_PERIOD": 20})
+    cfg.SAP = CN({"CLIP_GRAD_NORM": 0.0, "IMAGES_PER_PASS": 2, "KEEP_CHECKPOINTS": 3, "LOG_PERIOD": 20})
     cfg.INPUT.MASK_FORMAT = "bitmask"
     cfg.INPUT.FORMAT = "RGB"
     cfg.INPUT.MIN_SIZE_TRAIN = (640, 672, 704, 736, 768, 800)
@@ -121,6 +121,7 @@ def build_d2_config(tcfg: TrainConfig, num_classes: int) -> Any:
     """The detectron2 config (not frozen) that trains what ``tcfg`` asks for."""
     from detectron2.config import get_cfg
 
+    tcfg = resolved(tcfg)
     cfg = add_solov2_config(get_cfg())
     write_model_keys(cfg, model_config_of(tcfg, num_classes))
     device = pick_device(tcfg.device, 0, mps=False)

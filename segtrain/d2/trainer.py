@@ -6,9 +6,10 @@ config, ``metrics.json``, TensorBoard events, ``DetectionCheckpointer`` checkpoi
 holds the run's options under ``"sap"``, which ``--resume`` checks) and, with ``--val``,
 ``inference/coco_instances_results.json`` from ``COCOEvaluator``.
 
-What differs from the torch engine, by construction of detectron2's pieces: images are resized
-with PIL and masks with nearest-neighbour sampling (the torch engine: OpenCV, masks bilinear ≥ 0.5);
-the data stream is detectron2's ``TrainingSampler`` (a resumed run restarts it, so it is not
+The model is built right after ``seed_all_rng(SEED)``, so a seed starts both engines from the same
+weights; images, masks, boxes and targets are the torch engine's (tests/test_segtrain_engines_agree.py).
+What differs from the torch engine, by construction of detectron2's pieces: the data stream is
+detectron2's ``TrainingSampler`` (same seed, another order; a resumed run restarts it, so it is not
 bit-identical to an uninterrupted one); the multi-mask loss is not trained (refused with a sentence).
 """
 
@@ -210,6 +211,7 @@ def _main(tcfg: TrainConfig, d2cfg: Any, resume: bool, meta: dict[str, Any]) -> 
     from detectron2.data import DatasetCatalog
     from detectron2.data.datasets import register_coco_instances
     from detectron2.utils import comm
+    from detectron2.utils.env import seed_all_rng
 
     _quiet_detectron2_logs()
     register_solov2()
@@ -218,6 +220,8 @@ def _main(tcfg: TrainConfig, d2cfg: Any, resume: bool, meta: dict[str, Any]) -> 
         if name not in DatasetCatalog.list():
             register_coco_instances(name, {}, json_path, images)
     run_dir = Path(tcfg.out)
+    # seeded as the torch engine seeds before it builds the model: the same seed starts both from the same weights
+    seed_all_rng(d2cfg.SEED)
     trainer = _trainer_class(run_dir)(d2cfg)
     trainer.checkpointer.add_checkpointable("sap", RunMeta(meta))
     trainer.resume_or_load(resume=resume)
