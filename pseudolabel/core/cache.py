@@ -14,7 +14,8 @@ Tables:
 * ``points``: the annotated points of done images (annotation id, image id, category, x, y);
 * ``proposals``: one row per proposal: annotation id, image id, prompt kind (and its index in
   the configured order), rank (SAM's multimask index), compressed RLE (counts as text), predicted
-  IoU, stability score, COCO box XYWH, area;
+  IoU, stability score, COCO box XYWH, area, and the number of clicks its prompt held (format 2;
+  format-1 caches, from before several clicks per object, are read as one click each);
 * ``embeddings`` (with ``--save-embeddings``): per image the engine's tensors in fp16, one blob
   in the engine's layout order (:data:`pseudolabel.core.engines.registry.FAMILIES`), with input
   and original sizes. ``shape`` is a list for a single ``1×256×64×64`` embedding (SAM) and an
@@ -37,7 +38,8 @@ from .errors import InputError
 from .points import PointAnn
 from .rle import xywh_to_xyxy
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # format 1: no ``clicks`` column (one click per prompt)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -52,7 +54,7 @@ CREATE TABLE IF NOT EXISTS proposals (
     ann_id INTEGER NOT NULL, image_id INTEGER NOT NULL, kind_index INTEGER NOT NULL,
     kind TEXT NOT NULL, rank INTEGER NOT NULL, counts TEXT NOT NULL, height INTEGER NOT NULL,
     width INTEGER NOT NULL, iou REAL NOT NULL, stability REAL NOT NULL, bx REAL, by REAL,
-    bw REAL, bh REAL, area INTEGER NOT NULL, PRIMARY KEY (ann_id, kind_index, rank));
+    bw REAL, bh REAL, area INTEGER NOT NULL, clicks INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (ann_id, kind_index, rank));
 CREATE INDEX IF NOT EXISTS proposals_image ON proposals (image_id);
 CREATE TABLE IF NOT EXISTS embeddings (
     image_id INTEGER PRIMARY KEY, data BLOB NOT NULL, shape TEXT NOT NULL, input_h INTEGER,
@@ -61,10 +63,12 @@ CREATE TABLE IF NOT EXISTS embeddings (
 
 
 def points_digest(points: Iterable[PointAnn]) -> str:
-    """sha256 of a point set (ids, images, categories, coordinates), independent of JSON layout."""
+    """sha256 of a point set (ids, images, categories, coordinates, every click of a multi-click
+    object), independent of JSON layout; a set of single clicks digests as it did in format 1."""
     h = hashlib.sha256()
     for p in sorted(points, key=lambda p: p.ann_id):
-        h.update(f"{p.ann_id},{p.image_id},{p.category_id},{p.x!r},{p.y!r};".encode())
+        clicks = "".join(f"|{x!r},{y!r},{label}" for x, y, label in p.clicks)
+        h.update(f"{p.ann_id},{p.image_id},{p.category_id},{p.x!r},{p.y!r}{clicks};".encode())
     return h.hexdigest()
 
 
@@ -196,7 +200,7 @@ class ShardWriter:
             self.conn.executemany("INSERT INTO points VALUES (?, ?, ?, ?, ?)",
                                   [(p.ann_id, p.image_id, p.category_id, p.x, p.y) for p in points])
             self.conn.executemany(
-                "INSERT INTO proposals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", proposals)
+                "INSERT INTO proposals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", proposals)
             if embedding is not None:
                 arrays, input_hw, orig_hw = embedding
                 blob, shape = pack_embedding(arrays)
@@ -281,8 +285,9 @@ class CacheReader:
                 conn.execute("SELECT count(*) FROM proposals").fetchone()
             except sqlite3.DatabaseError as e:
                 raise InputError(f"{f} is damaged or not a proposal cache ({e})") from None
-            if meta.get("format_version") != FORMAT_VERSION or "config" not in meta:
-                raise InputError(f"{f} is not a proposal cache of format {FORMAT_VERSION}")
+            if meta.get("format_version") not in READABLE_VERSIONS or "config" not in meta:
+                raise InputError(f"{f} is not a proposal cache of format "
+                                 f"{' or '.join(map(str, READABLE_VERSIONS))}")
             if config is None:
                 config = meta["config"]
             elif (diff := config_difference(config, meta["config"])):
@@ -301,7 +306,18 @@ class CacheReader:
         return [dict(zip(cols, r)) for r in self.query("SELECT * FROM images ORDER BY image_id")]
 
     def points(self) -> list[PointAnn]:
+        """The first positive click of every object (the clicks per proposal: :meth:`clicks`)."""
         return [PointAnn(*r) for r in self.query("SELECT * FROM points ORDER BY ann_id")]
+
+    def clicks(self) -> dict[int, int]:
+        """annotation id → the most clicks any of its proposals' prompts held (1 in a format-1 cache)."""
+        out: dict[int, int] = {}
+        for conn in self.conns:
+            has = any(r[1] == "clicks" for r in conn.execute("PRAGMA table_info(proposals)"))
+            sql = "SELECT ann_id, MAX(clicks) FROM proposals GROUP BY ann_id" if has else \
+                "SELECT DISTINCT ann_id, 1 FROM proposals"
+            out.update(dict(conn.execute(sql)))
+        return out
 
     def bags(self) -> dict[int, list[Bag]]:
         """Bags of every done image, by image id (bags ordered by annotation id).

@@ -29,7 +29,8 @@ from pseudolabel.core.io import check_output_dir
 from pseudolabel.core.lock import output_lock
 from pseudolabel.core.points import PointAnn, collect_points
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
-from .prompt_kinds import PROMPT_KINDS, KindResult, mask_boxes_xyxy, parse_kinds
+from .prompt_kinds import (DEFAULT_CLICKS, PROMPT_KINDS, KindResult, check_click_mode, click_prompt,
+                           mask_boxes_xyxy, parse_kinds)
 from pseudolabel.core.engines.base import (ImageEmbedding, PromptEngine, default_encoder_batch,
                                            default_prompt_batch, stability_score)
 from pseudolabel.core.engines.registry import DEFAULT_ENGINE, engine_option
@@ -48,6 +49,7 @@ class ProposalConfig:
     precision: str = "auto"
     device: str | None = None
     prompts: str = "point"
+    clicks: str = DEFAULT_CLICKS  # which of an object's clicks SAM gets: all | positive | first
     points_per_batch: int = 0  # 0: engines.base.default_prompt_batch (64 on a GPU, 4 on a CPU)
     save_embeddings: bool = False
     shard: str | None = None  # "i/n"; under torchrun RANK/WORLD_SIZE
@@ -56,6 +58,7 @@ class ProposalConfig:
 
     def __post_init__(self) -> None:
         self.engine, self.model = engine_option(self.engine, self.model), None
+        check_click_mode(self.clicks)
 
     @property
     def engine_name(self) -> str:
@@ -119,6 +122,7 @@ class ChunkProposals:
     stability: np.ndarray  # B×C
     boxes: np.ndarray  # B×C×4 XYXY
     areas: np.ndarray  # B×C
+    clicks: np.ndarray  # B: clicks in each point's prompt
 
     def rows(self) -> list[tuple]:
         """``proposals`` table rows (waits for the RLEs)."""
@@ -130,29 +134,39 @@ class ChunkProposals:
                 x1, y1, x2, y2 = (float(v) for v in self.boxes[b, r])
                 rows.append((p.ann_id, p.image_id, self.kind_index, self.kind, r, rles[b * c + r]["counts"], h, w,
                              float(self.iou[b, r]), float(self.stability[b, r]), x1, y1, x2 - x1, y2 - y1,
-                             int(self.areas[b, r])))
+                             int(self.areas[b, r]), int(self.clicks[b])))
         return rows
 
 
+def _click_groups(points: list[PointAnn], clicks: str, chunk: int) -> list[list[PointAnn]]:
+    """Chunks of at most ``chunk`` points, each of points with the same number of clicks, so no
+    prompt carries padding and a point's masks do not depend on its neighbours' clicks."""
+    by_count: dict[int, list[PointAnn]] = {}
+    for p in points:
+        by_count.setdefault(int(click_prompt([p], clicks).counts[0]), []).append(p)
+    return [group[i:i + chunk] for _, group in sorted(by_count.items()) for i in range(0, len(group), chunk)]
+
+
 def decode_chunks(engine: PromptEngine, emb: ImageEmbedding, points: list[PointAnn], kinds: tuple[str, ...],
-                  points_per_batch: int, rle: RleWorker) -> list[ChunkProposals]:
+                  points_per_batch: int, rle: RleWorker, clicks: str = DEFAULT_CLICKS) -> list[ChunkProposals]:
     """Decode one image's points; their masks go to ``rle`` chunk by chunk.
 
-    Chunks of at most ``points_per_batch`` points (fewer on large images, so a chunk's
-    full-resolution masks stay under :data:`MASK_PIXEL_BUDGET` pixels) go through the decoder
-    once per prompt kind. The logits are upsampled transposed (``B×C×W×H``, the same sampling)
-    so the masks are already in the column-major order COCO's RLE reads.
+    Chunks of at most ``points_per_batch`` points with the same number of clicks (fewer on large
+    images, so a chunk's full-resolution masks stay under :data:`MASK_PIXEL_BUDGET` pixels) go
+    through the decoder once per prompt kind, each point's clicks (``clicks``: a name of
+    :data:`~.prompt_kinds.CLICK_MODES`) in one prompt. The logits are upsampled transposed
+    (``B×C×W×H``, the same sampling) so the masks are already in the column-major order COCO's
+    RLE reads.
     """
     h, w = emb.original_size
     emb_t = dataclasses.replace(emb, input_size=emb.input_size[::-1], original_size=(w, h))
     chunk = max(1, min(points_per_batch, MASK_PIXEL_BUDGET // (3 * h * w)))
     out: list[ChunkProposals] = []
-    for start in range(0, len(points), chunk):
-        pts = points[start:start + chunk]
-        xy = np.array([[p.x, p.y] for p in pts], dtype=np.float64)
+    for pts in _click_groups(points, clicks, chunk):
+        prompt = click_prompt(pts, clicks)
         earlier: dict[str, KindResult] = {}
         for kind_index, kind in enumerate(kinds):
-            args = PROMPT_KINDS[kind](xy, earlier, (h, w))
+            args = PROMPT_KINDS[kind](prompt, earlier, (h, w))
             low_res, iou = engine.decode(emb, multimask=True, **args)
             logits_t = engine.upscale(low_res.transpose(-1, -2), emb_t, threshold=None)  # B×C×W×H
             masks_t = logits_t > 0
@@ -164,16 +178,17 @@ def decode_chunks(engine: PromptEngine, emb: ImageEmbedding, points: list[PointA
             future = rle.submit(masks.flatten(0, 1).cpu().numpy())
             out.append(ChunkProposals(pts, kind_index, kind, future, (h, w), iou.cpu().numpy(),
                                       stab.cpu().numpy(), boxes.cpu().numpy(),
-                                      masks_t.flatten(2).sum(-1).cpu().numpy()))
+                                      masks_t.flatten(2).sum(-1).cpu().numpy(), prompt.counts))
         del earlier
     return out
 
 
 def image_proposals(engine: PromptEngine, emb: ImageEmbedding, points: list[PointAnn],
-                    kinds: tuple[str, ...], points_per_batch: int) -> list[tuple]:
+                    kinds: tuple[str, ...], points_per_batch: int, clicks: str = DEFAULT_CLICKS) -> list[tuple]:
     """All proposals of one image's points, as ``proposals`` table rows (see :func:`decode_chunks`)."""
     with RleWorker(enabled=False) as rle:
-        return [row for c in decode_chunks(engine, emb, points, kinds, points_per_batch, rle) for row in c.rows()]
+        return [row for c in decode_chunks(engine, emb, points, kinds, points_per_batch, rle, clicks)
+                for row in c.rows()]
 
 
 @dataclass
@@ -240,7 +255,7 @@ def _run_locked(coco: dict, points_by_image: dict, kinds: tuple[str, ...], index
         engine = create_engine(cfg.engine_name, cfg.checkpoint, cfg.device, cfg.precision)
     ppb = cfg.points_per_batch or default_prompt_batch(engine.device)
     batch = max(1, cfg.encoder_batch or default_encoder_batch(engine.device))
-    cache_config = {**engine.info(), "prompt_kinds": list(kinds), "multimask": True,
+    cache_config = {**engine.info(), "prompt_kinds": list(kinds), "multimask": True, "clicks": cfg.clicks,
                     "points_sha256": points_digest(p for ps in points_by_image.values() for p in ps),
                     "save_embeddings": bool(cfg.save_embeddings)}
     writer = ShardWriter(shard_path, cache_config, overwrite=overwrite)
@@ -310,7 +325,7 @@ def _run_locked(coco: dict, points_by_image: dict, kinds: tuple[str, ...], index
                 for img, loaded, pts in ready:
                     emb = embs.get(img["id"])
                     dec0 = engine.timings.decoder
-                    chunks = decode_chunks(engine, emb, pts, kinds, ppb, rle) if emb is not None and pts else []
+                    chunks = decode_chunks(engine, emb, pts, kinds, ppb, rle, cfg.clicks) if emb is not None and pts else []
                     saved = None
                     if cfg.save_embeddings and emb is not None:
                         saved = ({k: v.cpu().numpy() for k, v in emb.tensors().items()},
