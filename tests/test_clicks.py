@@ -22,7 +22,7 @@ MULTI2 = PointAnn(3, 1, 1, 30.0, 20.0, ((5.0, 5.0, 0), (30.0, 20.0, 1), (31.0, 2
 
 
 def test_click_prompt_pads_variable_counts_with_minus_one_and_picks_by_mode():
-    p = click_prompt([MULTI, SINGLE])
+    p = click_prompt([MULTI, SINGLE], "all")
     assert p.coords.shape == (2, 3, 2) and p.labels.tolist() == [[1, 1, 0], [1, -1, -1]]
     assert p.coords[1, 0].tolist() == [50.5, 8.25] and p.counts.tolist() == [3, 1]
     assert p.first.tolist() == [[10.0, 12.0], [50.5, 8.25]]
@@ -44,7 +44,7 @@ def test_multi_click_objects_reach_the_decoder_as_one_prompt(tiny_engine, monkey
         return original(points, boxes, masks)
 
     monkeypatch.setattr(encoder, "forward", spy)
-    rows = image_proposals(tiny_engine, emb, [MULTI, SINGLE, MULTI2], ("point", "point_box"), 8)
+    rows = image_proposals(tiny_engine, emb, [MULTI, SINGLE, MULTI2], ("point", "point_box"), 8, clicks="all")
     # the single click in one chunk, the two 3-click objects in another; each kind once per chunk
     assert [tuple(c.shape) for c, _, _ in seen] == [(1, 1, 2), (1, 1, 2), (2, 3, 2), (2, 3, 2)]
     assert [b is None for *_, b in seen] == [True, False, True, False]
@@ -57,7 +57,9 @@ def test_multi_click_objects_reach_the_decoder_as_one_prompt(tiny_engine, monkey
     assert clicks == {(1, "point"): 3, (1, "point_box"): 3, (2, "point"): 1, (2, "point_box"): 1,
                       (3, "point"): 3, (3, "point_box"): 3}
     # a point's masks do not depend on its neighbours' clicks
-    alone = image_proposals(tiny_engine, emb, [SINGLE], ("point", "point_box"), 8)
+    alone = image_proposals(tiny_engine, emb, [SINGLE], ("point", "point_box"), 8, clicks="all")
+    positive = image_proposals(tiny_engine, emb, [MULTI], ("point",), 8)  # the default drops negatives
+    assert tuple(seen[-1][0].shape) == (1, 2, 2) and seen[-1][1].tolist() == [[1, 1]] and positive[0][-1] == 2
     assert [r[5] for r in alone] == [r[5] for r in rows if r[0] == 2]
 
 
@@ -80,8 +82,8 @@ def test_cache_records_clicks_select_reads_it_and_format_1_still_reads(coco_gt, 
     cache = tmp_path / "cache"
     run_proposals(points, coco_dir / "images", cache, ProposalConfig(prompts="point,point_box"), engine=tiny_engine)
     with CacheReader(cache) as reader:
-        assert reader.clicks() == {a["id"]: 3 if "point_coords" in a else 1 for a in pts["annotations"]}
-        assert reader.config["clicks"] == "all"
+        assert reader.clicks() == {a["id"]: 2 if "point_coords" in a else 1 for a in pts["annotations"]}
+        assert reader.config["clicks"] == "positive"  # the default: negatives left out
     bags = load_bags(cache, points_json=points)
     assert sum(len(b) for b in bags.values()) == len(pts["annotations"])
     out = run_select(points, cache, tmp_path / "pseudo.json", SelectConfig(method="sam-top1"))

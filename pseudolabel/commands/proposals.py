@@ -26,7 +26,7 @@ def proposals_cmd(
     precision: Annotated[Optional[str], typer.Option("--precision", help="auto | fp32 | bf16 | fp16.")] = None,
     device: DeviceOpt = None,
     prompts: Annotated[Optional[str], typer.Option("--prompts", help="Prompt kinds, comma-separated: point, point_box (point,point_box = SAPNet's 6-proposal bags).")] = None,
-    clicks: Annotated[Optional[str], typer.Option("--clicks", help="Which of an object's clicks SAM gets in its one prompt: all (default) | positive | first.")] = None,
+    clicks: Annotated[Optional[str], typer.Option("--clicks", help="Which of an object's clicks SAM gets in its one prompt: positive (default: every positive click) | all (negatives too) | first (the first positive).")] = None,
     points_per_batch: Annotated[Optional[int], typer.Option("--points-per-batch", help="Prompts per decoder call (0 = auto).")] = None,
     save_embeddings: Annotated[Optional[bool], typer.Option("--save-embeddings/--no-save-embeddings", help="Also store each image embedding (fp16) for sap refine.")] = None,
     shard: Annotated[Optional[str], typer.Option("--shard", help="i/n: process every n-th image from the i-th (default: torchrun RANK/WORLD_SIZE).")] = None,

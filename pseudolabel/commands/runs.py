@@ -25,16 +25,22 @@ def pipeline_cmd(
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="The engine's checkpoint ('none' = random).")] = None,
     device: DeviceOpt = None,
     sets: Annotated[Optional[list[str]], typer.Option("--set", help="section.key=value, e.g. train.iters=2000 (repeatable).")] = None,
-    start: Annotated[Optional[str], typer.Option("--from", help="First stage to run.")] = None,
+    start: Annotated[Optional[str], typer.Option("--from", help="First stage to run, or the labelling tool whose export --points is (labelstudio, cvat, labelme, pointsup, p2bnet, coco-keypoints: as sap points --from).")] = None,
+    categories: Annotated[Optional[Path], typer.Option("--categories", help="With --from FORMAT: YAML name → id or a COCO categories list.")] = None,
     until: Annotated[Optional[str], typer.Option("--until", help="Last stage to run.")] = None,
 ) -> None:
     """Run points → proposals → select → refine → train → eval → viz in one resumable run folder."""
+    from pseudolabel.ingest import FORMATS
     from pseudolabel.pipeline import Pipeline, closing_table, load_pipeline_config, write_report
 
+    points_from = start if start in FORMATS else None  # stage and format names never coincide
+    start = None if points_from else start
     cfg = load_pipeline_config(config, sets, images=str(images) if images else None,
                                points=str(points) if points else None, gt=str(gt) if gt else None,
                                out=str(out) if out else None, engine=engine, model=model, checkpoint=checkpoint,
-                               device=device)
+                               device=device, points_from=points_from)
+    if categories is not None:
+        cfg.points_options["categories"] = str(categories)
     records = Pipeline(cfg).run_stages(start, until)
     report = write_report(Path(cfg.out), records)
     typer.echo(closing_table(records))

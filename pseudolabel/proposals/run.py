@@ -49,7 +49,7 @@ class ProposalConfig:
     precision: str = "auto"
     device: str | None = None
     prompts: str = "point"
-    clicks: str = DEFAULT_CLICKS  # which of an object's clicks SAM gets: all | positive | first
+    clicks: str = DEFAULT_CLICKS  # which of an object's clicks SAM gets: positive | all | first
     points_per_batch: int = 0  # 0: engines.base.default_prompt_batch (64 on a GPU, 4 on a CPU)
     save_embeddings: bool = False
     shard: str | None = None  # "i/n"; under torchrun RANK/WORLD_SIZE
