@@ -48,7 +48,7 @@ def _objects(points):
 EXPECTED = {
     # newest annotation (12): a cat of two clicks (parentID), a dog on the bottom border;
     # task 2 was displayed rotated 90° cw: (3, 10) of the 30×40 display is (10, 27) of b.png
-    "labelstudio": [("a.png", "cat", [(8.0, 12.0, 1), (12.0, 15.0, 1)]), ("a.png", "dog", [(48.0, 48.0, 1)]),
+    "labelstudio": [("a.png", "cat", [(8.0, 12.0, 1), (12.0, 15.0, 1), (32.0, 24.0, 0)]), ("a.png", "dog", [(48.0, 48.0, 1)]),
                     ("b.png", "dog", [(10.0, 27.0, 1)])],
     "cvat": [("a.png", "cat", [(16.0, 24.0, 1), (20.5, 26.25, 1)]), ("a.png", "dog", [(48.0, 48.0, 1)]),
              ("b.png", "dog", [(10.25, 27.75, 1)])],
@@ -103,7 +103,7 @@ def test_labelstudio_annotator_and_cancelled(images):
     assert [o[2] for o in _objects(one)][0] == [(16.0, 24.0, 1)]
     by_mail, _ = read_points("labelstudio", FORMATS_DIR / EXPORTS["labelstudio"], images,
                              IngestOptions(annotator="bo@example.com"))
-    assert len(by_mail["annotations"]) == 2  # task 1 only: task 2 has no annotation of theirs
+    assert len(by_mail["annotations"]) == 2 and by_mail["annotations"][0]["point_labels"] == [1, 1, 0]  # task 1 only: task 2 has no annotation of theirs
     with pytest.raises(InputError, match="no annotation by '3'"):  # 3's annotation was cancelled
         read_points("labelstudio", FORMATS_DIR / EXPORTS["labelstudio"], images, IngestOptions(annotator="3"))
 
@@ -134,7 +134,7 @@ BAD = {
                 r"task 1, annotation 12, region kp-b1 has x=100.5%.*0..100"),
     "rectangles": ("labelstudio", lambda d: [r.update(type="rectanglelabels") for t in d for a in t["annotations"]
                                              for r in a["result"]],
-                   r"holds no keypointlabels results but 4 rectanglelabels"),
+                   r"holds no keypointlabels results but 5 rectanglelabels"),
     "only_negative": ("pointsup", lambda d: d["annotations"][0].update(point_labels=[0, 0, 0, 0]),
                       r"annotation 1 has only negative clicks"),
 }

@@ -5,8 +5,8 @@ local-storage path) and ``annotations``, each with ``result`` regions. A keypoin
 ``value`` holds ``x``/``y`` in percent of ``original_width``/``original_height`` and its label in
 ``keypointlabels``. Of a task's annotations the newest (``created_at``) one that was not cancelled
 is read, or the one of ``--annotator`` (its ``completed_by``: a user id or an e-mail). Keypoints
-that share a ``parentID`` are the clicks of one object; ``value.is_positive: false`` (Label
-Studio's interactive SAM backend) marks a negative click.
+that share a ``parentID`` are the clicks of one object; ``is_positive: false`` on a keypoint
+result (the flag Label Studio's SAM ML backend reads) marks a negative click.
 
 ``image_rotation`` (0, 90, 180 or 270, clockwise) is the rotation the image was displayed at;
 ``x``/``y`` are percent of the displayed image, whose size ``original_width``×``original_height``
@@ -83,7 +83,8 @@ def _click(r: dict[str, Any], source: str, where: str) -> tuple[Click, int, int,
     px, py = unrotate(x / 100.0 * w, y / 100.0 * h, w, h, float(r.get("image_rotation") or 0), f"{source}: {where}")
     rotated = int(r.get("image_rotation") or 0) % 180 == 90
     sw, sh = (int(h), int(w)) if rotated else (int(w), int(h))
-    return (px, py, 0 if value.get("is_positive") is False else 1), sw, sh, str(labels[0])
+    positive = r.get("is_positive", value.get("is_positive"))
+    return (px, py, 0 if positive is False else 1), sw, sh, str(labels[0])
 
 
 def read_labelstudio(path: Path, options: IngestOptions) -> Export:
