@@ -16,6 +16,14 @@ from pseudolabel.core.points import PointAnn, collect_points, derive_points
 from pseudolabel.proposals.prompt_kinds import click_prompt
 from pseudolabel.proposals.run import ProposalConfig, image_proposals, run_proposals
 
+@pytest.fixture(scope="module")
+def pocket():
+    """The pocket SAM (bundled weights): SAM's modules with a 256 frame, fast on a CPU."""
+    from pseudolabel.core.engines.loading import create_engine
+
+    return create_engine("sam_pocket", None, "cpu", "fp32")
+
+
 MULTI = PointAnn(1, 1, 1, 10.0, 12.0, ((10.0, 12.0, 1), (20.0, 14.0, 1), (40.0, 30.0, 0)))
 SINGLE = PointAnn(2, 1, 1, 50.5, 8.25)
 MULTI2 = PointAnn(3, 1, 1, 30.0, 20.0, ((5.0, 5.0, 0), (30.0, 20.0, 1), (31.0, 22.0, 1)))
@@ -32,11 +40,11 @@ def test_click_prompt_pads_variable_counts_with_minus_one_and_picks_by_mode():
         ProposalConfig(clicks="some")
 
 
-def test_multi_click_objects_reach_the_decoder_as_one_prompt(tiny_engine, monkeypatch):
+def test_multi_click_objects_reach_the_decoder_as_one_prompt(pocket, monkeypatch):
     rgb = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
-    emb = tiny_engine.encode(rgb)
+    emb = pocket.encode(rgb)
     seen = []
-    encoder = tiny_engine.model.prompt_encoder
+    encoder = pocket.model.prompt_encoder
     original = encoder.forward
 
     def spy(points, boxes, masks):
@@ -44,7 +52,7 @@ def test_multi_click_objects_reach_the_decoder_as_one_prompt(tiny_engine, monkey
         return original(points, boxes, masks)
 
     monkeypatch.setattr(encoder, "forward", spy)
-    rows = image_proposals(tiny_engine, emb, [MULTI, SINGLE, MULTI2], ("point", "point_box"), 8, clicks="all")
+    rows = image_proposals(pocket, emb, [MULTI, SINGLE, MULTI2], ("point", "point_box"), 8, clicks="all")
     # the single click in one chunk, the two 3-click objects in another; each kind once per chunk
     assert [tuple(c.shape) for c, _, _ in seen] == [(1, 1, 2), (1, 1, 2), (2, 3, 2), (2, 3, 2)]
     assert [b is None for *_, b in seen] == [True, False, True, False]
@@ -57,8 +65,8 @@ def test_multi_click_objects_reach_the_decoder_as_one_prompt(tiny_engine, monkey
     assert clicks == {(1, "point"): 3, (1, "point_box"): 3, (2, "point"): 1, (2, "point_box"): 1,
                       (3, "point"): 3, (3, "point_box"): 3}
     # a point's masks do not depend on its neighbours' clicks
-    alone = image_proposals(tiny_engine, emb, [SINGLE], ("point", "point_box"), 8, clicks="all")
-    positive = image_proposals(tiny_engine, emb, [MULTI], ("point",), 8)  # the default drops negatives
+    alone = image_proposals(pocket, emb, [SINGLE], ("point", "point_box"), 8, clicks="all")
+    positive = image_proposals(pocket, emb, [MULTI], ("point",), 8)  # the default drops negatives
     assert tuple(seen[-1][0].shape) == (1, 2, 2) and seen[-1][1].tolist() == [[1, 1]] and positive[0][-1] == 2
     assert [r[5] for r in alone] == [r[5] for r in rows if r[0] == 2]
 
@@ -75,12 +83,12 @@ def _multi_click_file(coco_gt, tmp_path):
     return path, pts
 
 
-def test_cache_records_clicks_select_reads_it_and_format_1_still_reads(coco_gt, coco_dir, tmp_path, tiny_engine):
+def test_cache_records_clicks_select_reads_it_and_format_1_still_reads(coco_gt, coco_dir, tmp_path, pocket):
     from pseudolabel.selector import SelectConfig, run_select
 
     points, pts = _multi_click_file(coco_gt, tmp_path)
     cache = tmp_path / "cache"
-    run_proposals(points, coco_dir / "images", cache, ProposalConfig(prompts="point,point_box"), engine=tiny_engine)
+    run_proposals(points, coco_dir / "images", cache, ProposalConfig(prompts="point,point_box"), engine=pocket)
     with CacheReader(cache) as reader:
         assert reader.clicks() == {a["id"]: 2 if "point_coords" in a else 1 for a in pts["annotations"]}
         assert reader.config["clicks"] == "positive"  # the default: negatives left out
@@ -98,14 +106,15 @@ def test_cache_records_clicks_select_reads_it_and_format_1_still_reads(coco_gt, 
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'format_version'")
     with CacheReader(cache) as reader:
         assert set(reader.clicks().values()) == {1}
-    single = json.loads(points.read_text())
-    for a in single["annotations"]:
-        a.pop("point_coords", None), a.pop("point_labels", None)
-    again = load_bags(cache, points_json=single)
+    with sqlite3.connect(shard) as conn:  # format 1's configuration had no click mode
+        config = json.loads(conn.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()[0])
+        config.pop("clicks")
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'config'", (json.dumps(config),))
+    again = load_bags(cache, points_json=points)  # the multi-click file made it: its first clicks match
     assert [b.rles for bs in again.values() for b in bs] == [b.rles for bs in bags.values() for b in bs]
     with pytest.raises(InputError, match="has cache format 1, this sap writes 2"):
         run_proposals(points, coco_dir / "images", cache, ProposalConfig(prompts="point,point_box"),
-                      engine=tiny_engine)
+                      engine=pocket)
 
 
 def test_points_keep_every_click_and_the_digest_of_single_clicks_is_unchanged():

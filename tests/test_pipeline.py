@@ -228,6 +228,7 @@ def test_pipeline_from_a_cvat_export_runs_end_to_end(coco_gt, coco_dir, tmp_path
     cfg = {k: json.loads(json.dumps(v)) for k, v in TINY.items()}
     cfg["train"]["iters"] = 1
     cfg["select"] = {"method": "sam-top1"}  # SAPNet's training is tested above; here: the export's path
+    cfg["sam"] = {"engine": "sam_pocket", "checkpoint": None, "precision": "fp32", "device": "cpu"}  # fast
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"
     r = subprocess.run([sys.executable, str(REPO / "cli.py"), "pipeline", "--from", "cvat", "--points", str(xml),
