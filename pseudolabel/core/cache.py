@@ -202,8 +202,9 @@ class ShardWriter:
             self.conn.executemany("INSERT INTO points VALUES (?, ?, ?, ?, ?, ?)",
                                   [(p.ann_id, p.image_id, p.category_id, p.x, p.y,
                                     json.dumps(p.clicks) if p.clicks else None) for p in points])
-            self.conn.executemany(
-                "INSERT INTO proposals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", proposals)
+            self.conn.executemany(  # a row without its clicks column was made from one click
+                "INSERT INTO proposals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [r if len(r) == 16 else (*r, 1) for r in proposals])
             if embedding is not None:
                 arrays, input_hw, orig_hw = embedding
                 blob, shape = pack_embedding(arrays)
