@@ -51,7 +51,7 @@ EXPECTED = {
     "labelstudio": [("a.png", "cat", [(8.0, 12.0, 1), (12.0, 15.0, 1), (32.0, 24.0, 0)]), ("a.png", "dog", [(48.0, 48.0, 1)]),
                     ("b.png", "dog", [(10.0, 27.0, 1)])],
     "cvat": [("a.png", "cat", [(16.0, 24.0, 1), (20.5, 26.25, 1)]), ("a.png", "dog", [(48.0, 48.0, 1)]),
-             ("b.png", "dog", [(10.25, 27.75, 1)])],
+             ("b.png", "dog", [(10.25, 27.75, 1)]), ("b.png", "cat", [(30.0, 5.5, 1)])],
     "labelme": [("a.png", "cat", [(16.0, 24.0, 1), (20.5, 26.25, 1)]), ("a.png", "dog", [(64.0, 48.0, 1)]),
                 ("b.png", "dog", [(10.25, 27.75, 1)])],
     "pointsup": [("a.png", "cat", [(16.0, 24.0, 1), (20.5, 26.25, 1), (29.5, 31.0, 0), (11.0, 19.5, 0)]),
@@ -199,7 +199,7 @@ def test_sap_points_from_writes_the_file_and_its_config(images, tmp_path):
                         str(FORMATS_DIR / EXPORTS["cvat"]), "--images", str(images), "--out", str(out)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "3 objects (4 clicks, 0 negative) on 2 images" in r.stdout and "1 ignored box" in r.stdout
+    assert "4 objects (5 clicks, 0 negative) on 2 images" in r.stdout and "1 ignored box" in r.stdout
     points = json.loads(out.read_text())
     assert points["annotations"][0]["point_coords"] == [[16.0, 24.0], [20.5, 26.25]]
     assert "from: cvat" in (tmp_path / "points.config.yaml").read_text()

@@ -3,7 +3,9 @@
 XML: ``<annotations>`` with ``<version>1.1</version>``, the labels under ``<meta>`` (``task``,
 ``project`` or ``job``), and per ``<image name width height>`` its shapes; ``<points label
 points="x1,y1;x2,y2">`` in pixels (CVAT's canvas coordinates, continuous) is one object whose
-points are its positive clicks. Other shapes (boxes, polygons...) are counted, not read. The XML
+points are its positive clicks, and a ``<skeleton>`` is one object whose visible keypoints
+(``outside="0"``, ``occluded="0"``) are its clicks. Other shapes (boxes, polygons...) are
+counted, not read. The XML
 is parsed with defusedxml: a document type with entities is refused, not expanded.
 
 COCO Keypoints (``.json``): every annotation with ``keypoints`` ``[x, y, v, ...]`` is one object;
@@ -62,12 +64,19 @@ def read_cvat_xml(path: Path) -> Export:
             raise InputError(f"{source}: <image id={img.get('id')!r} name={name!r}> has no integer width and height") from None
         images.append(RawImage(name, w, h, where=f"<image id={img.get('id')!r}>"))
         for i, shape in enumerate(img):
-            if shape.tag != "points":
+            where = f"<image name={name!r}> <{shape.tag}> #{i} (label {shape.get('label')!r})"
+            if shape.tag == "points":
+                clicks = _parse_points(shape.get("points") or "", source, where)
+            elif shape.tag == "skeleton":  # its visible keypoints (neither outside nor occluded)
+                clicks = [c for part in shape.iter("points") if part.get("outside") != "1"
+                          and part.get("occluded") != "1" for c in _parse_points(part.get("points") or "", source, where)]
+                if not clicks:
+                    other["skeleton_without_visible_points"] += 1
+                    continue
+            else:
                 other[shape.tag] += 1
                 continue
-            where = f"<image name={name!r}> <points> #{i} (label {shape.get('label')!r})"
-            objects.append(RawObject(name, shape.get("label") or "", _parse_points(shape.get("points") or "",
-                                                                                   source, where), where))
+            objects.append(RawObject(name, shape.get("label") or "", clicks, where))
     return Export(images, objects, categories, {f"ignored_{t}": n for t, n in other.items()})
 
 
