@@ -130,6 +130,12 @@ def test_points_keep_every_click_and_the_digest_of_single_clicks_is_unchanged():
 
     old = hashlib.sha256(b"2,1,1,4.0,4.0;").hexdigest()  # format 1's digest of the single click
     assert points_digest([q]) == old and points_digest([p, q]) != points_digest([PointAnn(1, 1, 1, 2.0, 3.0), q])
+    coco["annotations"][0]["point"] = [9.5, 9.5]  # a given `point` stays the SAPNet point, as before
+    assert (collect_points(coco)[0][1][0].x, collect_points(coco)[0][1][0].y) == (9.5, 9.5)
+    coco["annotations"][0]["point"] = [10.5, 9.5]
+    with pytest.raises(InputError, match=r"the point \(10.5, 9.5\) of annotation 1 lies outside"):
+        collect_points(coco)
+    del coco["annotations"][0]["point"]
     coco["annotations"][0]["point_labels"] = [0, 0, 0]
     with pytest.raises(InputError, match="annotation 1 has only negative clicks"):
         collect_points(coco)

@@ -101,10 +101,11 @@ def read_clicks(ann: dict[str, Any]) -> list[tuple[float, float, int]] | None:
     return clicks
 
 
-def make_point(ann_id: int, image_id: int, category_id: int,
-               clicks: list[tuple[float, float, int]]) -> PointAnn:
-    """A :class:`PointAnn` from an object's clicks ``(x, y, label)`` (at least one positive)."""
-    x, y = next((cx, cy) for cx, cy, label in clicks if label == 1)
+def make_point(ann_id: int, image_id: int, category_id: int, clicks: list[tuple[float, float, int]],
+               point: tuple[float, float] | None = None) -> PointAnn:
+    """A :class:`PointAnn` from an object's clicks ``(x, y, label)`` (at least one positive);
+    its ``(x, y)`` is ``point`` when the annotation gives one, else the first positive click."""
+    x, y = point or next((cx, cy) for cx, cy, label in clicks if label == 1)
     multi = tuple((float(cx), float(cy), int(lab)) for cx, cy, lab in clicks) if len(clicks) > 1 else ()
     return PointAnn(int(ann_id), int(image_id), int(category_id), float(x), float(y), multi)
 
@@ -157,12 +158,13 @@ def collect_points(coco: dict[str, Any], source: str = "the point file"
             if clicks is None:
                 missing.append(ann["id"])
                 continue
-            for x, y, _ in clicks:
+            point = read_point(ann)
+            for x, y, _ in clicks if point is None else [*clicks, (*point, 1)]:
                 if not (0.0 <= x <= w and 0.0 <= y <= h) or not np.isfinite([x, y]).all():
                     raise InputError(
                         f"{source}: the point ({x:g}, {y:g}) of annotation {ann['id']} lies outside its "
                         f"{int(w)}×{int(h)} image {image_id}")
-            pts.append(make_point(ann["id"], image_id, ann["category_id"], clicks))
+            pts.append(make_point(ann["id"], image_id, ann["category_id"], clicks, point))
         out[image_id] = pts
         report.points += len(pts)
     if missing:

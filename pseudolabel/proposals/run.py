@@ -29,7 +29,7 @@ from pseudolabel.core.io import check_output_dir
 from pseudolabel.core.lock import output_lock
 from pseudolabel.core.points import PointAnn, collect_points
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
-from .prompt_kinds import (DEFAULT_CLICKS, PROMPT_KINDS, KindResult, check_click_mode, click_prompt,
+from .prompt_kinds import (CLICK_MODES, DEFAULT_CLICKS, PROMPT_KINDS, KindResult, check_click_mode, click_prompt,
                            mask_boxes_xyxy, parse_kinds)
 from pseudolabel.core.engines.base import (ImageEmbedding, PromptEngine, default_encoder_batch,
                                            default_prompt_batch, stability_score)
@@ -143,7 +143,7 @@ def _click_groups(points: list[PointAnn], clicks: str, chunk: int) -> list[list[
     prompt carries padding and a point's masks do not depend on its neighbours' clicks."""
     by_count: dict[int, list[PointAnn]] = {}
     for p in points:
-        by_count.setdefault(int(click_prompt([p], clicks).counts[0]), []).append(p)
+        by_count.setdefault(len(CLICK_MODES[clicks](p)), []).append(p)
     return [group[i:i + chunk] for _, group in sorted(by_count.items()) for i in range(0, len(group), chunk)]
 
 
