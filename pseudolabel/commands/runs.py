@@ -33,6 +33,12 @@ def pipeline_cmd(
     from pseudolabel.ingest import FORMATS
     from pseudolabel.pipeline import Pipeline, closing_table, load_pipeline_config, write_report
 
+    from pseudolabel.core.errors import InputError
+    from pseudolabel.pipeline import STAGES
+
+    if start is not None and start not in STAGES and start not in FORMATS:
+        raise InputError(f"--from {start}: neither a stage ({', '.join(STAGES)}) nor a point format "
+                         f"({', '.join(FORMATS)})")
     points_from = start if start in FORMATS else None  # stage and format names never coincide
     start = None if points_from else start
     cfg = load_pipeline_config(config, sets, images=str(images) if images else None,
