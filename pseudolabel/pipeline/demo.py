@@ -114,7 +114,7 @@ RANDOM_BANNER = _banner(
 POCKET_BANNER = _banner(
     "THIS DEMO'S SAM IS NOT SAM: it is a pocket SAM trained on synthetic shapes",
     "(SAM's architecture at a small width, trained here by scripts/train_pocket_sam.py).",
-    "Its masks are learnt, not random, but weak (README: The pocket SAM); never for real photos.",
+    "Its masks are learnt, not random, but weak (docs/pocket.md); never for real photos.",
     "Official SAM: sap demo --checkpoint sam_vit_b_01ec64.pth (or run once with internet).")
 
 
@@ -130,7 +130,7 @@ def demo_config(out: Path, data_json: Path, images: Path, engine: str, checkpoin
     weights = "imagenet" if real else "none"
     cfg = PipelineConfig(
         images=str(images), out=str(out), gt=str(data_json), point_mode="center",
-        sam={"engine": engine, "checkpoint": checkpoint, "precision": "auto", "device": device},
+        sam={"engine": engine, "checkpoint": checkpoint, "precision": "auto"}, device=device,
         proposals={"prompts": "point,point_box", "save_embeddings": True},
         select={"method": "sapnet", "backbone": "resnet18", "backbone_weights": weights, "epochs": 4,
                 "batch_size": 2, "min_size": 240, "max_size": 320, "warmup_iters": 5, "workers": 0},

@@ -73,7 +73,7 @@ def scratch_rate_advice(cfg: SelectConfig) -> str | None:
         return None
     return (f"lr {cfg.lr} per {cfg.lr_batch} images is a rate for ImageNet weights (SAPNet's: 0.015 per 32); from "
             f"random weights the selector learned far more slowly at such rates than at {SCRATCH_LR} per 32 over 300 "
-            f"iterations (README, \"What the selector learns\"): consider --lr {SCRATCH_LR}")
+            f"iterations (docs/selector.md, \"What the selector learns\"): consider --lr {SCRATCH_LR}")
 
 
 def has_scores(bag: Bag) -> bool:
@@ -208,7 +208,7 @@ class SelectSummary:
     out: Path | None
     config_path: Path | None
 
-    def text(self) -> str:
+    def lines(self) -> list[str]:
         """A few lines for the terminal."""
         lines = [f"select: {self.written} pseudo-masks written for {self.points} points -> {self.out}",
                  f"  chosen differently from SAM's top-1: {100 * self.changed_vs_sam_top1:.1f}% of points"]
@@ -226,7 +226,7 @@ class SelectSummary:
                          f"{self.stats['s_per_image_epoch']:.3f} s per image per epoch")
         if "weights" in self.stats:
             lines.append(f"  selector weights: {self.stats['weights']}")
-        return "\n".join(lines)
+        return lines
 
 
 def default_work_dir(out: str | os.PathLike) -> Path:
