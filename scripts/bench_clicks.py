@@ -76,7 +76,7 @@ def measure(engine, scenes, seed: int) -> dict:
             points = [PointAnn(i, 0, 0, *pos[0], tuple((x, y, 1) for x, y in pos[:k])
                                + (tuple((x, y, 0) for x, y in nb) if neg else ()))
                       for i, (_, (pos, nb)) in enumerate(picked)]
-            prompt = click_prompt(points)
+            prompt = click_prompt(points, "all")  # every click the row names
             t0 = time.perf_counter()
             low, pred = engine.decode(emb, point_coords=prompt.coords, point_labels=prompt.labels, multimask=True)
             row["ms"] += (time.perf_counter() - t0) * 1000
