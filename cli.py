@@ -39,7 +39,10 @@ def main() -> None:
     from pseudolabel.core.errors import SapError
     from pseudolabel.core.progress import setup_logging
 
+    from pseudolabel.core.io import is_disk_full, note_folder_spellings
+
     setup_logging(verbose="--verbose" in sys.argv or "-v" in sys.argv)
+    note_folder_spellings(sys.argv[1:])
     try:
         app()  # standalone: click prints usage errors and exits with their codes itself
     except SapError as e:
@@ -47,7 +50,8 @@ def main() -> None:
         sys.exit(2)
     except OSError as e:  # a file the user named cannot be read or written (disk full, permissions)
         where = f"{e.filename}: " if e.filename else ""
-        typer.echo(f"error: {where}{e.strerror or e}", err=True)
+        full = "; free some space and run the same command again" if is_disk_full(e) else ""
+        typer.echo(f"error: {where}{e.strerror or e}{full}", err=True)
         sys.exit(2)
     except Exception as e:  # one rank of a torchrun job lost its peers: a sentence, not a traceback
         from pseudolabel.core.device import peer_failure

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pseudolabel.core.config import check_range
 from pseudolabel.core.coco import annotations_by_image, load_coco_json
 from pseudolabel.core.errors import ImageError, InputError
 from pseudolabel.core.io import atomic_path
@@ -185,6 +186,11 @@ def adapt_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str |
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise InputError(f"image folder {images_dir} does not exist")
+    for flag, value, low, integer in (("--rank", adapt.rank, 1, True), ("--batch-size", adapt.batch_size, 1, True),
+                                      ("--epochs", adapt.epochs, 1, True), ("--margin", adapt.margin, 0, False),
+                                      ("momentum", adapt.momentum, 0, False)):
+        check_range(value, flag, low, integer=integer)
+    check_range(adapt.lr, "--lr", 0, low_open=True)
     coco = load_coco_json(ann)
     if engine is None:
         engine = engine_for(cfg)

@@ -49,7 +49,7 @@ from pseudolabel.core.coco import annotation_rle, annotations_by_image, check_ca
 from pseudolabel.core.config import sidecar_path, write_run_config
 from pseudolabel.core.errors import ImageError, InputError
 from pseudolabel.core.images import file_sha256
-from pseudolabel.core.io import atomic_path, check_output_file, write_json_atomic
+from pseudolabel.core.io import atomic_path, check_output_file, disk_full_names, write_json_atomic
 from pseudolabel.core.journal import append_record, read_journal
 from pseudolabel.core.lock import output_lock
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
@@ -220,11 +220,10 @@ def run_refine(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str |
     ann, images_dir, out = Path(ann), Path(images_dir), Path(out)
     if not images_dir.is_dir():
         raise InputError(f"image folder {images_dir} does not exist")
-    if out.resolve() == ann.resolve():
-        raise InputError(f"--out {out} must differ from --ann (the input is never overwritten)")
+    check_output_file(out, "--out", inputs=(ann, images_dir, cfg.embeddings, cfg.adapter, cfg.checkpoint,
+                                            dump_prompts))
     coco = load_coco_json(ann)
     check_categories(coco, str(ann))
-    check_output_file(out, "--out")
     with output_lock(out):
         return _refine_locked(coco, ann, images_dir, out, cfg, engine, resume, dump_prompts, t0)
 
@@ -329,7 +328,7 @@ def _refine_images(part: Path, digest: str, done: dict, work: dict, images: dict
     """Refine every image not ``done``, journaling each to ``part`` (a failed image is recorded
     and the run goes on)."""
     mode = "a" if done else "w"
-    with open(part, mode, encoding="utf-8") as journal, logging_to_tqdm():
+    with disk_full_names(part), open(part, mode, encoding="utf-8") as journal, logging_to_tqdm():
         if not done:
             append_record(journal, {"digest": digest})
         todo = [i for i in work if i not in done]

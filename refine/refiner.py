@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from pseudolabel.core.config import check_range
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.engines.base import default_prompt_batch
 from pseudolabel.core.engines.registry import DEFAULT_ENGINE, engine_option
@@ -77,7 +78,7 @@ class RefineConfig:
     stm: Optional[str] = None
     upscale: Optional[str] = None
     fp16_embeddings: Optional[bool] = None
-    iters: int = 5
+    iters: int = 5  # at most MAX_ITERS; an object stops early once its mask no longer changes
     prompts: tuple[str, ...] = ("point", "box", "mask")
     negative_point: bool = True
     cebox_threshold: float = 0.5
@@ -104,8 +105,11 @@ class RefineConfig:
             self.rules  # noqa: B018  (validates the overrides)
         except ValueError as e:
             raise InputError(str(e)) from None
-        if self.iters < 1:
-            raise InputError("--iters must be at least 1")
+        check_range(self.iters, "--iters", 1, MAX_ITERS, integer=True)
+        for flag, value in (("--strength", self.strength), ("--grown-strength", self.grown_strength),
+                            ("--cebox-margin", self.cebox_margin)):
+            if value is not None:
+                check_range(value, flag, 0)
         if self.chunk < 0:
             raise InputError("chunk must be at least 1 (or 0 for the device's default)")
         if self.gamma <= 0:
@@ -320,6 +324,7 @@ def needs_features(cfg: RefineConfig) -> bool:
 
 
 UPSCALES = ("sam", "direct")
+MAX_ITERS = 50  # --iters above this is refused: SAMRefiner runs 5, and a mask that stops changing stops early
 
 
 def upscale_masks(engine, low_res: torch.Tensor, emb, rule: str) -> np.ndarray:

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pseudolabel.core.config import write_run_config
+from pseudolabel.core.config import check_range, write_run_config
 from pseudolabel.core.errors import ImageError, InputError
 from pseudolabel.core.images import load_image_rgb
-from pseudolabel.core.io import atomic_path, write_json_atomic
+from pseudolabel.core.io import atomic_path, check_output_dir, write_json_atomic
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 
 from .refiner import RefineConfig, engine_for, refine_masks
@@ -148,14 +148,17 @@ def refine_semantic(label_dir: str | os.PathLike, images_dir: str | os.PathLike,
     cfg = cfg or RefineConfig()
     scfg = scfg or SemanticConfig()
     label_dir, images_dir, out_dir = Path(label_dir), Path(images_dir), Path(out_dir)
+    check_range(scfg.stm_mu, "--stm-mu", 0, 1)
+    check_range(scfg.min_region, "min_region", 0, integer=True)
+    if scfg.num_classes is not None:
+        check_range(scfg.num_classes, "--num-classes", 1, integer=True)
     for d, what in ((label_dir, "label map folder"), (images_dir, "image folder")):
         if not d.is_dir():
             raise InputError(f"{what} {d} does not exist")
     maps = sorted(label_dir.glob("*.png"))
     if not maps:
         raise InputError(f"{label_dir} holds no .png label maps")
-    if out_dir.resolve() == label_dir.resolve():
-        raise InputError("--out must differ from --semantic (the input maps are never overwritten)")
+    check_output_dir(out_dir, "--out", inputs=(label_dir, images_dir, cfg.adapter, cfg.checkpoint))
     if engine is None:
         engine = engine_for(cfg)
     if cfg.adapter:

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from pseudolabel.core.alternatives import attach_alternatives
 from pseudolabel.core.coco import check_categories, load_coco_json, mps_alternatives
 from pseudolabel.core.errors import ImageError, InputError
-from pseudolabel.core.images import load_image_rgb
+from pseudolabel.core.images import load_image_rgb, why_not_a_file
 from pseudolabel.core.rle import RLE, decode_rles, rle_area, segmentation_to_rle
 
 from .targets import InstanceTargets, downsample_stride4, targets_from_masks
@@ -150,7 +150,7 @@ def load_dataset(json_path: str | os.PathLike, images_dir: str | os.PathLike, *,
     for im in coco["images"]:
         path = images_dir / im["file_name"]
         if not path.is_file():
-            absent.append(im["file_name"])
+            absent.append(f"{im['file_name']}, which {why_not_a_file(path)}")
             continue
         records[im["id"]] = ImageRecord(int(im["id"]), im["file_name"], path, int(im["width"]), int(im["height"]))
     if absent:
@@ -350,3 +350,12 @@ class InferenceDataset(Dataset):
 def collate(items: list[Sample | FailedSample]) -> list[Sample | FailedSample]:
     """Keep the list as it is (images have different sizes; the model pads them)."""
     return items
+
+
+def batch_warning(batch: int, n_images: int) -> str | None:
+    """The warning for a ``--batch`` larger than the training set (legal: every step repeats
+    images, but surely unintended), or ``None``."""
+    if batch > n_images:
+        return (f"--batch {batch} is larger than the {n_images} training images: every step repeats each image "
+                f"about {batch // max(n_images, 1)} times; a batch of at most {n_images} is what you want")
+    return None

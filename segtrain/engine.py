@@ -34,8 +34,8 @@ from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 
 from .checkpoint import last_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, TrainSummary, check_config, lr_schedule_of, model_config_of, per_pass_of
-from .data import (CategoryMap, FailedSample, Sample, TrainDataset, check_same_categories, collate, load_dataset,
-                   parse_min_sizes)
+from .data import (CategoryMap, FailedSample, Sample, TrainDataset, batch_warning, check_same_categories, collate,
+                   load_dataset, parse_min_sizes)
 from .model import SOLOv2, SOLOv2Config, build_model, mean_losses
 from .run_folder import MetricsWriter, other_engine_run, prune_checkpoints, refuse_unresumable, trim_metrics
 from .sampling import ResumableBatchSampler, orientation, pass_slices
@@ -121,6 +121,8 @@ def train_torch(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
     missing = "skip" if cfg.skip_missing_images else "error"
     records, cats, stats = load_dataset(cfg.train, cfg.images, missing=missing,
                                         keep_empty_images=cfg.keep_empty_images)
+    if (warning := batch_warning(cfg.batch, len(records))) is not None:
+        logger.warning(warning)
     val_records = None
     if cfg.val is not None:
         from pseudolabel.core.coco import load_coco_json
@@ -189,13 +191,14 @@ def train_torch(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
 
     def payload(it: int, full: bool) -> dict[str, Any]:
         p = {"iter": it, "model": model.state_dict(), **meta}
-        if full:
-            p.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=rng_state())
+        if full:  # and the losses of the log window under way, so a resumed run logs the same means
+            p.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=rng_state(),
+                     metrics_window={k: list(v) for k, v in window.items()})
         return p
 
     failed: dict[int, str] = {}
     first_loss = last_loss = None
-    window: dict[str, list[float]] = {}
+    window: dict[str, list[float]] = {k: list(v) for k, v in (ckpt or {}).get("metrics_window", {}).items()}
     t_window, n_window = time.perf_counter(), 0
     final_eval = None
     model.train()

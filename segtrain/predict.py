@@ -122,7 +122,7 @@ def predict(weights: str | os.PathLike, images: str | os.PathLike, out: str | os
             check_range(v, flag, 1, integer=True)
     if score_thr is not None:
         check_range(score_thr, "--score-thr", 0, 1)
-    check_output_file(out, "--out", inputs=(ann, weights))
+    check_output_file(out, "--out", inputs=(ann, weights, images))
     dev = pick_device(device)
     ckpt = load_checkpoint(weights)
     model, cats = model_from_checkpoint(ckpt, dev)

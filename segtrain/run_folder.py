@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pseudolabel.core.errors import InputError
-from pseudolabel.core.io import write_text_atomic
+from pseudolabel.core.io import disk_full_names, write_text_atomic
 from pseudolabel.core.journal import read_journal
 
 from .checkpoint import last_checkpoint
@@ -29,7 +29,7 @@ class MetricsWriter:
     def write(self, record: dict[str, Any]) -> None:
         if self.path is None:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
+        with disk_full_names(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
 
@@ -40,9 +40,12 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def trim_metrics(path: Path, upto: int) -> None:
     """Drop metric lines written after iteration ``upto`` by an interrupted run (and a line torn
-    by the kill)."""
+    by the kill), and add ``{"resumed_at": upto}``: the first window means after it average only
+    the iterations run since the resume, so they differ from an uninterrupted run's."""
     if path.is_file():
-        kept = [r for r in read_metrics(path) if r.get("iter", 0) <= upto]
+        kept = [r for r in read_metrics(path) if r.get("iter", 0) <= upto and "resumed_at" not in r
+                or r.get("resumed_at", upto + 1) <= upto]
+        kept.append({"resumed_at": upto})
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 

@@ -40,7 +40,8 @@ def run_train(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
     from pseudolabel.core.lock import output_lock
 
     check_config(cfg)
-    check_output_dir(cfg.out, "--out")
+    check_output_dir(cfg.out, "--out", inputs=(cfg.train, cfg.val, cfg.images, cfg.val_images,
+                                               cfg.backbone_weights))
     if int(os.environ.get("RANK", 0)) != 0:  # torchrun: rank 0 holds the run folder's lock
         return ENGINE_REGISTRY[cfg.engine]()(cfg, resume=resume)
     with output_lock(cfg.out):

@@ -52,6 +52,8 @@ def _detectron2_resnet18_state():
 
 
 def test_detectron2_named_resnet_weights_load_into_the_shared_resnet_fpn(tmp_path):
+    # the README's install has no detectron2 (no wheel): this test runs in CI's second step, which has it
+    pytest.importorskip("detectron2", reason="detectron2 is not installed (see the README's detectron2 section)")
     from pseudolabel.core.resnet_fpn import build_resnet_fpn
     from pseudolabel.selector.model import build_backbone as selector_backbone
     from segtrain.model import build_solo_backbone

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import hostile_cases as more
 from conftest import subset_coco
 from pseudolabel.core.lock import lock_path
 from pseudolabel.core.points import derive_points
@@ -113,7 +114,9 @@ OTHER_CASES = {
     "review": ["out_wrong_kind", "out_under_file", "bad_number"],
     "import": ["out_wrong_kind", "out_under_file"],  # --into: a folder that is no run, a path under a file
 }
-ALL_CASES = [(s, c) for s in STAGES for c in DATA_CASES[s] + OTHER_CASES[s]]
+# issue 27's cases (tests/hostile_cases.py): inputs overwritten or read outside, ids, numbers, a full disk
+ALL_CASES = [(s, c) for s in STAGES
+             for c in DATA_CASES[s] + OTHER_CASES[s] + more.DATA_CASES.get(s, []) + more.OTHER_CASES.get(s, [])]
 
 
 # ---- the valid world each case spoils one thing of ---------------------------------------------
@@ -135,6 +138,12 @@ def world(coco_gt, coco_dir, tmp_path_factory, tiny_engine):
     (d / "points.json").write_text(json.dumps(points))
     run_proposals(d / "points.json", coco_dir / "images", d / "cache", ProposalConfig(precision="fp32"),
                   engine=tiny_engine)
+    (d / "images_but_one").mkdir()  # a cache in which image BAD_IMG failed (its file is absent)
+    for im in gt["images"]:
+        if im["id"] != BAD_IMG:
+            (d / "images_but_one" / im["file_name"]).symlink_to(coco_dir / "images" / im["file_name"])
+    run_proposals(d / "points.json", d / "images_but_one", d / "cache_failed", ProposalConfig(precision="fp32"),
+                  engine=tiny_engine)
     cats = CategoryMap.from_coco(gt)
     mcfg = SOLOv2Config(num_classes=len(cats.ids), backbone="resnet18", backbone_weights="none",
                         head_channels=16, head_convs=1, fpn_channels=16, mask_channels=8, kernel_dim=8)
@@ -152,6 +161,13 @@ def _case(world: dict, stage: str, case: str, d: Path) -> dict:
     images = str(world["images"])
     gt, points = copy.deepcopy(world["gt"]), copy.deepcopy(world["points"])
     expect: list[str] = []
+    if case in more.FAULTS:
+        spoil_points = stage in ("proposals", "select")
+        data = points if spoil_points else gt
+        more.FAULTS[case][0](data)
+        bad = d / ("points.json" if spoil_points else "gt.json")
+        more.write_spoiled(data, bad)
+        expect = [bad.name, more.FAULTS[case][1]]
     if case in FAULTS:
         spoil_points = stage in ("proposals", "select") or (stage == "pipeline" and case == "point_string")
         data = points if spoil_points else gt
@@ -261,7 +277,8 @@ def _case(world: dict, stage: str, case: str, d: Path) -> dict:
         before = sorted(p.name for p in out.iterdir())
     elif out.is_file():
         before = out.read_text()
-    return {"argv": argv + extra, "target": str(out), "expect": expect, "before": before}
+    spec = {"argv": argv + extra, "target": str(out), "expect": expect, "before": before}
+    return more.apply(spec, world, stage, case, d) if case in more.OTHER_CASES.get(stage, ()) else spec
 
 
 _RESULTS: dict[str, dict] = {}
@@ -270,7 +287,8 @@ _RESULTS: dict[str, dict] = {}
 def _start_helper(names: list[str], cases: dict, tmp_root: Path, n: int):
     """A helper process running ``names`` in order; its queue of output lines."""
     spec = tmp_root / f"cases-{n}.json"
-    spec.write_text(json.dumps([{"name": k, "argv": cases[k]["argv"]} for k in names]))
+    spec.write_text(json.dumps([{"name": k, "argv": cases[k]["argv"], "full_disk": cases[k].get("full_disk")}
+                                for k in names]))
     helper_err = tmp_root / f"helper-{n}.stderr"  # a file, not a pipe: it can never fill up and block
     with open(helper_err, "w") as err_file:
         proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "hostile_driver.py"), str(spec)],
@@ -334,14 +352,27 @@ def test_hostile_input_is_one_sentence_exit_2_and_leaves_nothing(stage, case, wo
     assert "rc" in r, f"{stage} {case}: the helper stopped before this case ({r})"
     err = r["stderr"]
     assert "Traceback" not in err, err[-3000:]
-    assert r["rc"] == 2, f"exit {r['rc']}: {err[-2000:]}"
+    assert r["rc"] == r.get("rc_expected", 2), f"exit {r['rc']}: {err[-2000:]}"
+    assert r["seconds"] < CASE_LIMIT_S
+    for path, digest in r.get("same_files", {}).items():  # an input is never overwritten
+        assert more.sha256(Path(path)) == digest, f"{path} was changed"
+    for path in r.get("absent", []):  # nothing written outside --out
+        assert not Path(path).exists(), f"{path} was written"
+    if r["rc"] != 2:  # finished, with failed images or points: named on the terminal
+        for word in r["expect"]:
+            assert word in err + r["stdout"], f"{word!r} not said in: {err[-1000:]} {r['stdout'][-1000:]}"
+        return
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert lines and lines[-1].startswith("error: "), err
     assert sum(ln.startswith("error: ") for ln in lines) == 1
     for word in r["expect"]:
         assert word in lines[-1], f"{word!r} not named in: {lines[-1]}"
-    assert r["seconds"] < CASE_LIMIT_S
+    for word in r.get("forbid", []):
+        assert word not in lines[-1], f"{word!r} said in: {lines[-1]}"
     target = Path(r["target"])
+    if r.get("leftovers_ok"):  # a full disk may leave what it had created; never a lock
+        assert not lock_path(target).exists()
+        return
     if r["before"] is None:
         assert not target.exists(), f"{target} was left behind"
     elif isinstance(r["before"], list):
@@ -349,3 +380,23 @@ def test_hostile_input_is_one_sentence_exit_2_and_leaves_nothing(stage, case, wo
     else:
         assert target.read_text() == r["before"]
     assert not lock_path(target).exists()
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["points", "--mode", "uniform", "--seed", "-1"], "--seed"),
+    (["points", "--mode", "uniform", "--seed", "99999999999999999999"], "--seed"),
+    (["corrupt", "--severity", "-1"], "--severity"),
+    (["refine", "adapt", "--images", "IMAGES", "--rank", "0", *TINY_SAM], "--rank"),
+], ids=["points-seed_negative", "points-seed_huge", "corrupt-severity_negative", "adapt-rank_zero"])
+def test_the_numbers_of_the_other_commands_are_one_sentence(argv, flag, world, tmp_path, monkeypatch, capsys):
+    """In this process (no SAM work happens before the check)."""
+    from conftest import run_cli
+
+    out = tmp_path / "out.json"
+    gt = ["--ann" if argv[0] == "refine" else "--gt", str(world["dir"] / "gt.json")]
+    argv = [str(world["images"]) if a == "IMAGES" else a for a in argv]
+    code = run_cli([*argv, *gt, "--out", str(out)], monkeypatch)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("error: ") and flag in err
+    assert not out.exists() and not (tmp_path / "out.config.yaml").exists()

@@ -186,7 +186,11 @@ def test_train_resume_survives_a_torn_metrics_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"iter": 20, "loss": 1.0}\n{"iter": 40, "loss": 0.5}\n{"iter": 60, "lo')
     trim_metrics(path, 40)
-    assert [json.loads(x)["iter"] for x in path.read_text().splitlines()] == [20, 40]
+    # the log says where it restarted: the window means after it cover the resumed iterations only
+    assert [json.loads(x) for x in path.read_text().splitlines()] == [
+        {"iter": 20, "loss": 1.0}, {"iter": 40, "loss": 0.5}, {"resumed_at": 40}]
+    trim_metrics(path, 20)  # a second resume, earlier: the later restart mark goes with its lines
+    assert [json.loads(x) for x in path.read_text().splitlines()] == [{"iter": 20, "loss": 1.0}, {"resumed_at": 20}]
 
 
 def test_the_pipeline_reruns_proposals_for_a_changed_image_or_checkpoint(two_images, tmp_path):

@@ -139,3 +139,11 @@ def test_passes_are_grouped_by_orientation_and_resume_mid_stream():
     assert pass_slices(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
     with pytest.raises(ValueError, match="does not split"):
         ResumableBatchSampler(7, 3, per_pass=2)
+
+
+def test_a_batch_larger_than_the_training_set_is_warned_about():
+    from segtrain.data import batch_warning
+
+    assert batch_warning(4, 4) is None and batch_warning(2, 100) is None
+    text = batch_warning(100000, 4)
+    assert "--batch 100000 is larger than the 4 training images" in text and "25000 times" in text

@@ -80,12 +80,15 @@ def tiny_run(coco_gt, coco_dir, tmp_path):
 
 
 def _metrics(run_dir):
-    """The metric lines without their timing."""
+    """The metric lines without their timing and without the mark of a resume."""
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in m.items() if k != "img_per_s"} for m in lines]
+    return [{k: v for k, v in m.items() if k != "img_per_s"} for m in lines if "resumed_at" not in m]
 
 
 def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_run, tmp_path):
+    # a log window (3 iterations) that spans the checkpoint at iteration 2: the resumed run
+    # logs the same mean loss at iteration 3 (the checkpoint carries the window's losses)
+    tiny_run = TrainConfig(**{**tiny_run.__dict__, "log_period": 3})
     summary = run_train(tiny_run)
     a = tmp_path / "a"
     assert summary.iters == 4 and (a / "model_0000002.pth").is_file() and (a / "config.yaml").is_file()
@@ -101,6 +104,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_run, tmp_path):
     for k, v in final_a["model"].items():
         assert torch.equal(v, final_b["model"][k]), k
     assert _metrics(a) == _metrics(b)  # same losses and lr at iterations 3 and 4, nothing duplicated
+    assert {"resumed_at": 2} in map(json.loads, (b / "metrics.jsonl").read_text().splitlines())
     model, cats = model_from_checkpoint(final_b)
     assert cats.ids == sorted({c["id"] for c in json.loads(open(tiny_run.train).read())["categories"]})
     assert model.cfg.backbone_norm == "gn" and model.cfg.fpn_channels == 32

@@ -25,7 +25,7 @@ def points_cmd(
 ) -> None:
     """Write the point file: read it from a labelling tool's export (--from), or derive one point
     per object from full masks (--gt, for benchmarks)."""
-    from pseudolabel.core.config import sidecar_path, write_run_config
+    from pseudolabel.core.config import SEED_MAX, check_range, sidecar_path, write_run_config
     from pseudolabel.core.errors import InputError
     from pseudolabel.core.io import check_output_file, write_json_atomic
 
@@ -50,6 +50,7 @@ def points_cmd(
     from pseudolabel.core.coco import load_coco_json
     from pseudolabel.core.points import derive_points
 
+    check_range(seed, "--seed", 0, SEED_MAX, integer=True)
     check_output_file(out, "--out", inputs=(gt,))
     points, counts = derive_points(load_coco_json(gt), mode=mode, seed=seed, source=str(gt))
     write_json_atomic(out, points)

@@ -72,7 +72,7 @@ def proposals_export_cmd(
         raise InputError(f"unknown export format {format!r}; the only one is 'sapnet'")
     from pseudolabel.core.io import check_output_file
 
-    check_output_file(out, "--out", inputs=(ann,))
+    check_output_file(out, "--out", inputs=(ann, cache))
     data = export_sapnet(cache, ann)
     write_json_atomic(out, data)
     typer.echo(f"{len(data['annotations'])} proposal bags written to {out}")

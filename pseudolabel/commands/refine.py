@@ -27,7 +27,7 @@ def refine_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="Refined COCO JSON (with --ann) or folder of PNGs (with --semantic).")] = None,
     reference: Annotated[Optional[str], typer.Option("--reference", help="Rules to follow: official (linyq2117/SAMRefiner's code, the default) or paper; single rules can be overridden in --config (docs/fidelity.md).")] = None,
     dump_prompts: Annotated[Optional[Path], typer.Option("--dump-prompts", help="Also write the prompts handed to SAM, one JSON line per annotation per iteration (--ann only).")] = None,
-    iters: Annotated[Optional[int], typer.Option("--iters", help="Refinement iterations (default 5).")] = None,
+    iters: Annotated[Optional[int], typer.Option("--iters", help="Refinement iterations (default 5, at most 50; an object stops once its mask stops changing).")] = None,
     prompts: RefinePromptsOpt = None,
     negative_point: Annotated[Optional[bool], typer.Option("--negative-point/--no-negative-point", help="Add the distance-guided negative point (default on).")] = None,
     negative_fallback: Annotated[Optional[str], typer.Option("--negative-fallback", help="When the box holds no background: origin (pixel (0,0), official) or omit (paper).")] = None,
@@ -71,10 +71,8 @@ def refine_cmd(
                   embeddings=embeddings, engine=engine, model=model, checkpoint=checkpoint, precision=precision,
                   device=device, chunk=chunk, windows=windows, window_scale=window_scale)
     if semantic is not None:
-        from pseudolabel.core.io import check_output_dir
         from refine.semantic import refine_semantic
 
-        check_output_dir(out, "--out")
         if embeddings is not None or dump_prompts is not None:
             raise InputError("--embeddings and --dump-prompts work with --ann only (label maps have no annotation ids)")
         scfg = resolve(SemanticConfig(), file_sem, stm_mu=stm_mu, num_classes=num_classes,
@@ -118,7 +116,7 @@ def refine_adapt_cmd(
     from refine.adapt import AdaptConfig, adapt_coco
     from refine.refiner import RefineConfig
 
-    check_output_file(out, "--out", inputs=(ann,))
+    check_output_file(out, "--out", inputs=(ann, images, embeddings, checkpoint))
 
     file_refine, file_adapt = split_file_values(load_config_file(config), RefineConfig, AdaptConfig)
     cfg = resolve(RefineConfig(), file_refine, reference=reference, prompts=prompts, cebox_margin=cebox_margin,
@@ -141,12 +139,13 @@ def corrupt_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Make DAVIS-585-style coarse masks from ground truth (jitter, blobs, holes, missing parts)."""
-    from pseudolabel.core.config import load_config_file, resolve
+    from pseudolabel.core.config import check_range, load_config_file, resolve
     from pseudolabel.core.io import check_output_file
     from pseudolabel.testing.corrupt import CorruptConfig, corrupt_coco
 
     check_output_file(out, "--out", inputs=(gt,))
     cfg = resolve(CorruptConfig(), load_config_file(config), seed=seed, severity=severity)
+    check_range(cfg.severity, "--severity", 0)
     counts = corrupt_coco(gt, out, cfg)
     typer.echo(f"{counts['corrupted']} masks corrupted (seed {cfg.seed}, severity {cfg.severity}), "
                f"{counts['passed_through']} annotations passed through; written to {out}")

@@ -55,7 +55,8 @@ def select_cmd(
     summary = run_select(ann, proposals, out, cfg, images=images)
     if summary.out is not None:  # rank 0
         typer.echo("\n".join(summary.lines()))
-    exit_for_failures(len(summary.failed_images))
+    # points left without a pseudo-mask (their image failed here or in sap proposals) count as failures
+    exit_for_failures(len(summary.failed_images) + len(summary.no_proposals) + len(summary.skipped))
 
 
 def register(app: typer.Typer) -> None:

@@ -89,7 +89,7 @@ def viz_overlay_cmd(
     from pseudolabel.viz import render_overlays
 
     _check_viz_numbers(alpha=alpha, limit=limit)
-    check_output_dir(out, "--out")
+    check_output_dir(out, "--out", inputs=(ann, images))
     coco = load_coco_json(ann)
     check_segmentations(coco, str(ann))
     report = render_overlays(coco, images, out, image_ids=image_id, limit=limit,
@@ -147,7 +147,7 @@ def viz_compare_cmd(
     from pseudolabel.viz import render_side_by_side
 
     _check_viz_numbers(alpha=alpha, limit=limit, panel_width=panel_width)
-    check_output_dir(out, "--out")
+    check_output_dir(out, "--out", inputs=(images, proposals, selected, refined, gt))
     bags = None
     if proposals is not None:
         from pseudolabel.core.bag_sources import load_bags
@@ -183,7 +183,7 @@ def viz_disagree_cmd(
     from pseudolabel.viz import render_disagreement_sheet
 
     _check_viz_numbers(alpha=alpha, n=n, cols=cols)
-    check_output_file(out, "--out", inputs=(a, b))
+    check_output_file(out, "--out", inputs=(a, b, images))
     names = tuple(name or []) + (a.stem, b.stem)[len(name or []):]
     coco_a, coco_b = load_coco_json(a), load_coco_json(b)
     check_segmentations(coco_a, str(a))

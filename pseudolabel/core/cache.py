@@ -37,6 +37,7 @@ import numpy as np
 from .bags import Bag
 from .cache_blobs import pack_embedding, unpack_embedding  # noqa: F401 (also imported from here)
 from .errors import InputError
+from .io import disk_full_error, disk_full_names, is_disk_full
 from .points import PointAnn
 from .rle import xywh_to_xyxy
 from .windows import describe_layout
@@ -168,6 +169,8 @@ class ShardWriter:
             self.conn = _connect(self.path)
             self.conn.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
+            if is_disk_full(e):  # never --overwrite for a full disk: it would delete the work stored
+                raise disk_full_error(self.path, e) from None
             raise InputError(f"{self.path} is not a readable proposal cache ({e}); use --overwrite") from None
         meta = _read_meta(self.conn)
         if meta:
@@ -187,7 +190,7 @@ class ShardWriter:
                 raise InputError(f"the cache in {self.path.parent} was made with another configuration "
                                  f"({diff}); use --overwrite to replace it or choose another --out")
         else:
-            with self.conn:
+            with self.conn, disk_full_names(self.path):
                 self.conn.execute("BEGIN")
                 self.conn.execute("INSERT INTO meta VALUES ('format_version', ?)", (json.dumps(FORMAT_VERSION),))
                 self.conn.execute("INSERT INTO meta VALUES ('config', ?)", (json.dumps(config),))
@@ -202,7 +205,7 @@ class ShardWriter:
         """Store one image's points, proposals (rows in ``proposals`` column order) and embedding
         (``({name: array}, input (h, w), original (H, W))``, the engine's layout order); ``extra``
         (``connection → None``) writes more in the same transaction (:mod:`.window_cache`)."""
-        with self.conn:
+        with disk_full_names(self.path), self.conn:
             self.conn.execute("BEGIN")
             if extra is not None:
                 extra(self.conn)
@@ -228,7 +231,7 @@ class ShardWriter:
     def write_failure(self, image: dict[str, Any], reason: str) -> None:
         """Record that an image failed, with the reason (a rerun tries it again); whatever an
         earlier run stored for it goes (a failed image has no proposals)."""
-        with self.conn:
+        with disk_full_names(self.path), self.conn:
             self.conn.execute("BEGIN")
             for table in ("proposals", "points", "embeddings"):
                 self.conn.execute(f"DELETE FROM {table} WHERE image_id = ?", (image["id"],))

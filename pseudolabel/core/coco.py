@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .io import file_name_problem
 from .rle import RLE, check_mask_size, segmentation_to_rle
 
 
@@ -39,6 +40,8 @@ def load_coco_json(path: str | os.PathLike, require_annotations: bool = True) ->
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{path} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise InputError(f"{path} nests its lists or objects too deeply to be read as JSON") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise InputError(f"{path} is not a COCO dataset: it needs an 'images' list")
     if require_annotations and not isinstance(data.get("annotations"), list):
@@ -51,10 +54,15 @@ def load_coco_json(path: str | os.PathLike, require_annotations: bool = True) ->
     for img in data["images"]:
         if not isinstance(img, dict) or not {"id", "file_name", "width", "height"} <= img.keys():
             raise InputError(f"{path}: every image needs 'id', 'file_name', 'width' and 'height'")
+        check_id(img["id"], path, "image")
         if img["id"] in seen:
             raise InputError(f"{path}: image id {img['id']} appears twice")
         if not isinstance(img["file_name"], str) or not img["file_name"]:
             raise InputError(f"{path}: image {img['id']} has no usable 'file_name'")
+        problem = file_name_problem(img["file_name"])
+        if problem:
+            raise InputError(f"{path}: image {img['id']}'s file_name {img['file_name']!r} {problem}; "
+                             f"file names are relative to the image folder, and no file outside it is read")
         try:
             check_mask_size(img["height"], img["width"])
         except InputError as e:
@@ -64,12 +72,33 @@ def load_coco_json(path: str | os.PathLike, require_annotations: bool = True) ->
     for ann in data["annotations"]:
         if not isinstance(ann, dict) or "image_id" not in ann or "id" not in ann:
             raise InputError(f"{path}: every annotation needs an 'id' and an 'image_id'")
+        check_id(ann["id"], path, "annotation")
+        check_id(ann["image_id"], path, f"annotation {ann['id']}'s image", key="image_id")
+        if "category_id" in ann:
+            check_id(ann["category_id"], path, f"annotation {ann['id']}'s category", key="category_id")
+        if "iscrowd" in ann and not (isinstance(ann["iscrowd"], (int, bool)) and ann["iscrowd"] in (0, 1)):
+            raise InputError(f"{path}: annotation {ann['id']} has iscrowd {ann['iscrowd']!r}; it must be 0 or 1")
         if ann["image_id"] not in seen:
             raise InputError(f"{path}: annotation {ann['id']} names unknown image id {ann['image_id']}")
         if ann["id"] in ann_ids:
             raise InputError(f"{path}: annotation id {ann['id']} appears twice")
         ann_ids.add(ann["id"])
+    for cat in data["categories"]:
+        if isinstance(cat, dict) and "id" in cat:
+            check_id(cat["id"], path, "category")
     return data
+
+
+def check_id(value: Any, source: str | os.PathLike, what: str, key: str = "id") -> None:
+    """Refuse an id that is not a JSON integer: ``1.5``, ``true`` and ``"9"`` are never truncated
+    or converted (``bool`` is no integer here).
+
+    Raises:
+        InputError: naming ``source``, ``what`` (the annotation, image or category) and the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        shown = json.dumps(value) if isinstance(value, (str, float, bool)) or value is None else type(value).__name__
+        raise InputError(f"{source}: {what} has {key} {shown}; ids must be whole numbers (JSON integers)")
 
 
 def annotation_rle(ann: dict[str, Any], image: dict[str, Any], source: str) -> RLE:

@@ -94,7 +94,41 @@ def resolve(defaults: T, file_values: dict[str, Any] | None = None, **flags: Any
     if unknown:
         raise InputError(f"unknown configuration option(s): {', '.join(unknown)}")
     merged = {**file_values, **{k: v for k, v in flags.items() if v is not None and k in names}}
-    return dataclasses.replace(defaults, **merged)
+    out = dataclasses.replace(defaults, **merged)
+    check_numbers(out)
+    return out
+
+
+FLAG_OF = {"base_lr": "--lr"}  # option fields whose command-line flag is not --FIELD-NAME
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeds are unsigned 32-bit here
+INT_MAX = 2**31 - 1  # no count, size or period of any stage is meant beyond this
+
+
+def flag_of(field: str) -> str:
+    """The command-line flag of a configuration field (``points_per_batch`` → ``--points-per-batch``)."""
+    return FLAG_OF.get(field, "--" + field.replace("_", "-"))
+
+
+def check_numbers(cfg: Any) -> None:
+    """The checks every numeric option of every stage shares, run by :func:`resolve`: no number
+    is NaN or infinite, no whole number is beyond ``2**31-1`` (an iteration count, a size, a
+    batch: a typo, never meant), and a seed is a whole number in ``0..2**32-1``. Ranges that
+    depend on the option (at least 1, at most 1) stay with the stage that knows them
+    (:func:`check_range`).
+
+    Raises:
+        InputError: one sentence naming the flag and the value.
+    """
+    import math
+
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name == "seed" or f.name.endswith("_seed"):
+            check_range(value, flag_of(f.name), 0, SEED_MAX, integer=True)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"{flag_of(f.name)} must be a finite number, not {value!r}")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_MAX:
+            raise InputError(f"{flag_of(f.name)} {value} is absurdly large (the limit is {INT_MAX})")
 
 
 def check_range(value: Any, flag: str, low: float | None = None, high: float | None = None,

@@ -16,3 +16,7 @@ class InputError(SapError):
 
 class ImageError(SapError):
     """One image cannot be processed (missing, unreadable, wrong size); the run goes on."""
+
+
+class DiskFullError(SapError):
+    """A file could not be written because the disk is full (the message names it and the space)."""

@@ -1,8 +1,11 @@
 """Loading images the way the annotations see them.
 
-COCO annotations are drawn on the image as displayed, that is after its EXIF orientation is
-applied (detectron2's ``read_image`` does the same), so :func:`load_image_rgb` applies it too.
-Grayscale, palette, RGBA, 16-bit and CMYK images all come back as ``H×W×3`` ``uint8`` RGB.
+One rule in every stage and both training engines: COCO annotations, ``width`` and ``height``
+are those of the image as displayed, that is after its EXIF orientation is applied (detectron2's
+``read_image`` and ``DatasetMapper`` do the same), so :func:`load_image_rgb` applies it, and an
+image whose annotation file gives the stored (un-rotated) size fails with a sentence that says so,
+as detectron2's size check fails it. Grayscale, palette, RGBA, 16-bit and CMYK images all come
+back as ``H×W×3`` ``uint8`` RGB.
 """
 
 from __future__ import annotations
@@ -26,6 +29,23 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def why_not_a_file(path: Path) -> str:
+    """Why ``path`` is no readable file, in words: a folder, a broken link or link loop, or missing."""
+    if path.is_dir():
+        return "is a folder, not an image file"
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:  # Python < 3.13 reports a loop so
+            return "is a symbolic link that loops"
+        except OSError as e:
+            return "is a symbolic link that loops" if "loop" in str(e).lower() else "is a broken symbolic link"
+        return "is a symbolic link to no regular file"
+    if path.exists():
+        return "is not a regular file"
+    return "is missing"
+
+
 def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
@@ -45,29 +65,30 @@ def load_image_rgb(path: str | os.PathLike, expected_wh: tuple[int, int] | None 
 
     Args:
         path: the image file.
-        expected_wh: ``(width, height)`` from the COCO ``images`` entry. If the EXIF-oriented
-            image does not have this size but the stored pixels do, the stored pixels are used
-            (the annotations were made on them).
+        expected_wh: ``(width, height)`` from the COCO ``images`` entry: the size as displayed.
 
     Raises:
-        ImageError: the file is missing or unreadable, or its size matches neither orientation.
+        ImageError: the file is missing or unreadable, or its displayed size is not
+            ``expected_wh`` (the sentence says when ``expected_wh`` is the stored, un-rotated size).
     """
     path = Path(path)
     if not path.is_file():
-        raise ImageError(f"image file {path} is missing")
+        raise ImageError(f"image file {path} {why_not_a_file(path)}")
     try:
         with Image.open(path) as raw:
             raw.load()
             oriented = ImageOps.exif_transpose(raw)
-            chosen = oriented
             if expected_wh is not None and tuple(oriented.size) != tuple(expected_wh):
                 if tuple(raw.size) == tuple(expected_wh):
-                    chosen = raw
-                else:
                     raise ImageError(
-                        f"image {path.name} is {oriented.size[0]}×{oriented.size[1]} but the "
-                        f"annotation file says {expected_wh[0]}×{expected_wh[1]}"
-                    )
-            return np.ascontiguousarray(_to_rgb_uint8(chosen))
+                        f"image {path.name} is shown {oriented.size[0]}×{oriented.size[1]} (its EXIF "
+                        f"orientation rotates the stored {raw.size[0]}×{raw.size[1]} pixels), but the annotation "
+                        f"file gives the stored size; sizes and annotations must be those of the image as shown "
+                        f"(docs/formats.md)")
+                raise ImageError(
+                    f"image {path.name} is {oriented.size[0]}×{oriented.size[1]} but the "
+                    f"annotation file says {expected_wh[0]}×{expected_wh[1]}"
+                )
+            return np.ascontiguousarray(_to_rgb_uint8(oriented))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"image file {path} cannot be read ({e})") from None

@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import SapError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -31,10 +33,63 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
+        written = tmp_path.stat().st_size if tmp_path.exists() else 0
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if is_disk_full(e):
+            raise disk_full_error(path, e, written) from None
         raise
+
+
+@contextlib.contextmanager
+def disk_full_names(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a full disk met in the body (an ``OSError``, SQLite's or ``torch.save``'s error) into
+    the one sentence of :func:`disk_full_error` naming ``path``; other errors pass unchanged."""
+    try:
+        yield
+    except Exception as e:
+        if is_disk_full(e) and not isinstance(e, SapError):
+            raise disk_full_error(path, e) from None
+        raise
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether ``e`` says the disk (or the quota) is full: ``ENOSPC``/``EDQUOT``/``EFBIG`` from the
+    OS, ``torch.save``'s "file write failed", or SQLite's "database or disk is full"."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    text = str(e)
+    return ("No space left on device" in text or "file write failed" in text
+            or "database or disk is full" in text)
+
+
+def disk_full_error(path: str | os.PathLike, e: BaseException, written: int = 0) -> Exception:
+    """The one sentence for a full disk: the file, how much was written, the space left. It never
+    suggests ``--overwrite``: what was committed before (a cache, a journal, a checkpoint) stays."""
+    import shutil
+
+    from .errors import DiskFullError
+
+    path = Path(path)
+    folder = path.parent if path.parent.exists() else Path(".")
+    try:
+        free = f"{_size(shutil.disk_usage(folder).free)} free there"
+    except OSError:
+        free = "free space unknown"
+    done = f"; {_size(written)} had been written" if written else ""
+    return DiskFullError(f"{path} could not be written: the disk is full ({free}{done}); free some space "
+                         f"and run the same command again: what was already saved is kept")
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"
 
 
 def _check_writable_folder(folder: Path, what: str, target: Path) -> None:
@@ -54,42 +109,129 @@ def _check_writable_folder(folder: Path, what: str, target: Path) -> None:
         raise InputError(f"{what} {target} cannot be written: {existing} is not writable ({e.strerror})") from None
 
 
+def check_not_input(path: str | os.PathLike, what: str, inputs: tuple[str | os.PathLike | None, ...],
+                    folder: bool = False) -> None:
+    """Refuse an output that is, or lies inside, one of the command's inputs (files and folders:
+    the annotation file, the image folder, a proposal cache, a run folder, weights, embeddings).
+
+    Args:
+        path: the output (file or folder).
+        inputs: every input path of the command (``None`` entries are ignored).
+        folder: ``path`` is an output folder: an input inside it is refused as well (the command
+            writes and replaces files there).
+
+    Raises:
+        InputError: one sentence naming the output and the input it would overwrite.
+    """
+    from .errors import InputError
+
+    out = Path(os.path.abspath(path))
+    out_real = Path(os.path.realpath(out))
+    for given in inputs:
+        if given is None or str(given) in ("", "none"):
+            continue
+        src = Path(os.path.realpath(os.path.abspath(given)))
+        if not src.exists():
+            continue
+        if out_real == src or src in out_real.parents:
+            where = "is" if out_real == src else "lies inside"
+            raise InputError(f"{what} {path} {where} the input {given}; an input is never overwritten")
+        if folder and out_real in src.parents:
+            raise InputError(f"{what} {path} holds the input {given}; write the output to another folder "
+                             f"(an input is never overwritten)")
+
+
+_FOLDER_SPELLINGS: set[str] = set()  # paths the command line wrote with a trailing slash
+
+
+def note_folder_spellings(argv: list[str]) -> None:
+    """Remember the arguments written with a trailing ``/`` (``--out dir/``): the command line's
+    paths lose it, yet the user meant a folder, so :func:`check_output_file` refuses them."""
+    _FOLDER_SPELLINGS.clear()
+    for arg in argv:
+        value = arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg
+        if len(value) > 1 and value.endswith(("/", os.sep)):
+            _FOLDER_SPELLINGS.add(os.path.abspath(value))
+
+
 def check_output_file(path: str | os.PathLike, what: str = "the output",
                       inputs: tuple[str | os.PathLike | None, ...] = ()) -> Path:
     """Check, before any work, that a file can be written at ``path`` (nothing is created).
 
     Args:
-        inputs: the command's input files: the output may not be one of them.
+        inputs: the command's inputs (files and folders): the output may not be one of them
+            nor lie inside one (:func:`check_not_input`).
 
     Raises:
         InputError: ``path`` is a folder, lies under a file, its folder is not writable, or it
-            is one of ``inputs`` (an input is never overwritten).
+            is or lies inside one of ``inputs`` (an input is never overwritten).
     """
     from .errors import InputError
 
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{what} {path} is a folder; give a file name")
-    for given in inputs:
-        if given is not None and Path(given).exists() and Path(given).resolve() == path.resolve():
-            raise InputError(f"{what} {path} is also an input of this command; an input is never overwritten")
+    if os.path.abspath(path) in _FOLDER_SPELLINGS:
+        raise InputError(f"{what} {path}/ ends with '/', which names a folder, but this output is a file; "
+                         f"give a file name")
+    check_not_input(path, what, inputs)
     _check_writable_folder(path.parent, what, path)
     return path
 
 
-def check_output_dir(path: str | os.PathLike, what: str = "the output folder") -> Path:
+def check_output_dir(path: str | os.PathLike, what: str = "the output folder",
+                     inputs: tuple[str | os.PathLike | None, ...] = ()) -> Path:
     """Check, before any work, that ``path`` is or can become a writable folder (nothing is created).
 
+    Args:
+        inputs: the command's inputs (files and folders): the folder may not be one of them,
+            lie inside one, or hold one (:func:`check_not_input` with ``folder=True``).
+
     Raises:
-        InputError: ``path`` is a file, lies under a file, or cannot be written.
+        InputError: ``path`` is a file, lies under a file, cannot be written, or clashes with
+            an input.
     """
     from .errors import InputError
 
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{what} {path} is a file, not a folder")
+    check_not_input(path, what, inputs, folder=True)
     _check_writable_folder(path, what, path)
     return path
+
+
+def path_inside(root: str | os.PathLike, name: str, what: str = "file_name") -> Path:
+    """``root / name`` for a relative ``name`` that stays inside ``root`` (sub-folders allowed).
+
+    The one place a path is derived from a ``file_name`` of an annotation file, for reading
+    (under ``--images``) and for writing (under ``--out``).
+
+    Raises:
+        InputError: ``name`` is absolute, or a ``..`` part leads outside ``root``.
+    """
+    from .errors import InputError
+
+    reason = file_name_problem(name)
+    if reason:
+        raise InputError(f"{what} {name!r} {reason}; it must be a path relative to {root}")
+    return Path(root) / name
+
+
+def file_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a ``file_name`` relative to a folder, or ``None`` if it can:
+    an absolute path (POSIX or Windows) or one whose ``..`` parts climb out of the folder."""
+    import ntpath
+    import posixpath
+
+    if posixpath.isabs(name) or ntpath.isabs(name) or ntpath.splitdrive(name)[0]:
+        return "is an absolute path"
+    depth = 0
+    for part in name.replace("\\", "/").split("/"):
+        depth += -1 if part == ".." else (0 if part in ("", ".") else 1)
+        if depth < 0:
+            return "climbs out of its folder with '..'"
+    return None
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = None) -> Path:

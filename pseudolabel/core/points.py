@@ -160,7 +160,10 @@ def collect_points(coco: dict[str, Any], source: str = "the point file"
                 continue
             point = read_point(ann)
             for x, y, _ in clicks if point is None else [*clicks, (*point, 1)]:
-                if not (0.0 <= x <= w and 0.0 <= y <= h) or not np.isfinite([x, y]).all():
+                if not np.isfinite([x, y]).all():
+                    raise InputError(f"{source}: the point ({x:g}, {y:g}) of annotation {ann['id']} is not a "
+                                     f"finite number (NaN or infinity)")
+                if not (0.0 <= x <= w and 0.0 <= y <= h):
                     raise InputError(
                         f"{source}: the point ({x:g}, {y:g}) of annotation {ann['id']} lies outside its "
                         f"{int(w)}×{int(h)} image {image_id}")

@@ -24,6 +24,8 @@ def _read_json(path: Path, what: str) -> Any:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{what} {path} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise InputError(f"{what} {path} nests its lists or objects too deeply to be read as JSON") from None
 
 
 def load_pseudo_file(path: str | os.PathLike) -> dict | list[dict]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from pseudolabel.core.coco import check_segmentations, load_coco_json
@@ -90,16 +89,14 @@ def run_export(fmt: str, ann: str | os.PathLike, images: str | os.PathLike | Non
     options = options or ExportOptions()
     if fmt not in FORMATS:
         raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if fmt != "fiftyone" and Path(out).resolve() == Path(ann).resolve():
-        raise InputError(f"--out {out} is also the input --ann; the input is never overwritten")
     if fmt == "fiftyone" and images is None:
         raise InputError("a FiftyOne dataset needs the images: pass --images DIR")
     check_range(options.tolerance, "--tolerance", low=0.0)
     check_range(options.min_iou, "--min-iou", low=0.0, high=1.0)
     if fmt == "yolo-seg":
-        check_output_dir(out, "--out")
+        check_output_dir(out, "--out", inputs=(ann, images))
     elif fmt != "fiftyone":
-        check_output_file(out, "--out", inputs=(ann,))
+        check_output_file(out, "--out", inputs=(ann, images))
     coco = load_coco_json(ann)
     # garbage masks are one sentence naming the file; a mask made for another size is reported
     check_segmentations(coco, str(ann), other_size_ok=True)

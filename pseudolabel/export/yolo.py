@@ -26,7 +26,7 @@ import numpy as np
 import yaml
 
 from pseudolabel.core.errors import InputError
-from pseudolabel.core.io import write_text_atomic
+from pseudolabel.core.io import path_inside, write_text_atomic
 from pseudolabel.core.progress import progress
 
 from .common import ExportReport, iter_objects, report_path, write_report
@@ -68,7 +68,7 @@ def export_yolo(coco: dict[str, Any], out: str | os.PathLike, images_dir: str | 
             xy = np.clip(ring / np.array([w, h]), 0.0, 1.0).reshape(-1)
             lines.append(" ".join([str(classes[o.ann["category_id"]])] + [f"{v:.6f}" for v in xy]))
             report.objects += 1
-        write_text_atomic(out / "labels" / f"{stem}.txt", "".join(line + "\n" for line in lines))
+        write_text_atomic(path_inside(out / "labels", f"{stem}.txt", f"image {img['id']}'s label file"), "".join(line + "\n" for line in lines))
         report.images += 1
     link = out / "images"
     if images_dir is not None and not link.exists() and not link.is_symlink():

@@ -32,7 +32,7 @@ from pseudolabel.core.coco import load_coco_json, with_locked
 from pseudolabel.core.config import EngineOptions, resolve, to_jsonable, versions
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.images import file_sha256
-from pseudolabel.core.io import check_output_dir, check_torch_file, write_json_atomic, write_text_atomic
+from pseudolabel.core.io import check_not_input, check_output_dir, check_torch_file, write_json_atomic, write_text_atomic
 from pseudolabel.core.lock import output_lock
 from pseudolabel.core.points import collect_points, derive_points
 from pseudolabel.core.progress import logger
@@ -243,7 +243,9 @@ class Pipeline:
         i1 = STAGES.index(until) if until else len(STAGES) - 1
         if i0 > i1:
             raise InputError(f"--from {start} comes after --until {until}")
-        check_output_dir(self.run, "the run folder")
+        c = self.cfg
+        check_output_dir(self.run, "the run folder", inputs=(c.images, c.val_images))
+        check_not_input(self.run, "the run folder", (c.points, c.gt, c.val))
         self.check()
         with output_lock(self.run):
             return self._run_locked(i0, i1)

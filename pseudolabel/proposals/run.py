@@ -23,7 +23,7 @@ import numpy as np
 
 from pseudolabel.core.cache import ShardWriter, check_shard_layout, points_digest, shard_filename
 from pseudolabel.core.coco import load_coco_json
-from pseudolabel.core.config import EngineOptions, write_run_config
+from pseudolabel.core.config import EngineOptions, check_range, write_run_config
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.images import file_sha256, load_image_rgb
 from pseudolabel.core.io import check_output_dir
@@ -169,12 +169,13 @@ def run_proposals(ann: str | Path, images_dir: str | Path, out_dir: str | Path,
         raise InputError(f"image folder {images_dir} does not exist")
     if not isinstance(cfg.points_per_batch, int) or cfg.points_per_batch < 0:
         raise InputError(f"--points-per-batch must be 0 (auto) or a positive number, not {cfg.points_per_batch}")
+    check_range(cfg.encoder_batch, "--encoder-batch (0 = auto)", 0, 4096, integer=True)
     coco = load_coco_json(ann)
     points_by_image, _ = collect_points(coco, source=str(ann))
     kinds = parse_kinds(cfg.prompts)
     window_rule(cfg.windows, 1, cfg.window_scale)  # the values' form, before the engine loads
     index, count = resolve_shard(cfg.shard)
-    check_output_dir(out_dir, "--out")
+    check_output_dir(out_dir, "--out", inputs=(ann, images_dir, cfg.checkpoint))
     check_shard_layout(out_dir, count, overwrite)
     shard_path = out_dir / shard_filename(index, count)
     with output_lock(shard_path):

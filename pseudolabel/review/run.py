@@ -90,7 +90,7 @@ def run_review(out: str | os.PathLike, ann: str | os.PathLike | None = None, run
         raise InputError(f"the image folder {images} does not exist: pass --images DIR")
     if n_worst < 1 or page_size < 1:
         raise InputError("--n and --page-size must be at least 1")
-    check_output_dir(out, "--out")
+    check_output_dir(out, "--out", inputs=(ann, images, sam_top1, proposals, predictions, corrections))
     labels = _load(ann)
     if (side := referenced_sidecar(labels, ann)) is not None and side.is_file():
         attach_alternatives(labels, ann)  # the runner-up's mask (signals, thumbnails); without it, the cache's

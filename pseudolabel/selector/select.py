@@ -29,7 +29,7 @@ from pseudolabel.core.bags import Bag
 from pseudolabel.core.coco import load_coco_json
 from pseudolabel.core.config import check_range, sidecar_path, write_run_config
 from pseudolabel.core.errors import InputError
-from pseudolabel.core.io import atomic_path, check_output_file
+from pseudolabel.core.io import atomic_path, check_output_dir, check_output_file
 from pseudolabel.core.lock import output_lock
 from pseudolabel.core.points import collect_points
 from pseudolabel.core.progress import logger
@@ -242,7 +242,8 @@ def run_select(ann: str | os.PathLike, proposals: str | os.PathLike, out: str | 
     """Check the options and the output path, then :func:`select_locked` holding ``OUT.lock``
     (rank 0 only under torchrun). Arguments as there."""
     check_select_options(cfg)
-    check_output_file(out, "--out", inputs=(ann, proposals))
+    check_output_file(out, "--out", inputs=(ann, proposals, images, cfg.weights, cfg.backbone_weights))
+    check_output_dir(cfg.work_dir or f"{out}.selector", "--work-dir", inputs=(ann, proposals, images, cfg.backbone_weights))
     if int(os.environ.get("RANK", 0)) != 0:
         return select_locked(ann, proposals, out, cfg, images)
     with output_lock(out):
@@ -257,6 +258,9 @@ def check_select_options(cfg: SelectConfig) -> None:
     check_range(cfg.lr, "lr", 0, low_open=True)
     check_range(cfg.min_size, "--min-size", 1, integer=True)
     check_range(cfg.max_size, "--max-size", 1, integer=True)
+    if cfg.max_size < cfg.min_size:
+        raise InputError(f"--max-size {cfg.max_size} is smaller than --min-size {cfg.min_size}: the long side "
+                         f"limit must be at least the short side")
     check_range(cfg.workers, "--workers", 0, integer=True)
 
 

@@ -35,7 +35,7 @@ from pseudolabel.core.progress import logger
 from . import require_detectron2
 from ..checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
 from ..config import TrainConfig, TrainSummary, check_config, model_config_of, per_pass_of
-from ..data import CategoryMap, check_same_categories, load_dataset
+from ..data import CategoryMap, batch_warning, check_same_categories, load_dataset
 from ..run_folder import MetricsWriter, d2_last_checkpoint, loss_range, read_metrics, refuse_unresumable, trim_metrics
 from .meta_arch import register_solov2
 from .settings import CPU_LAUNCH_REFUSAL, build_d2_config, refusals
@@ -265,6 +265,8 @@ def train_detectron2(tcfg: TrainConfig, resume: bool = False) -> TrainSummary | 
     records, cats, stats = load_dataset(tcfg.train, tcfg.images, missing="skip" if tcfg.skip_missing_images else
                                         "error", keep_empty_images=tcfg.keep_empty_images)
     refusals(tcfg, stats)
+    if (warning := batch_warning(tcfg.batch, len(records))) is not None:
+        logger.warning(warning)
     if tcfg.val:
         check_same_categories(cats, CategoryMap.from_coco(load_coco_json(tcfg.val)), Path(tcfg.train).name,
                               Path(tcfg.val).name)
