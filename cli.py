@@ -1,6 +1,7 @@
 """The ``sap`` command line: assembles the command modules of :mod:`pseudolabel.commands`.
 
     sap env
+    sap points --from cvat --in annotations.xml --images DIR --out POINTS.json
     sap points --gt GT.json --out POINTS.json --mode qc
     sap proposals --ann POINTS.json --images DIR --out CACHE_DIR
     sap select --ann POINTS.json --images DIR --proposals CACHE_DIR --out PSEUDO.json

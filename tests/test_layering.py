@@ -32,6 +32,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "pseudolabel.viz": (3, "tools"),
     "pseudolabel.export": (3, "tools"),
     "pseudolabel.review": (3, "tools"),
+    "pseudolabel.ingest": (3, "tools"),  # labelling-tool exports → the canonical point file
     "pseudolabel.testing": (3, "tools"),  # data generators for tests and benchmarks: nothing imports it up
     "pseudolabel.pipeline": (4, "orchestration"),
     "pseudolabel.commands": (4, "orchestration"),

@@ -24,16 +24,28 @@ def pipeline_cmd(
     checkpoint: SamCheckpointOpt = None,
     device: DeviceOpt = None,
     sets: Annotated[Optional[list[str]], typer.Option("--set", help="section.key=value, e.g. train.iters=2000 (repeatable).")] = None,
-    start: Annotated[Optional[str], typer.Option("--from", help="First stage to run.")] = None,
+    start: Annotated[Optional[str], typer.Option("--from", help="First stage to run, or the labelling tool whose export --points is (labelstudio, cvat, labelme, pointsup, p2bnet, coco-keypoints: as sap points --from).")] = None,
+    categories: Annotated[Optional[Path], typer.Option("--categories", help="With --from FORMAT: YAML name → id or a COCO categories list.")] = None,
     until: Annotated[Optional[str], typer.Option("--until", help="Last stage to run.")] = None,
 ) -> None:
     """Run points → proposals → select → refine → train → eval → viz in one resumable run folder."""
+    from pseudolabel.ingest import FORMATS
     from pseudolabel.pipeline import Pipeline, closing_table, load_pipeline_config, write_report
 
+    from pseudolabel.core.errors import InputError
+    from pseudolabel.pipeline import STAGES
+
+    if start is not None and start not in STAGES and start not in FORMATS:
+        raise InputError(f"--from {start}: neither a stage ({', '.join(STAGES)}) nor a point format "
+                         f"({', '.join(FORMATS)})")
+    points_from = start if start in FORMATS else None  # stage and format names never coincide
+    start = None if points_from else start
     cfg = load_pipeline_config(config, sets, images=str(images) if images else None,
                                points=str(points) if points else None, gt=str(gt) if gt else None,
                                out=str(out) if out else None, engine=engine, model=model, checkpoint=checkpoint,
-                               device=device)
+                               device=device, points_from=points_from)
+    if categories is not None:
+        cfg.points_options["categories"] = str(categories)
     records = Pipeline(cfg).run_stages(start, until)
     report = write_report(Path(cfg.out), records)
     typer.echo(closing_table(records))

@@ -26,6 +26,7 @@ def proposals_cmd(
     precision: SamPrecisionOpt = None,
     device: DeviceOpt = None,
     prompts: Annotated[Optional[str], typer.Option("--prompts", help="Prompt kinds, comma-separated: point, point_box (point,point_box = SAPNet's 6-proposal bags).")] = None,
+    clicks: Annotated[Optional[str], typer.Option("--clicks", help="Which of an object's clicks SAM gets in its one prompt: positive (default: every positive click) | all (negatives too) | first (the first positive).")] = None,
     points_per_batch: Annotated[Optional[int], typer.Option("--points-per-batch", help="Prompts per decoder call (0 = auto).")] = None,
     save_embeddings: Annotated[Optional[bool], typer.Option("--save-embeddings/--no-save-embeddings", help="Also store each image embedding (fp16) for sap refine.")] = None,
     shard: Annotated[Optional[str], typer.Option("--shard", help="i/n: process every n-th image from the i-th (default: torchrun RANK/WORLD_SIZE).")] = None,
@@ -46,7 +47,7 @@ def proposals_cmd(
     if ann is None or images is None or out is None:
         raise InputError("sap proposals needs --ann, --images and --out (see sap proposals --help)")
     cfg = resolve(ProposalConfig(), load_config_file(config), engine=engine, model=model, checkpoint=checkpoint,
-                  precision=precision, device=device, prompts=prompts, points_per_batch=points_per_batch,
+                  precision=precision, device=device, prompts=prompts, clicks=clicks, points_per_batch=points_per_batch,
                   save_embeddings=save_embeddings, shard=shard, encoder_batch=encoder_batch, overlap=overlap,
                   windows=windows, window_scale=window_scale)
     summary = run_proposals(ann, images, out, cfg, overwrite=overwrite)

@@ -12,6 +12,7 @@ Two ways to read them:
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ def _check_cache_points(reader: CacheReader, path: Path, points_json: str | Path
     by_image, _ = collect_points(coco)
     done = {r["image_id"] for r in reader.images() if r["status"] == "done"}
     wanted = [p for img_id in done for p in by_image.get(img_id, [])]
+    if "clicks" not in reader.config:  # a format-1 cache kept each object's first positive click only
+        wanted = [replace(p, clicks=()) for p in wanted]
     if points_digest(wanted) != points_digest(reader.points()):
         raise InputError(f"the proposal cache {path} was made from a different point file")
 

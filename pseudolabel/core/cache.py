@@ -11,10 +11,12 @@ Tables:
   ``model_type`` instead, read as the matching ``sam_*`` engine);
 * ``images``: one row per image attempted: status ``done`` or ``failed`` with the reason, its
   content sha256, size, and timings;
-* ``points``: the annotated points of done images (annotation id, image id, category, x, y);
+* ``points``: the annotated points of done images (annotation id, image id, category, first
+  positive click x, y; format 2: every click of a multi-click object, JSON ``[[x, y, label]]``);
 * ``proposals``: one row per proposal: annotation id, image id, prompt kind (and its index in
   the configured order), rank (SAM's multimask index), compressed RLE (counts as text), predicted
-  IoU, stability score, COCO box XYWH, area;
+  IoU, stability score, COCO box XYWH, area, and the number of clicks its prompt held (format 2;
+  format-1 caches, from before several clicks per object, are read as one click each);
 * ``embeddings`` (with ``--save-embeddings``): per image the engine's tensors in fp16, one blob
   in the engine's layout order (:data:`pseudolabel.core.engines.registry.FAMILIES`), with input
   and original sizes. ``shape`` is a list for a single ``1×256×64×64`` embedding (SAM) and an
@@ -33,13 +35,15 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from .bags import Bag
+from .cache_blobs import pack_embedding, unpack_embedding  # noqa: F401 (also imported from here)
 from .errors import InputError
 from .io import disk_full_error, disk_full_names, is_disk_full
 from .points import PointAnn
 from .rle import xywh_to_xyxy
 from .windows import describe_layout
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # format 1: no ``clicks`` column (one click per prompt)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -49,12 +53,12 @@ CREATE TABLE IF NOT EXISTS images (
     encoder_s REAL, decoder_s REAL);
 CREATE TABLE IF NOT EXISTS points (
     ann_id INTEGER PRIMARY KEY, image_id INTEGER NOT NULL, category_id INTEGER NOT NULL,
-    x REAL NOT NULL, y REAL NOT NULL);
+    x REAL NOT NULL, y REAL NOT NULL, clicks TEXT);
 CREATE TABLE IF NOT EXISTS proposals (
     ann_id INTEGER NOT NULL, image_id INTEGER NOT NULL, kind_index INTEGER NOT NULL,
     kind TEXT NOT NULL, rank INTEGER NOT NULL, counts TEXT NOT NULL, height INTEGER NOT NULL,
     width INTEGER NOT NULL, iou REAL NOT NULL, stability REAL NOT NULL, bx REAL, by REAL,
-    bw REAL, bh REAL, area INTEGER NOT NULL, PRIMARY KEY (ann_id, kind_index, rank));
+    bw REAL, bh REAL, area INTEGER NOT NULL, clicks INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (ann_id, kind_index, rank));
 CREATE INDEX IF NOT EXISTS proposals_image ON proposals (image_id);
 CREATE TABLE IF NOT EXISTS embeddings (
     image_id INTEGER PRIMARY KEY, data BLOB NOT NULL, shape TEXT NOT NULL, input_h INTEGER,
@@ -63,10 +67,12 @@ CREATE TABLE IF NOT EXISTS embeddings (
 
 
 def points_digest(points: Iterable[PointAnn]) -> str:
-    """sha256 of a point set (ids, images, categories, coordinates), independent of JSON layout."""
+    """sha256 of a point set (ids, images, categories, coordinates, every click of a multi-click
+    object), independent of JSON layout; a set of single clicks digests as it did in format 1."""
     h = hashlib.sha256()
     for p in sorted(points, key=lambda p: p.ann_id):
-        h.update(f"{p.ann_id},{p.image_id},{p.category_id},{p.x!r},{p.y!r};".encode())
+        clicks = "".join(f"|{x!r},{y!r},{label}" for x, y, label in p.clicks)
+        h.update(f"{p.ann_id},{p.image_id},{p.category_id},{p.x!r},{p.y!r}{clicks};".encode())
     return h.hexdigest()
 
 
@@ -205,10 +211,12 @@ class ShardWriter:
                 extra(self.conn)
             self.conn.execute("DELETE FROM proposals WHERE image_id = ?", (image["image_id"],))
             self.conn.execute("DELETE FROM points WHERE image_id = ?", (image["image_id"],))
-            self.conn.executemany("INSERT INTO points VALUES (?, ?, ?, ?, ?)",
-                                  [(p.ann_id, p.image_id, p.category_id, p.x, p.y) for p in points])
-            self.conn.executemany(
-                "INSERT INTO proposals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", proposals)
+            self.conn.executemany("INSERT INTO points VALUES (?, ?, ?, ?, ?, ?)",
+                                  [(p.ann_id, p.image_id, p.category_id, p.x, p.y,
+                                    json.dumps(p.clicks) if p.clicks else None) for p in points])
+            self.conn.executemany(  # a row without its clicks column was made from one click
+                "INSERT INTO proposals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [r if len(r) == 16 else (*r, 1) for r in proposals])
             if embedding is not None:
                 arrays, input_hw, orig_hw = embedding
                 blob, shape = pack_embedding(arrays)
@@ -235,29 +243,6 @@ class ShardWriter:
         self.conn.close()
 
 
-def pack_embedding(arrays: dict[str, np.ndarray]) -> tuple[bytes, Any]:
-    """fp16 bytes of the arrays in order, and the ``shape`` column (list for one, object for several)."""
-    parts = {k: np.ascontiguousarray(v, dtype=np.float16) for k, v in arrays.items()}
-    blob = b"".join(p.tobytes() for p in parts.values())
-    if list(parts) == ["image_embed"]:
-        return blob, list(parts["image_embed"].shape)
-    return blob, {k: list(p.shape) for k, p in parts.items()}
-
-
-def unpack_embedding(blob: bytes, shape: Any) -> dict[str, np.ndarray]:
-    """Inverse of :func:`pack_embedding`: float32 arrays by name."""
-    shapes = {"image_embed": shape} if isinstance(shape, list) else shape
-    flat = np.frombuffer(blob, dtype=np.float16)
-    out, at = {}, 0
-    for name, shp in shapes.items():
-        n = int(np.prod(shp))
-        out[name] = flat[at:at + n].reshape(shp).astype(np.float32)
-        at += n
-    if at != flat.size:
-        raise InputError(f"a cached embedding holds {flat.size} values, its shapes {shapes} say {at}")
-    return out
-
-
 # ---- reading -----------------------------------------------------------------------------------
 
 _BAG_COLUMNS = "ann_id, kind, rank, counts, height, width, iou, stability, bx, by, bw, bh"
@@ -269,6 +254,21 @@ def _bag(p: PointAnn, props: list[tuple]) -> Bag:
     return Bag(ann_id=p.ann_id, image_id=p.image_id, category_id=p.category_id, point=(p.x, p.y), boxes=boxes,
                rles=[{"size": [r[4], r[5]], "counts": r[3]} for r in props], scores=[r[6] for r in props],
                kinds=[r[1] for r in props], ranks=[r[2] for r in props], stability=[r[7] for r in props])
+
+
+def _points_sql(conn: sqlite3.Connection) -> str:
+    """Select a shard's points with their clicks (NULL in a format-1 shard)."""
+    return f"SELECT ann_id, image_id, category_id, x, y, {_column(conn, 'points', 'clicks', 'NULL')} FROM points"
+
+
+def _column(conn: sqlite3.Connection, table: str, column: str, default: str) -> str:
+    """``column`` if the shard's ``table`` has it (format 2), else the SQL ``default``."""
+    return column if any(r[1] == column for r in conn.execute(f"PRAGMA table_info({table})")) else default
+
+
+def _point(row: tuple) -> PointAnn:
+    clicks = tuple(tuple(c) for c in json.loads(row[5])) if row[5] else ()
+    return PointAnn(*row[:5], clicks)
 
 
 class CacheReader:
@@ -293,8 +293,9 @@ class CacheReader:
                 conn.execute("SELECT count(*) FROM proposals").fetchone()
             except sqlite3.DatabaseError as e:
                 raise InputError(f"{f} is damaged or not a proposal cache ({e})") from None
-            if meta.get("format_version") != FORMAT_VERSION or "config" not in meta:
-                raise InputError(f"{f} is not a proposal cache of format {FORMAT_VERSION}")
+            if meta.get("format_version") not in READABLE_VERSIONS or "config" not in meta:
+                raise InputError(f"{f} is not a proposal cache of format "
+                                 f"{' or '.join(map(str, READABLE_VERSIONS))}")
             if config is None:
                 config = meta["config"]
             elif (diff := config_difference(config, meta["config"])):
@@ -313,7 +314,14 @@ class CacheReader:
         return [dict(zip(cols, r)) for r in self.query("SELECT * FROM images ORDER BY image_id")]
 
     def points(self) -> list[PointAnn]:
-        return [PointAnn(*r) for r in self.query("SELECT * FROM points ORDER BY ann_id")]
+        """Every object's point with its clicks (the clicks each proposal was made from: :meth:`clicks`)."""
+        return sorted((_point(r) for conn in self.conns for r in conn.execute(_points_sql(conn))),
+                      key=lambda p: p.ann_id)
+
+    def clicks(self) -> dict[int, int]:
+        """annotation id → the most clicks any of its proposals' prompts held (1 in a format-1 cache)."""
+        return {a: n for conn in self.conns for a, n in conn.execute(
+            f"SELECT ann_id, MAX({_column(conn, 'proposals', 'clicks', '1')}) FROM proposals GROUP BY ann_id")}
 
     def bags(self) -> dict[int, list[Bag]]:
         """Bags of every done image, by image id (bags ordered by annotation id).
@@ -340,9 +348,9 @@ class CacheReader:
                 rows.setdefault(r[0], []).append(r)
             if rows:
                 marks = ",".join("?" * len(rows))
-                pts = conn.execute(f"SELECT * FROM points WHERE ann_id IN ({marks}) ORDER BY ann_id",
+                pts = conn.execute(f"{_points_sql(conn)} WHERE ann_id IN ({marks}) ORDER BY ann_id",
                                    tuple(rows)).fetchall()
-                return [_bag(PointAnn(*p), rows[p[0]]) for p in pts]
+                return [_bag(_point(p), rows[p[0]]) for p in pts]
         return []
 
     def proposal_image_ids(self) -> list[int]:

@@ -4,8 +4,11 @@ A point is ``(x, y)`` in continuous original-image pixel coordinates: pixel ``(c
 covers ``[col, col+1) × [row, row+1)``, so the pixel under a point is ``(floor x, floor y)``.
 
 Accepted conventions per annotation: ``point: [x, y]`` (P2BNet/SAPNet) and detectron2
-PointSup's ``point_coords: [[x, y], ...]`` with ``point_labels: [1|0, ...]`` (the first
-positive point is used).
+PointSup's ``point_coords: [[x, y], ...]`` with ``point_labels: [1|0, ...]``. An object may carry
+several clicks: :attr:`PointAnn.clicks` keeps all of them (positive 1, negative 0) and
+:attr:`PointAnn.x`/``y`` is the first positive one, the click SAPNet's network uses. The
+canonical point file (``sap points``) writes ``point`` and, for several clicks, ``point_coords``
+and ``point_labels``.
 """
 
 from __future__ import annotations
@@ -22,13 +25,20 @@ from .rle import decode_rle
 
 @dataclass(frozen=True)
 class PointAnn:
-    """One annotated point: its annotation id, image id, category id and ``(x, y)``."""
+    """One annotated object: annotation id, image id, category id, its first positive click
+    ``(x, y)`` and, when it has more than that one click, every click as ``(x, y, label)``
+    (label 1 positive, 0 negative; ``()`` = the single positive click ``(x, y)``)."""
 
     ann_id: int
     image_id: int
     category_id: int
     x: float
     y: float
+    clicks: tuple[tuple[float, float, int], ...] = ()
+
+    def all_clicks(self) -> tuple[tuple[float, float, int], ...]:
+        """Every click ``(x, y, label)`` in annotation order (at least the first positive)."""
+        return self.clicks or ((self.x, self.y, 1),)
 
 
 def _xy(value: Any, ann: dict[str, Any], field: str) -> tuple[float, float]:
@@ -63,6 +73,54 @@ def read_point(ann: dict[str, Any]) -> tuple[float, float] | None:
     return None
 
 
+def read_clicks(ann: dict[str, Any]) -> list[tuple[float, float, int]] | None:
+    """Every click of an annotation as ``(x, y, label)``, or None if it carries none.
+
+    PointSup's ``point_coords``/``point_labels`` give all clicks (labels default to positive);
+    otherwise ``point`` is the one positive click.
+
+    Raises:
+        InputError: a malformed point or label, or an object whose clicks are all negative.
+    """
+    coords = ann.get("point_coords")
+    if not coords:
+        p = read_point(ann)
+        return None if p is None else [(p[0], p[1], 1)]
+    if not isinstance(coords, (list, tuple)):
+        raise InputError(f"annotation {ann.get('id')}: 'point_coords' must be a list of [x, y]")
+    labels = ann.get("point_labels") or [1] * len(coords)
+    if not isinstance(labels, (list, tuple)) or len(labels) != len(coords):
+        raise InputError(f"annotation {ann.get('id')}: 'point_labels' must have one label per point")
+    bad = [label for label in labels if label not in (0, 1) or isinstance(label, bool)]
+    if bad:
+        raise InputError(f"annotation {ann.get('id')}: point labels are 1 or 0, not {bad[0]!r}")
+    clicks = [(*_xy(xy, ann, "point_coords"), int(label)) for xy, label in zip(coords, labels)]
+    if not any(label == 1 for *_, label in clicks):
+        raise InputError(f"annotation {ann.get('id')} has only negative clicks ({len(clicks)}); "
+                         "an object needs at least one positive click")
+    return clicks
+
+
+def make_point(ann_id: int, image_id: int, category_id: int, clicks: list[tuple[float, float, int]],
+               point: tuple[float, float] | None = None) -> PointAnn:
+    """A :class:`PointAnn` from an object's clicks ``(x, y, label)`` (at least one positive);
+    its ``(x, y)`` is ``point`` when the annotation gives one, else the first positive click."""
+    x, y = point or next((cx, cy) for cx, cy, label in clicks if label == 1)
+    multi = tuple((float(cx), float(cy), int(lab)) for cx, cy, lab in clicks) if len(clicks) > 1 else ()
+    return PointAnn(int(ann_id), int(image_id), int(category_id), float(x), float(y), multi)
+
+
+def point_annotation(p: PointAnn) -> dict[str, Any]:
+    """The canonical point file's annotation of ``p``: ``point`` and, for several clicks,
+    PointSup's ``point_coords``/``point_labels``."""
+    ann: dict[str, Any] = {"id": p.ann_id, "image_id": p.image_id, "category_id": p.category_id,
+                           "point": [p.x, p.y], "iscrowd": 0}
+    if p.clicks:
+        ann["point_coords"] = [[cx, cy] for cx, cy, _ in p.clicks]
+        ann["point_labels"] = [label for *_, label in p.clicks]
+    return ann
+
+
 @dataclass
 class PointReport:
     """What :func:`collect_points` kept and skipped."""
@@ -94,21 +152,22 @@ def collect_points(coco: dict[str, Any], source: str = "the point file"
                 report.crowd_skipped += 1
                 continue
             try:
-                p = read_point(ann)
+                clicks = read_clicks(ann)
             except InputError as e:
                 raise InputError(f"{source}: {e}") from None
-            if p is None:
+            if clicks is None:
                 missing.append(ann["id"])
                 continue
-            x, y = p
-            if not np.isfinite([x, y]).all():
-                raise InputError(f"{source}: the point ({x:g}, {y:g}) of annotation {ann['id']} is not a "
-                                 f"finite number (NaN or infinity)")
-            if not (0.0 <= x <= w and 0.0 <= y <= h):
-                raise InputError(
-                    f"{source}: the point ({x:g}, {y:g}) of annotation {ann['id']} lies outside its "
-                    f"{int(w)}×{int(h)} image {image_id}")
-            pts.append(PointAnn(int(ann["id"]), int(image_id), int(ann["category_id"]), x, y))
+            point = read_point(ann)
+            for x, y, _ in clicks if point is None else [*clicks, (*point, 1)]:
+                if not np.isfinite([x, y]).all():
+                    raise InputError(f"{source}: the point ({x:g}, {y:g}) of annotation {ann['id']} is not a "
+                                     f"finite number (NaN or infinity)")
+                if not (0.0 <= x <= w and 0.0 <= y <= h):
+                    raise InputError(
+                        f"{source}: the point ({x:g}, {y:g}) of annotation {ann['id']} lies outside its "
+                        f"{int(w)}×{int(h)} image {image_id}")
+            pts.append(make_point(ann["id"], image_id, ann["category_id"], clicks, point))
         out[image_id] = pts
         report.points += len(pts)
     if missing:

@@ -21,6 +21,8 @@ class PipelineConfig:
     images: str = ""
     out: str = "sap_runs/pipeline"
     points: str | None = None  # point file; derived from `gt` when absent
+    points_from: str | None = None  # `points` is this labelling tool's export (pseudolabel.ingest.FORMATS)
+    points_options: dict[str, Any] = field(default_factory=dict)  # categories, annotator, keypoint
     gt: str | None = None  # full masks: derive points, measure pseudo-labels, default validation
     point_mode: str = "center"
     point_seed: int = 0
@@ -108,4 +110,11 @@ def load_pipeline_config(path: str | Path | None, sets: list[str] | None = None,
         raise InputError("the pipeline needs an image folder (--images or 'images:' in the config)")
     if not cfg.points and not cfg.gt:
         raise InputError("the pipeline needs a point file (--points) or full masks to derive points from (--gt)")
+    if cfg.points_from:
+        from pseudolabel.ingest import FORMATS
+
+        if cfg.points_from not in FORMATS:
+            raise InputError(f"unknown point format {cfg.points_from!r}; choose one of {', '.join(FORMATS)}")
+        if not cfg.points:
+            raise InputError(f"--from {cfg.points_from} reads the export named by --points; give --points")
     return cfg

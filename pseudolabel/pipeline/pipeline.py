@@ -120,8 +120,9 @@ class Pipeline:
         c = self.cfg
         upstream = {s: (self.records.get(s) or self._previous(s) or StageRecord(s, "", {}, {}, 0)).digest
                     for s in STAGES[:STAGES.index(stage)]}
-        own = {"points": {"points": _file_digest(c.points), "gt": _file_digest(c.gt) if not c.points else None,
-                          "mode": c.point_mode, "seed": c.point_seed},
+        own = {"points": {"points": _file_digest(c.points) if c.points and Path(c.points).is_file() else c.points,
+                          "gt": _file_digest(c.gt) if not c.points else None, "mode": c.point_mode,
+                          "seed": c.point_seed, "from": c.points_from, "options": c.points_options},
                "proposals": {"sam": self.engine_options(), "checkpoint": self._checkpoint_digest(),
                              "proposals": c.proposals,
                              "images": c.images, "image_files": self._images_digest()},
@@ -172,7 +173,7 @@ class Pipeline:
                 check_categories(coco, str(path))
                 check_segmentations(coco, str(path))
         if c.points:
-            collect_points(load_coco_json(c.points), source=str(c.points))
+            _read_points(c)
 
     def _checkpoint_digest(self) -> str | None:
         """sha256 of the SAM checkpoint file the settings name (None: download or random weights)."""
@@ -188,6 +189,8 @@ class Pipeline:
         if "images" in self._digests:  # once per run: stage_inputs asks for it for every stage
             return self._digests["images"]
         source = self.cfg.points or self.cfg.gt
+        if self.cfg.points_from:  # an export: the images its point file names
+            source = self.stage_dir("points") / "points.json"
         if not source or not Path(source).is_file() or not self.cfg.images:
             return None
         memo_path = self.run / "image_hashes.json"
@@ -281,10 +284,29 @@ def _yaml(obj: Any) -> str:
 
 # ---- the stages ----------------------------------------------------------------------------------
 
+def _read_points(c: PipelineConfig) -> tuple[dict, dict]:
+    """The point file ``c.points`` (read from a labelling tool's export with ``c.points_from``), checked."""
+    if c.points_from:
+        from pseudolabel.ingest import IngestOptions, read_points
+
+        try:
+            options = IngestOptions(**c.points_options)
+        except TypeError:
+            raise InputError(f"points_options takes {', '.join(IngestOptions.__dataclass_fields__)}, "
+                             f"not {', '.join(c.points_options)}") from None
+        return read_points(c.points_from, c.points, c.images, options)
+    coco = load_coco_json(c.points)
+    _, report = collect_points(coco, source=str(c.points))
+    return coco, {"points": report.points}
+
+
 def _points(p: Pipeline) -> tuple[dict, dict]:
+    if p.cfg.points_from:
+        pts, counts = _read_points(p.cfg)
+        return {"points": write_json_atomic(p.stage_dir("points") / "points.json", pts)}, counts
     if p.cfg.points:
-        _, report = collect_points(load_coco_json(p.cfg.points), source=p.cfg.points)
-        return {"points": p.cfg.points}, {"points": report.points}
+        _, counts = _read_points(p.cfg)
+        return {"points": p.cfg.points}, counts
 
     pts, counts = derive_points(load_coco_json(p.cfg.gt), p.cfg.point_mode, p.cfg.point_seed, source=p.cfg.gt)
     out = write_json_atomic(p.stage_dir("points") / "points.json", pts)

@@ -18,7 +18,7 @@ from pseudolabel.core.engines.base import ImageEmbedding, PromptEngine, stabilit
 from pseudolabel.core.points import PointAnn
 from pseudolabel.core.windows import Window, paste_rles
 from .overlap import RleWorker
-from .prompt_kinds import PROMPT_KINDS, KindResult, mask_boxes_xyxy
+from .prompt_kinds import CLICK_MODES, DEFAULT_CLICKS, PROMPT_KINDS, KindResult, click_prompt, mask_boxes_xyxy
 
 MASK_PIXEL_BUDGET = 2 ** 26  # full-resolution mask pixels held at once (one chunk)
 
@@ -36,6 +36,7 @@ class ChunkProposals:
     stability: np.ndarray  # B×C
     boxes: np.ndarray  # B×C×4 XYXY
     areas: np.ndarray  # B×C
+    clicks: np.ndarray  # B: clicks in each point's prompt
 
     def rows(self) -> list[tuple]:
         """``proposals`` table rows (waits for the RLEs)."""
@@ -47,18 +48,28 @@ class ChunkProposals:
                 x1, y1, x2, y2 = (float(v) for v in self.boxes[b, r])
                 rows.append((p.ann_id, p.image_id, self.kind_index, self.kind, r, rles[b * c + r]["counts"], h, w,
                              float(self.iou[b, r]), float(self.stability[b, r]), x1, y1, x2 - x1, y2 - y1,
-                             int(self.areas[b, r])))
+                             int(self.areas[b, r]), int(self.clicks[b])))
         return rows
+
+
+def _click_groups(points: list[PointAnn], clicks: str, chunk: int) -> list[list[PointAnn]]:
+    """Chunks of at most ``chunk`` points, each of points with the same number of clicks, so no
+    prompt carries padding and a point's masks do not depend on its neighbours' clicks."""
+    by_count: dict[int, list[PointAnn]] = {}
+    for p in points:
+        by_count.setdefault(len(CLICK_MODES[clicks](p)), []).append(p)
+    return [group[i:i + chunk] for _, group in sorted(by_count.items()) for i in range(0, len(group), chunk)]
 
 
 def decode_chunks(engine: PromptEngine, emb: ImageEmbedding, points: list[PointAnn], kinds: tuple[str, ...],
                   points_per_batch: int, rle: RleWorker, window: Window | None = None,
-                  image_hw: tuple[int, int] | None = None) -> list[ChunkProposals]:
+                  image_hw: tuple[int, int] | None = None, clicks: str = DEFAULT_CLICKS) -> list[ChunkProposals]:
     """Decode one image's (or one window's) points; their masks go to ``rle`` chunk by chunk.
 
-    Chunks of at most ``points_per_batch`` points (fewer on large images, so a chunk's
-    full-resolution masks stay under :data:`MASK_PIXEL_BUDGET` pixels) go through the decoder
-    once per prompt kind. The logits are upsampled transposed (``B×C×W×H``, the same sampling)
+    Chunks of at most ``points_per_batch`` points with the same number of clicks (fewer on large
+    images, so a chunk's full-resolution masks stay under :data:`MASK_PIXEL_BUDGET` pixels) go
+    through the decoder once per prompt kind, each point's clicks (``clicks``: a name of
+    :data:`~.prompt_kinds.CLICK_MODES`) in one prompt. The logits are upsampled transposed (``B×C×W×H``, the same sampling)
     so the masks are already in the column-major order COCO's RLE reads. With a ``window``
     (``emb`` encodes that part of an ``image_hw`` image) the points are shifted into it and the
     masks and boxes placed back: the proposals are the image's, at its full size.
@@ -69,12 +80,13 @@ def decode_chunks(engine: PromptEngine, emb: ImageEmbedding, points: list[PointA
     emb_t = dataclasses.replace(emb, input_size=emb.input_size[::-1], original_size=(w, h))
     chunk = max(1, min(points_per_batch, MASK_PIXEL_BUDGET // (3 * h * w)))
     out: list[ChunkProposals] = []
-    for start in range(0, len(points), chunk):
-        pts = points[start:start + chunk]
-        xy = np.array([[p.x - x0, p.y - y0] for p in pts], dtype=np.float64)
+    for pts in _click_groups(points, clicks, chunk):
+        prompt = click_prompt(pts, clicks)
+        prompt.coords -= [x0, y0]
+        prompt.first -= [x0, y0]
         earlier: dict[str, KindResult] = {}
         for kind_index, kind in enumerate(kinds):
-            args = PROMPT_KINDS[kind](xy, earlier, (h, w))
+            args = PROMPT_KINDS[kind](prompt, earlier, (h, w))
             low_res, iou = engine.decode(emb, multimask=True, **args)
             logits_t = engine.upscale(low_res.transpose(-1, -2), emb_t, threshold=None)  # B×C×W×H
             masks_t = logits_t > 0
@@ -87,13 +99,14 @@ def decode_chunks(engine: PromptEngine, emb: ImageEmbedding, points: list[PointA
             areas = masks_t.flatten(2).sum(-1).cpu().numpy()
             boxes_np = boxes.cpu().numpy() + np.where(areas[..., None] > 0, [x0, y0, x0, y0], 0)
             out.append(ChunkProposals(pts, kind_index, kind, future, full_hw, iou.cpu().numpy(),
-                                      stab.cpu().numpy(), boxes_np, areas))
+                                      stab.cpu().numpy(), boxes_np, areas, prompt.counts))
         del earlier
     return out
 
 
 def image_proposals(engine: PromptEngine, emb: ImageEmbedding, points: list[PointAnn],
-                    kinds: tuple[str, ...], points_per_batch: int) -> list[tuple]:
+                    kinds: tuple[str, ...], points_per_batch: int, clicks: str = DEFAULT_CLICKS) -> list[tuple]:
     """All proposals of one image's points, as ``proposals`` table rows (see :func:`decode_chunks`)."""
     with RleWorker(enabled=False) as rle:
-        return [row for c in decode_chunks(engine, emb, points, kinds, points_per_batch, rle) for row in c.rows()]
+        return [row for c in decode_chunks(engine, emb, points, kinds, points_per_batch, rle, clicks=clicks)
+                for row in c.rows()]

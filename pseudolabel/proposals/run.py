@@ -32,7 +32,7 @@ from pseudolabel.core.points import PointAnn, collect_points
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 from pseudolabel.core.tiled import open_large_image
 from pseudolabel.core.window_cache import write_window_embeddings
-from .prompt_kinds import parse_kinds
+from .prompt_kinds import DEFAULT_CLICKS, check_click_mode, parse_kinds
 from pseudolabel.core.engines.base import PromptEngine, default_encoder_batch, default_prompt_batch
 from pseudolabel.core.windows import WindowRule, check_rule_fits, window_pixels, window_rule
 from .decode import ChunkProposals, decode_chunks, image_proposals  # noqa: F401 (image_proposals: API)
@@ -46,6 +46,7 @@ class ProposalConfig(EngineOptions):
     (:class:`~pseudolabel.core.config.EngineOptions`, fields first) and the stage's own."""
 
     prompts: str = "point"
+    clicks: str = DEFAULT_CLICKS  # which of an object's clicks SAM gets: positive | all | first
     points_per_batch: int = 0  # 0: engines.base.default_prompt_batch (64 on a GPU, 4 on a CPU)
     save_embeddings: bool = False
     shard: str | None = None  # "i/n"; under torchrun RANK/WORLD_SIZE
@@ -53,6 +54,10 @@ class ProposalConfig(EngineOptions):
     overlap: bool = True  # read images ahead and RLE-encode behind on background threads
     windows: str = "auto"  # auto | off | a window side in pixels (pseudolabel.core.windows)
     window_scale: float = 1.0  # windows cut at this scale: side = (frame or PIXELS) / scale image px
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_click_mode(self.clicks)
 
 
 @dataclass
@@ -197,7 +202,7 @@ def _open_run(cfg: ProposalConfig, engine: PromptEngine | None, kinds: tuple[str
     check_rule_fits(rule, [(im["height"], im["width"]) for im in images])
     ppb = cfg.points_per_batch or default_prompt_batch(engine.device)
     batch = max(1, cfg.encoder_batch or default_encoder_batch(engine.device))
-    cache_config = {**engine.info(), "prompt_kinds": list(kinds), "multimask": True,
+    cache_config = {**engine.info(), "prompt_kinds": list(kinds), "multimask": True, "clicks": cfg.clicks,
                     "points_sha256": points_digest(p for ps in points_by_image.values() for p in ps),
                     "save_embeddings": bool(cfg.save_embeddings), **rule.record()}
     writer = ShardWriter(shard_path, cache_config, overwrite=overwrite)
@@ -291,7 +296,7 @@ def _propose_group(run: _Run, group: list, rle: RleWorker) -> list[_Pending]:
             dec0 = engine.timings.decoder
             if job.points:
                 p.chunks += decode_chunks(engine, emb, job.points, run.kinds, run.points_per_batch, rle,
-                                          job.window, (p.img["height"], p.img["width"]))
+                                          job.window, (p.img["height"], p.img["width"]), cfg.clicks)
             if cfg.save_embeddings:
                 arrays = {k: v.cpu().numpy() for k, v in emb.tensors().items()}
                 if job.window is None:
