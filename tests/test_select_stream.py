@@ -97,7 +97,11 @@ def test_streamed_output_equals_the_in_memory_path(data, tmp_path):
     run_select(data.ann, data.cache, tmp_path / "a.json", replace(cfg, work_dir=str(tmp_path / "wa")), images=data.images)
     run_select(data.ann, sapnet_json, tmp_path / "b.json", replace(cfg, work_dir=str(tmp_path / "wb")), images=data.images)
     a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
+    # each output names its own alternatives sidecar; the sidecars themselves must agree
+    assert (a["info"].pop("sap_alternatives"), b["info"].pop("sap_alternatives")) == ("a.alternatives.jsonl",
+                                                                                     "b.alternatives.jsonl")
     assert a == b
+    assert (tmp_path / "a.alternatives.jsonl").read_bytes() == (tmp_path / "b.alternatives.jsonl").read_bytes()
     assert {k for k in a if k != "annotations"} == {k for k in data.points if k != "annotations"}
 
 
