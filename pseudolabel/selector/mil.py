@@ -21,7 +21,7 @@ from .data import Sample
 from .losses import negative_loss, prm_loss, proposal_scores, psm_loss
 from .model import SelectorNet
 from .options import SelectConfig
-from .reference import apply_reference
+from .reference import FINAL_NEAR, MINING_SHARE, apply_reference
 
 
 @dataclass
@@ -192,7 +192,9 @@ class SelectorStep(nn.Module):
 
         best0 = score0.max(dim=1).values.float().cpu()  # one device sync for the batch
         top0 = [self._top1(b[winner0[p]], best0[p], img_hw[p]) for p, b in enumerate(bags)]
-        pseudo0 = [self._bms(box, b)[0] if cfg.bms else box for box, b in zip(top0, bags)]
+        rows0 = self._rows(score0)
+        pseudo0 = [self._bms(box, b, rows0[p], best0[p])[0] if cfg.bms else box
+                   for p, (box, b) in enumerate(zip(top0, bags))]
         if keep:
             trace["top1_0"], trace["mined_0"] = np.array(top0), np.array(pseudo0)
 
@@ -226,12 +228,13 @@ class SelectorStep(nn.Module):
             trace["score1"] = score1.float().cpu().numpy()
         pseudo1, top1 = [], []
         best1 = score1.max(dim=1).values.float().cpu()
+        rows1 = self._rows(score1)
         for p, b in enumerate(bags1):
             box = self._top1(b[winner1[p]], best1[p], img_hw[p])
             top1.append(box)
             branch = "none"
             if cfg.bms:
-                box, branch = self._bms(box, bags[p])
+                box, branch = self._bms(box, bags[p], rows1[p], best1[p])
             pseudo1.append((box, branch))
         if keep:
             trace["top1_1"], trace["mined_1"] = np.array(top1), np.array([m for m, _ in pseudo1])
@@ -268,14 +271,27 @@ class SelectorStep(nn.Module):
             return official.top1_box(proposal, score, hw[1], hw[0]).numpy()
         return geo.clamp_box(proposal, hw[1], hw[0])
 
-    def _bms(self, box: np.ndarray, bag: np.ndarray) -> tuple[np.ndarray, str]:
+    def _rows(self, score: torch.Tensor) -> list:
+        """Per-bag stage scores as NumPy rows where a rule of ours reads them, else Nones."""
+        if self.cfg.rule_mining == "official" and self.cfg.rule_final == "official":
+            return [None] * len(score)
+        return list(score.float().cpu().numpy())
+
+    def _bms(self, box: np.ndarray, bag: np.ndarray, scores: np.ndarray | None = None,
+             top: float | torch.Tensor | None = None) -> tuple[np.ndarray, str]:
+        """BMS of a top-1 box among the bag's first proposals; ``scores`` (the stage's, one per
+        row of its bag, which starts with ``bag``) and the top-1's score ``top`` gate the
+        candidates under ``rule_mining: scored``."""
         cfg = self.cfg
         cands = bag[: cfg.bms_candidates]
+        minable = None
+        if cfg.rule_mining == "scored" and scores is not None:
+            minable = scores[: len(cands)] >= MINING_SHARE * float(top)
         if cfg.rule_bms == "official":
             mined, branch = official.bms(torch.as_tensor(box, dtype=torch.float32), cands, cfg.bms_expand_iou,
-                                         cfg.bms_contain_iou, cfg.bms_slack)
+                                         cfg.bms_contain_iou, cfg.bms_slack, minable)
             return mined.numpy(), branch
-        return geo.bms(box, cands, cfg.bms_expand_iou, cfg.bms_contain_iou, cfg.bms_slack)
+        return geo.bms(box, cands, cfg.bms_expand_iou, cfg.bms_contain_iou, cfg.bms_slack, minable)
 
     def _ppg(self, proposals: np.ndarray, mined: np.ndarray, pdg: np.ndarray, winner: int) -> np.ndarray:
         """PPG's bag: official rescales the proposal matching the mined box (else the last one),
@@ -285,8 +301,11 @@ class SelectorStep(nn.Module):
             return geo.ppg_boxes(proposals, proposals[j], pdg[j])
         return geo.ppg_boxes(proposals, mined, pdg[winner])
 
-    def _final(self, bag: np.ndarray, box: np.ndarray, float32: bool) -> int:
-        """The proposal of ``bag`` whose box matches ``box`` best (official: in float32)."""
+    def _final(self, bag: np.ndarray, box: np.ndarray, float32: bool, scores: np.ndarray | None = None) -> int:
+        """The proposal of ``bag`` whose box matches ``box`` best (official: in float32); under
+        ``rule_final: scored`` with ``scores`` (one per proposal), near-ties go to the best score."""
+        if self.cfg.rule_final == "scored" and scores is not None:
+            return geo.scored_final_index(bag, box, scores, FINAL_NEAR)
         return official.final_index(bag, box) if float32 else geo.final_mask_index(bag, box)
 
     def _choices(self, samples: list[Sample], bags: list[np.ndarray], winner: np.ndarray, score: torch.Tensor,
@@ -309,7 +328,7 @@ class SelectorStep(nn.Module):
                 out.append(PointChoice(ann_ids[p], w, float(clsat[p, w]), order, "none", margin, {"psm": w}))
                 continue
             box, branch = mined[p]
-            index = self._final(b, box, float32)
+            index = self._final(b, box, float32, score[p, :k])
             winner0, pseudo0, bags1, img_hw = stage0
             b1, hw = bags1[p], img_hw[p]
             leads = {w: index}
@@ -318,8 +337,8 @@ class SelectorStep(nn.Module):
                 if j not in leads:
                     other = self._top1(b1[j], torch.as_tensor(score[p, j]), hw)
                     if self.cfg.bms:
-                        other = self._bms(other, b)[0]
-                    leads[j] = self._final(b, other, float32)
+                        other = self._bms(other, b, score[p], score[p, j])[0]
+                    leads[j] = self._final(b, other, float32, score[p, :k])
                 return leads[j]
 
             margin = choice_margin(score[p, :len(b1)], leads_to, w)
