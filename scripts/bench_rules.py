@@ -132,14 +132,47 @@ def rule_table(gt: dict, bags: dict, scores: list[float]) -> dict[str, dict[floa
     return table
 
 
+def trained_table(work: Path, seed: int, size: int) -> dict[str, float]:
+    """A trained sapnet of ``scripts/bench_select.py --out WORK`` (its ``sapnet/selector.pt``) selects
+    again under every rule set (same network, other rules); mIoU of the picks per rule set."""
+    from pseudolabel.selector import run_select
+
+    gt = json.loads((work / "data" / "annotations.json").read_text())
+    points = json.loads((work / "points.json").read_text())
+    ious = mask_ious(gt, synthetic_bags(gt, points, seed=seed))
+    base = SelectConfig(method="sapnet", weights=str(work / "sapnet" / "selector.pt"), backbone="resnet18",
+                        min_size=size, max_size=size, workers=0, seed=seed)
+    table = {}
+    for name, flags in rule_sets().items():
+        out = work / f"rules_{name.split(':')[0].replace(' ', '').replace('(', '').replace(')', '')}.json"
+        if not out.is_file():
+            run_select(work / "points.json", work / "cache", out, replace(base, work_dir=str(out.with_suffix("")), **flags),
+                       images=work / "data" / "images")
+        picks = [(a["id"], a["sap"]["proposal_index"]) for a in json.loads(out.read_text())["annotations"]]
+        table[name] = float(np.mean([ious[a][k] for a, k in picks]))
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, action="append", default=None, help="COCO folders (annotations.json)")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--scores", default="0.1,0.9", help="top-1 class probabilities of the perfect network")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--trained", type=Path, action="append", default=None,
+                    help="instead: a `bench_select.py --scenes shapes --out DIR` folder whose sapnet selects again "
+                         "under every rule set (its seed is the folder name's last digit)")
+    ap.add_argument("--size", type=int, default=128, help="--trained: the input size it was trained at")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.trained:
+        for work in args.trained:
+            table = trained_table(work, int(str(work)[-1]), args.size)
+            print(f"\n{work}: trained sapnet, mask mIoU of the final pick")
+            print("| rules | mask mIoU |\n|---|---|")
+            for name, v in table.items():
+                print(f"| {name} | {v:.3f} |")
+        return
     shared = Path(os.environ.get("SAP_COCO100", REPO.parent / "shared" / "data" / "coco_train2017_100"))
     folders = args.data or [p for p in (REPO / "tests" / "data" / "coco_cc_by", shared) if p.is_dir()]
     scores = [float(s) for s in args.scores.split(",")]
