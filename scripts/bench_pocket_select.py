@@ -39,7 +39,7 @@ from pseudolabel.pocket.quality import write_scene_dataset  # noqa: E402
 from pseudolabel.selector.options import SelectConfig  # noqa: E402
 
 #: the selector's training on these scenes (CPU-sized: 160 px input, batch 4)
-TRAIN = {"epochs": 20, "min-size": 160, "max-size": 224, "batch-size": 4, "lr": 0.08, "workers": 0}
+TRAIN = {"epochs": 12, "min-size": 160, "max-size": 224, "batch-size": 4, "lr": 0.08, "workers": 0}
 SCRATCH_LR = 0.16
 
 
