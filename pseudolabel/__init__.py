@@ -7,10 +7,11 @@ Layers, bottom to top (imports only point down; ``tests/test_layering.py`` keeps
    cache format, the SAM engine, the shared ResNet-FPN;
 2. the stages — :mod:`pseudolabel.proposals` (SAM proposals), :mod:`pseudolabel.selector`
    (SAPNet), ``refine`` (SAMRefiner), ``segtrain`` (SOLOv2);
-3. cross-stage tools — :mod:`pseudolabel.evaluate`, :mod:`pseudolabel.viz`;
+3. cross-stage tools — :mod:`pseudolabel.evaluate`, :mod:`pseudolabel.viz`, :mod:`pseudolabel.review`,
+   :mod:`pseudolabel.export`, and :mod:`pseudolabel.testing` (data generators for tests and benchmarks);
 4. orchestration — :mod:`pseudolabel.pipeline`, :mod:`pseudolabel.commands` and ``cli.py``.
 
 Importing this package imports nothing else; see docs/architecture.md.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.1.0"  # the only place: pyproject.toml reads it (dynamic version)

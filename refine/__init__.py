@@ -6,15 +6,14 @@ maps), ``prompts`` (distance-guided points, tight box), ``cebox`` and ``cebox_of
 (context-aware elastic box), ``mask_prompt`` (Gaussian-style mask prompt), ``stm``
 (split-then-merge), ``refiner`` (the per-image loop and the prompt-kind registry), ``inputs`` (usable coarse masks, embeddings from a
 cache or the encoder), ``instances`` (COCO JSON in and out), ``semantic`` (PNG label maps),
-``lora`` and ``adapt`` (SAMRefiner++ IoU LoRA and its training), ``corrupt`` (coarse masks from
-ground truth for benchmarks).
+``lora`` and ``adapt`` (SAMRefiner++ IoU LoRA and its training). Coarse masks made from ground
+truth for benchmarks (`sap corrupt`) live in :mod:`pseudolabel.testing.corrupt`.
 """
 
 from .adapt import AdaptConfig, adapt_coco
-from .corrupt import CorruptConfig, corrupt_coco
-from .instances import RefineSummary, refine_coco
+from .instances import RefineSummary, run_refine
 from .refiner import PROMPT_KINDS, RefineConfig, RefineResult, refine_masks
 from .semantic import SemanticConfig, refine_semantic
 
-__all__ = ["PROMPT_KINDS", "AdaptConfig", "CorruptConfig", "RefineConfig", "RefineResult", "RefineSummary",
-           "SemanticConfig", "adapt_coco", "corrupt_coco", "refine_coco", "refine_masks", "refine_semantic"]
+__all__ = ["PROMPT_KINDS", "AdaptConfig", "RefineConfig", "RefineResult", "RefineSummary",
+           "SemanticConfig", "adapt_coco", "refine_masks", "refine_semantic", "run_refine"]

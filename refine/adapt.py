@@ -38,7 +38,7 @@ from pseudolabel.core.engines.base import default_prompt_batch
 
 from .inputs import EmbeddingSource, classify_segmentation
 from .lora import ADAPTER_FORMAT, ADAPTER_VERSION, LoRALinear, base_linear, iou_head_last_layer, remove_adapter
-from .refiner import PromptState, RefineConfig, build_prompts, create_engine, make_sampler
+from .refiner import PromptState, RefineConfig, build_prompts, engine_for, make_sampler
 
 @dataclass
 class AdaptConfig:
@@ -187,7 +187,7 @@ def adapt_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str |
         raise InputError(f"image folder {images_dir} does not exist")
     coco = load_coco_json(ann)
     if engine is None:
-        engine = create_engine(cfg)
+        engine = engine_for(cfg)
     remove_adapter(engine)
     source = EmbeddingSource(engine, cfg.embeddings, cfg.rules.fp16_embeddings)
     summary = AdaptSummary(out=str(out))

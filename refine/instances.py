@@ -56,7 +56,7 @@ from pseudolabel.core.rle import decode_rle, encode_masks, rle_area, rle_to_bbox
 
 from .inputs import BAD_MASK_REASONS, EmbeddingSource, classify_segmentation
 from .lora import apply_adapter
-from .refiner import RefineConfig, create_engine, refine_masks
+from .refiner import RefineConfig, engine_for, refine_masks
 
 @dataclass
 class RefineSummary:
@@ -188,7 +188,7 @@ def _write_dump(part: Path, dump: Path, order: list) -> None:
                     out.write(json.dumps(rec) + "\n")
 
 
-def refine_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str | os.PathLike,
+def run_refine(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str | os.PathLike,
                 cfg: RefineConfig | None = None, engine=None, resume: bool = True,
                 dump_prompts: str | os.PathLike | None = None) -> RefineSummary:
     """Refine every mask of a COCO JSON file and write the result (see the module docstring).
@@ -221,7 +221,7 @@ def refine_coco(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str 
 
 def _refine_locked(coco: dict, ann: Path, images_dir: Path, out: Path, cfg: RefineConfig, engine,
                    resume: bool, dump_prompts: str | os.PathLike | None, t0: float) -> RefineSummary:
-    """The body of :func:`refine_coco`, run while holding the output's lock."""
+    """The body of :func:`run_refine`, run while holding the output's lock."""
     summary = RefineSummary(images=len(coco["images"]), out=str(out))
 
     # Which annotations are refined, image by image; the others pass through.
@@ -256,7 +256,7 @@ def _refine_locked(coco: dict, ann: Path, images_dir: Path, out: Path, cfg: Refi
                        len(ids), BAD_MASK_REASONS[reason], ids[0])
 
     if engine is None:  # after the input checks: a bad file costs no model loading
-        engine = create_engine(cfg)
+        engine = engine_for(cfg)
     if cfg.adapter:
         apply_adapter(engine, cfg.adapter)
     source = EmbeddingSource(engine, cfg.embeddings, cfg.rules.fp16_embeddings)

@@ -135,7 +135,7 @@ class RefineConfig:
         return d
 
 
-def create_engine(cfg: RefineConfig):
+def engine_for(cfg: RefineConfig):
     """The :class:`pseudolabel.core.engines.base.PromptEngine` the settings ask for."""
     from pseudolabel.core.engines import loading
 

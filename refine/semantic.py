@@ -29,7 +29,7 @@ from pseudolabel.core.images import load_image_rgb
 from pseudolabel.core.io import atomic_path, write_json_atomic
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 
-from .refiner import RefineConfig, create_engine, refine_masks
+from .refiner import RefineConfig, engine_for, refine_masks
 from .stm import STM_RULES
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -157,7 +157,7 @@ def refine_semantic(label_dir: str | os.PathLike, images_dir: str | os.PathLike,
     if out_dir.resolve() == label_dir.resolve():
         raise InputError("--out must differ from --semantic (the input maps are never overwritten)")
     if engine is None:
-        engine = create_engine(cfg)
+        engine = engine_for(cfg)
     if cfg.adapter:
         from .lora import apply_adapter
 

@@ -38,8 +38,8 @@ from pseudolabel.evaluate import evaluate_pseudo
 from pseudolabel.core.rle import decode_rle, segmentation_to_rle
 from pseudolabel.core.engines.base import PromptEngine
 from pseudolabel.core.engines.loading import create_engine, save_random_checkpoint
-from refine.corrupt import CorruptConfig, corrupt_coco
-from refine.instances import refine_coco
+from pseudolabel.testing.corrupt import CorruptConfig, corrupt_coco
+from refine.instances import run_refine
 from refine.prompts import box_center_point, point_of
 from refine.refiner import RefineConfig
 
@@ -87,7 +87,7 @@ def point_shares(gt: dict, coarse: dict, seed: int = 0) -> dict[str, float]:
 def timed_refine(ann: Path, images: Path, out: Path, cfg: RefineConfig, engine: PromptEngine) -> dict:
     engine.timings.encoder = engine.timings.decoder = 0.0
     t0 = time.perf_counter()
-    summary = refine_coco(ann, images, out, cfg, engine=engine, resume=False)
+    summary = run_refine(ann, images, out, cfg, engine=engine, resume=False)
     wall = time.perf_counter() - t0
     n_img = summary.refined_images
     return {"images": n_img, "masks": summary.refined, "s_per_image": wall / n_img,
@@ -122,7 +122,7 @@ def rss_child(data: Path, n: int) -> None:
         (tmp / "sub.json").write_text(json.dumps(sub))
         cfg = RefineConfig(engine="sam_tiny", checkpoint="none", precision="fp32", iters=2)
         t0 = time.perf_counter()
-        summary = refine_coco(tmp / "sub.json", data / "images", tmp / "out.json", cfg, resume=False)
+        summary = run_refine(tmp / "sub.json", data / "images", tmp / "out.json", cfg, resume=False)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps({"images": n, "masks": summary.refined, "peak_rss_mib": round(peak, 1),
                           "s": round(time.perf_counter() - t0, 1)}))

@@ -35,7 +35,7 @@ from pseudolabel.core.points import derive_points  # noqa: E402
 from pseudolabel.review import WEIGHTS, Context, build_queue, share_of_bad_in_top  # noqa: E402
 from pseudolabel.review.page import write_page, write_thumbnails  # noqa: E402
 from pseudolabel.selector import SelectConfig, run_select  # noqa: E402
-from pseudolabel.selector.synthetic import synthetic_bags, write_bags_cache  # noqa: E402
+from pseudolabel.testing.synthetic import synthetic_bags, write_bags_cache  # noqa: E402
 
 
 def measure(labels: dict, ctx: Context, gt: dict) -> tuple[list[str], list]:

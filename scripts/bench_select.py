@@ -1,7 +1,7 @@
 """Benchmark of `sap select`: what each method picks, on bags whose proposal kinds are known.
 
 Two kinds of scenes, each with 6 synthetic SAM-like proposals per point made from the true mask
-(:mod:`pseudolabel.selector.synthetic`: from the point a part, the whole object, the object
+(:mod:`pseudolabel.testing.synthetic`: from the point a part, the whole object, the object
 merged with its nearest same-class neighbour; from point + box the object eroded, a smaller
 part, the object with a background band; SAM-like scores that favour the parts):
 
@@ -9,7 +9,7 @@ part, the object with a background band; SAM-like scores that favour the parts):
   weights the features carry little about the category: the diagnosis of an uninformative
   selector.
 * ``--scenes shapes``: generated scenes of textured discs, squares and triangles
-  (:mod:`pseudolabel.selector.scenes`) whose category a ResNet-18 from scratch learns on a CPU in
+  (:mod:`pseudolabel.testing.scenes`) whose category a ResNet-18 from scratch learns on a CPU in
   minutes: the check that the selector learns. ``--class-by texture`` makes every part of an
   object tell its class (the MIL part-domination case); ``--class-by spots`` (2, 3 or 4 spots on
   a plain shape) makes a part look like another class.
@@ -47,7 +47,7 @@ from pseudolabel.core.rle import box_iou_xyxy, rle_iou, segmentation_to_rle  # n
 from pseudolabel.evaluate import compare, evaluate_pseudo, format_table  # noqa: E402
 from pseudolabel.selector import SelectConfig, run_select  # noqa: E402
 from pseudolabel.selector.reference import apply_reference  # noqa: E402
-from pseudolabel.selector.synthetic import LABELS, synthetic_bags, write_bags_cache  # noqa: E402
+from pseudolabel.testing.synthetic import LABELS, synthetic_bags, write_bags_cache  # noqa: E402
 
 #: the learnable benchmark's settings: the best measured (README, "What the selector learns": 30 epochs, 300
 #: iterations, at lr 0.16 per 32, above a random pick on both scene families; 0.3 scored 0.821 on seed 0 but
@@ -165,7 +165,7 @@ def kind_counts(indices) -> str:
 def prepare(args, work: Path) -> tuple[dict, dict, Path]:
     """Ground truth, point file and image folder of the chosen scenes."""
     if args.scenes == "shapes":
-        from pseudolabel.selector.scenes import make_scenes
+        from pseudolabel.testing.scenes import make_scenes
 
         gt_path, images = make_scenes(work / "data", args.n_images, seed=args.seed, size=args.size,
                                       class_by=args.class_by)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from pseudolabel.core.points import derive_points  # noqa: E402
 from pseudolabel.core.sapnet_format import bags_to_sapnet  # noqa: E402
-from pseudolabel.selector.synthetic import synthetic_bags, write_bags_cache  # noqa: E402
+from pseudolabel.testing.synthetic import synthetic_bags, write_bags_cache  # noqa: E402
 
 
 def repeated(points: dict, bags: dict, n: int) -> tuple[dict, dict]:

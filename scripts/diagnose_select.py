@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from bench_select import SHAPES, kind_counts, proposal_ious  # noqa: E402
 from pseudolabel.selector import SelectConfig, run_select  # noqa: E402
-from pseudolabel.selector.synthetic import LABELS, synthetic_bags  # noqa: E402
+from pseudolabel.testing.synthetic import LABELS, synthetic_bags  # noqa: E402
 
 SELECTION_ABLATIONS = {"as trained": {}, "no BMS at selection": {"bms": False}, "no PPG at selection": {"pnpg": False},
                        "no BMS, no PPG": {"bms": False, "pnpg": False}, "PSM alone (mil)": {"method": "mil"}}
@@ -40,7 +40,7 @@ SELECTION_ABLATIONS = {"as trained": {}, "no BMS at selection": {"bms": False}, 
 def stage0_by_kind(run: Path, cfg: SelectConfig, checkpoint: Path, gt: dict, bags: dict) -> np.ndarray:
     """``4×K``: mean class prob at the label, class accuracy, instance share, score, per kind."""
     from pseudolabel.selector.data import BagDataset
-    from pseudolabel.selector.readout import stage_zero_readout
+    from pseudolabel.testing.readout import stage_zero_readout
     from pseudolabel.selector.train import build_model, load_checkpoint, load_net_state
 
     cats = [c["id"] for c in gt["categories"]]

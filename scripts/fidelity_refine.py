@@ -48,7 +48,7 @@ def golden_canvases():
 
 def corrupted(data: Path, limit: int):
     """``(coarse, true)`` mask pairs of `sap corrupt` (seed 0) on the first ``limit`` images."""
-    from refine.corrupt import CorruptConfig, corrupt_coco
+    from pseudolabel.testing.corrupt import CorruptConfig, corrupt_coco
 
     with tempfile.TemporaryDirectory() as tmp:
         corrupt_coco(data / "annotations.json", Path(tmp) / "c.json", CorruptConfig(seed=0))

@@ -44,7 +44,7 @@ from pseudolabel.core.points import derive_points  # noqa: E402
 from pseudolabel.core.sapnet_format import bags_to_sapnet, read_sapnet  # noqa: E402
 from pseudolabel.evaluate import evaluate_pseudo  # noqa: E402
 from pseudolabel.selector import SelectConfig, run_select  # noqa: E402
-from pseudolabel.selector.synthetic import synthetic_bags  # noqa: E402
+from pseudolabel.testing.synthetic import synthetic_bags  # noqa: E402
 
 SELECTION_RULES = {"rule_bms": "paper", "rule_ppg_box": "paper", "rule_roi_align": "legacy",
                    "rule_pdg_point": "paper"}

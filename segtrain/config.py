@@ -107,7 +107,8 @@ class TrainSummary:
     final_eval: dict[str, float] | None = None
     seconds: float = 0.0
 
-    def text(self) -> str:
+    def lines(self) -> list[str]:
+        """One line for the terminal."""
         s = f"trained {self.iters - self.start_iter} iterations (to {self.iters}) in {self.seconds:.0f} s"
         if self.first_loss is not None and self.last_loss is not None:
             s += f"; loss {self.first_loss:.3f} -> {self.last_loss:.3f}"
@@ -116,7 +117,7 @@ class TrainSummary:
             s += "; val mask " + " ".join(f"{k} {v:.1f}" for k, v in self.final_eval.items())
         if self.failed_images:
             s += f"; {len(self.failed_images)} images failed: " + ", ".join(list(self.failed_images.values())[:10])
-        return s + f"; run folder {self.run_dir}"
+        return [s + f"; run folder {self.run_dir}"]
 
 
 def check_config(cfg: TrainConfig) -> None:

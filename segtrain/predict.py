@@ -82,11 +82,12 @@ class PredictSummary:
     failed: list[FailedSample] = field(default_factory=list)
     seconds: float = 0.0
 
-    def text(self) -> str:
+    def lines(self) -> list[str]:
+        """One line for the terminal."""
         s = f"{self.images} images, {self.instances} instances in {self.seconds:.1f} s"
         if self.failed:
             s += f"; {len(self.failed)} images failed: " + ", ".join(f.file_name for f in self.failed[:10])
-        return s
+        return [s]
 
 
 def predict(weights: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike, *,

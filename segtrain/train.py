@@ -28,7 +28,7 @@ ENGINE_REGISTRY: dict[str, Callable[[], Callable]] = {"torch": _torch_engine, "d
 assert set(ENGINE_REGISTRY) == set(ENGINES)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
+def run_train(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
     """Train SOLOv2 with ``cfg.engine``; the summary on rank 0, ``None`` on other ranks.
 
     Raises:

@@ -26,7 +26,7 @@ from pseudolabel.core.errors import InputError
 from pseudolabel.core.images import load_image_rgb
 from pseudolabel.core.points import derive_points
 from pseudolabel.proposals.run import ProposalConfig, run_proposals
-from refine.instances import refine_coco
+from refine.instances import run_refine
 from refine.refiner import RefineConfig
 
 DATA = Path(__file__).parent / "data" / "coco_cc_by"
@@ -236,7 +236,7 @@ def test_refine_with_every_prompt_reads_the_engines_cache(run, photos):
     cfg = RefineConfig(engine=run["name"], prompts=("point", "box", "mask"), iters=2, cebox_margin=0.1,
                        embeddings=str(run["cache"]), precision="fp32")
     encoded = engine.timings.images
-    summary = refine_coco(photos["masks"], DATA / "images", run["tmp"] / "refined.json", cfg, engine=engine,
+    summary = run_refine(photos["masks"], DATA / "images", run["tmp"] / "refined.json", cfg, engine=engine,
                           resume=False)
     assert engine.timings.images == encoded  # every embedding came from the cache
     assert summary.refined == photos["n"] and not summary.failed
@@ -245,7 +245,7 @@ def test_refine_with_every_prompt_reads_the_engines_cache(run, photos):
     assert all(a["segmentation"]["size"] for a in out["annotations"])
     other = "sam_tiny" if run["name"] != "sam_tiny" else "hq_tiny"
     with pytest.raises(InputError, match=f"holds embeddings of engine {run['name']}, not {other}"):
-        refine_coco(photos["masks"], DATA / "images", run["tmp"] / "x.json",
+        run_refine(photos["masks"], DATA / "images", run["tmp"] / "x.json",
                     RefineConfig(engine=other, checkpoint="none", embeddings=str(run["cache"])))
 
 

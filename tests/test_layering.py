@@ -32,9 +32,16 @@ LAYERS: dict[str, tuple[int, str]] = {
     "pseudolabel.viz": (3, "tools"),
     "pseudolabel.export": (3, "tools"),
     "pseudolabel.review": (3, "tools"),
+    "pseudolabel.testing": (3, "tools"),  # data generators for tests and benchmarks: nothing imports it up
     "pseudolabel.pipeline": (4, "orchestration"),
     "pseudolabel.commands": (4, "orchestration"),
     "cli": (4, "orchestration"),
+}
+
+#: modules a product entry point reaches without a written import, each with the reason
+LOADED_BY_NAME = {
+    "pseudolabel.pocket": "the pocket SAM's trainer: scripts/train_pocket_sam.py makes the weights "
+                          "the core loads by name as the engine sam_pocket",
 }
 
 #: optional engines and heavy extras: importing the packages must not load them
@@ -170,6 +177,45 @@ def test_no_import_cycles(graph):
     assert not found, "import cycles:\n" + "\n".join(cycle_edges(graph, c) for c in found)
 
 
+def unused_product_modules(graph: dict[str, set[str]], by_name: set[str] = frozenset()) -> list[str]:
+    """Product modules that no entry point (``cli``, a command module, a module in ``by_name`` or
+    under one) reaches through imports; importing ``a.b.c`` also runs ``a`` and ``a.b``.
+    ``pseudolabel.testing`` is for tests and scripts and is not checked."""
+    known = set(graph)
+
+    def parents(m: str) -> set[str]:
+        parts = m.split(".")
+        return {".".join(parts[:i]) for i in range(1, len(parts))} & known
+
+    def named(m: str) -> bool:
+        return any(m == n or m.startswith(n + ".") for n in by_name)
+
+    todo = [m for m in known if m == "cli" or m.startswith("pseudolabel.commands") or named(m)]
+    seen: set[str] = set()
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo.extend(graph.get(m, set()) | parents(m))
+    return sorted(m for m in known - seen if m != "pseudolabel.testing" and not m.startswith("pseudolabel.testing."))
+
+
+def engine_family_modules() -> set[str]:
+    """The engine family modules the core imports by name (``loading`` → ``importlib``)."""
+    sys.path.insert(0, str(REPO))
+    try:
+        from pseudolabel.core.engines.registry import FAMILIES
+    finally:
+        sys.path.remove(str(REPO))
+    return {f"pseudolabel.core.engines.{f.module}" for f in FAMILIES.values()}
+
+
+def test_no_product_module_serves_only_tests_or_scripts(graph):
+    unused = unused_product_modules(graph, engine_family_modules() | set(LOADED_BY_NAME))
+    assert not unused, ("product modules that only tests or scripts import (move them to pseudolabel/testing/ "
+                        "or scripts/): " + ", ".join(unused))
+
+
 def test_the_checks_catch_what_they_guard_against():
     # an upward import, a stage importing another stage, a root that imports, and a cycle
     bad = {"pseudolabel.core.rle": {"pseudolabel.viz.draw"}, "refine.prompts": {"segtrain.model"},
@@ -181,6 +227,10 @@ def test_the_checks_catch_what_they_guard_against():
     assert "pseudolabel (layer 0, root) imports pseudolabel.core.rle" in problems
     assert "pseudolabel.newthing.x belongs to no layer" in problems
     assert cycles(bad) == [["segtrain.a", "segtrain.b"]]
+    # a stage module only a test imports is found; the testing package and named modules are not
+    used = {"cli": {"pseudolabel.commands.x"}, "pseudolabel.commands.x": {"refine.a"}, "refine.a": set(),
+            "refine.helper": set(), "pseudolabel.viz.y": set(), "pseudolabel.testing.gen": {"refine.a"}, "pseudolabel.pocket.t": set()}
+    assert unused_product_modules(used, {"pseudolabel.pocket"}) == ["pseudolabel.viz.y", "refine.helper"]
 
 
 def test_imports_inside_functions_count(tmp_path):

@@ -19,7 +19,8 @@ from pseudolabel.pipeline import STAGES, Pipeline, PipelineConfig, closing_table
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = {
-    "sam": {"engine": "sam_tiny", "checkpoint": "none", "precision": "fp32", "device": "cpu"},
+    "device": "cpu",
+    "sam": {"engine": "sam_tiny", "checkpoint": "none", "precision": "fp32"},
     "proposals": {"prompts": "point,point_box", "save_embeddings": True},
     "select": {"method": "sapnet", "backbone": "resnet18", "backbone_weights": "none", "epochs": 1,
                "batch_size": 2, "min_size": 160, "max_size": 224, "warmup_iters": 2, "workers": 0},
@@ -97,6 +98,20 @@ def test_config_file_sets_and_flags_flow_one_way(tmp_path):
         load_pipeline_config(tmp_path / "bad.yaml")
     with pytest.raises(InputError, match="point file"):
         load_pipeline_config(None, images="x")
+
+
+def test_the_device_is_the_runs_and_the_old_sam_device_still_reads(tmp_path):
+    (tmp_path / "old.yaml").write_text("images: imgs\ngt: gt.json\nsam:\n  engine: sam_tiny\n  device: cpu\n")
+    old = load_pipeline_config(tmp_path / "old.yaml")
+    assert old.device == "cpu" and "device" not in old.sam
+    assert load_pipeline_config(tmp_path / "old.yaml", device="cuda:1").device == "cuda:1"  # the flag wins
+    assert load_pipeline_config(tmp_path / "old.yaml", ["device=meta"]).device == "meta"
+    # the SAM stages get the device with the sam section, hashed as before it moved: old run folders resume
+    new = PipelineConfig(images="imgs", gt="gt.json", device="cpu", sam={"engine": "sam_tiny"})
+    before = PipelineConfig(images="imgs", gt="gt.json", sam={"engine": "sam_tiny", "device": "cpu"})
+    expected = {"engine": "sam_tiny", "device": "cpu"}
+    assert Pipeline(new).engine_options() == Pipeline(before).engine_options() == expected
+    assert Pipeline(old).engine_options()["device"] == "cpu"
 
 
 def test_a_pipeline_killed_in_a_stage_resumes_it(gt_file, coco_dir, tmp_path):

@@ -11,7 +11,7 @@ from pseudolabel.core.errors import InputError
 from pseudolabel.core.rle import mask_iou
 from refine.cebox import CeBoxParams, FeatureSampler, elastic_box, strip_width
 from refine.cebox_official import OfficialFeatures, feature_region, nearest_indices, official_elastic_box
-from refine.corrupt import CorruptConfig, annotation_rng, corrupt_mask
+from pseudolabel.testing.corrupt import CorruptConfig, annotation_rng, corrupt_mask
 from refine.distance import chamfer_passes, distance_maps
 from refine.mask_prompt import gaussian_field, interp_matrix, mask_prompt
 from refine.prompts import box_center_point, negative_point, point_of, positive_point, tight_box

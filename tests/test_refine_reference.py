@@ -16,7 +16,7 @@ from pseudolabel.core.rle import decode_rle, segmentation_to_rle
 from refine.distance import chamfer_maps
 from refine.prompts import negative_point, positive_point
 from refine.reference import RULES, resolve_rules
-from refine.refiner import RefineConfig, create_engine, upscale_masks
+from refine.refiner import RefineConfig, engine_for, upscale_masks
 
 DATA = Path(__file__).parent / "data" / "coco_cc_by"
 
@@ -130,7 +130,7 @@ def test_dump_resumes_and_viz_draws_it(one_image, tmp_path, monkeypatch):
     out = tmp_path / "refined.json"
     # a partial file from an interrupted run made without --dump-prompts: its image is redone
     cfg = RefineConfig(engine="sam_tiny", checkpoint="none", precision="fp32", iters=2)
-    sam = create_engine(cfg).info()  # what the run's engine reports: the weights' digest
+    sam = engine_for(cfg).info()  # what the run's engine reports: the weights' digest
     partial_path(out).write_text(json.dumps({"digest": _settings_digest(file_sha256(src), cfg, sam)}) + "\n"
                                  + json.dumps({"image_id": 30, "annotations": sub["annotations"], "kept": 0,
                                                "sha256": file_sha256(DATA / "images" / "000000000030.jpg")}) + "\n")

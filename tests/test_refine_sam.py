@@ -19,7 +19,7 @@ from pseudolabel.core.engines.loading import create_engine
 from pseudolabel.core.engines.sam1 import SamEngine
 from refine.adapt import AdaptConfig, adapt_coco
 from refine.lora import LoRALinear, apply_adapter, remove_adapter
-from refine.instances import partial_path, refine_coco
+from refine.instances import partial_path, run_refine
 from refine.refiner import RefineConfig
 from refine.semantic import SemanticConfig, refine_semantic
 
@@ -65,7 +65,7 @@ def coarse(coco_gt) -> dict:
 def refined(coarse, coco_dir, engine, tmp_path_factory):
     d = tmp_path_factory.mktemp("refine")
     (d / "coarse.json").write_text(json.dumps(coarse))
-    summary = refine_coco(d / "coarse.json", coco_dir / "images", d / "refined.json", CFG, engine=engine)
+    summary = run_refine(d / "coarse.json", coco_dir / "images", d / "refined.json", CFG, engine=engine)
     return d, summary, json.loads((d / "refined.json").read_text())
 
 
@@ -126,19 +126,19 @@ def test_resume_skips_journaled_images_and_gives_the_same_file(refined, coco_dir
 
     sha = file_sha256(coco_dir / "images" / first["file_name"])
     journal(engine.info(), sha, done)
-    summary = refine_coco(src, coco_dir / "images", target, CFG, engine=engine)
+    summary = run_refine(src, coco_dir / "images", target, CFG, engine=engine)
     assert summary.resumed_images == 1 and summary.refined_images == 1 and not summary.changed
     assert json.loads(target.read_text())["annotations"] == out["annotations"]
     assert not part.exists()
 
     journal(engine.info(), "0" * 64, fake)  # the image file changed since it was journaled
-    summary = refine_coco(src, coco_dir / "images", target, CFG, engine=engine)
+    summary = run_refine(src, coco_dir / "images", target, CFG, engine=engine)
     assert summary.changed == [first["id"]] and summary.resumed_images == 0 and summary.refined_images == 2
     assert any("changed" in line for line in summary.lines())
     assert json.loads(target.read_text())["annotations"] == out["annotations"]
 
     journal({**engine.info(), "checkpoint_sha256": "f" * 64}, sha, fake)  # other SAM weights
-    summary = refine_coco(src, coco_dir / "images", target, CFG, engine=engine)
+    summary = run_refine(src, coco_dir / "images", target, CFG, engine=engine)
     assert summary.resumed_images == 0 and summary.refined_images == 2
     assert json.loads(target.read_text())["annotations"] == out["annotations"]
 
@@ -162,9 +162,9 @@ def test_cached_embedding_gives_the_results_of_re_encoding(coarse, coco_dir, eng
     images = coco_dir / "images"
     assert CFG.rules.fp16_embeddings is False  # the official code keeps fresh embeddings fp32
     cfg16 = dataclasses.replace(CFG, fp16_embeddings=True)
-    cached = refine_coco(tmp_path / "coarse.json", images, tmp_path / "a.json",
+    cached = run_refine(tmp_path / "coarse.json", images, tmp_path / "a.json",
                          dataclasses.replace(cfg16, embeddings=str(tmp_path / "cache")), engine=engine)
-    encoded = refine_coco(tmp_path / "coarse.json", images, tmp_path / "b.json", cfg16, engine=engine)
+    encoded = run_refine(tmp_path / "coarse.json", images, tmp_path / "b.json", cfg16, engine=engine)
     assert (cached.from_cache, cached.encoded) == (1, 0) and (encoded.from_cache, encoded.encoded) == (0, 1)
     a = json.loads((tmp_path / "a.json").read_text())["annotations"]
     b = json.loads((tmp_path / "b.json").read_text())["annotations"]
@@ -233,10 +233,10 @@ def test_adapter_trains_saves_and_applies(refined, coco_dir, engine, tmp_path):
 
 def test_bad_input_stops_with_one_sentence(coco_dir, engine, tmp_path):
     with pytest.raises(InputError, match="does not exist"):
-        refine_coco(tmp_path / "missing.json", coco_dir / "images", tmp_path / "o.json", CFG, engine=engine)
+        run_refine(tmp_path / "missing.json", coco_dir / "images", tmp_path / "o.json", CFG, engine=engine)
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(InputError, match="must differ"):
-        refine_coco(tmp_path / "x.json", coco_dir / "images", tmp_path / "x.json", CFG, engine=engine)
+        run_refine(tmp_path / "x.json", coco_dir / "images", tmp_path / "x.json", CFG, engine=engine)
     with pytest.raises(InputError, match="iters"):
         RefineConfig(iters=0)
 
@@ -251,6 +251,6 @@ def test_an_image_entry_that_fits_none_of_its_masks_fails_that_image(coarse, coc
     sub["annotations"] = usable
     sub["images"] = [img]
     (tmp_path / "c.json").write_text(json.dumps(sub))
-    summary = refine_coco(tmp_path / "c.json", coco_dir / "images", tmp_path / "o.json", CFG, engine=engine)
+    summary = run_refine(tmp_path / "c.json", coco_dir / "images", tmp_path / "o.json", CFG, engine=engine)
     assert [i for i, _ in summary.failed] == [img["id"]] and summary.refined == 0
     assert "image entry" in summary.failed[0][1] and str(img["width"]) in summary.failed[0][1]

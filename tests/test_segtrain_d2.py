@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from pseudolabel.core.errors import InputError
-from segtrain import TrainConfig, train
+from segtrain import TrainConfig, run_train
 from segtrain.config import lr_schedule_of, model_config_of
 from segtrain.model import SOLOv2, SOLOv2Config
 from segtrain.postprocess import InferenceParams
@@ -188,15 +188,15 @@ def test_options_this_engine_cannot_honour_are_refused(tmp_path):
     alt = tmp_path / "alt.json"
     alt.write_text(json.dumps(coco))
     with pytest.raises(InputError, match=r"1 annotations carry 'alternatives' .* --mps-weight 0"):
-        train(d2_config(tmp_path, train=str(alt)))
+        run_train(d2_config(tmp_path, train=str(alt)))
     with pytest.raises(InputError, match="flips with probability 0.5 or not at all"):
-        train(d2_config(tmp_path, flip_prob=0.3))
+        run_train(d2_config(tmp_path, flip_prob=0.3))
     missing = dict(coco, images=[dict(coco["images"][0], file_name="gone.jpg")] + coco["images"][1:])
     (tmp_path / "missing.json").write_text(json.dumps(missing))
     with pytest.raises(InputError, match="1 images of missing.json are missing and the detectron2 engine reads"):
-        train(d2_config(tmp_path, train=str(tmp_path / "missing.json"), skip_missing_images=True))
+        run_train(d2_config(tmp_path, train=str(tmp_path / "missing.json"), skip_missing_images=True))
     with pytest.raises(InputError, match="do not split into passes"):
-        train(d2_config(tmp_path, batch=3))
+        run_train(d2_config(tmp_path, batch=3))
     assert not (tmp_path / "run").exists()
 
 

@@ -25,7 +25,7 @@ import torch
 from conftest import subset_coco
 from pseudolabel.core.cocoeval import coco_mask_ap
 from segtrain.data import load_dataset
-from segtrain import TrainConfig, train
+from segtrain import TrainConfig, run_train
 from segtrain.model import SOLOv2, SOLOv2Config
 from segtrain.predict import run_inference
 
@@ -56,7 +56,7 @@ def test_resnet18_learns_masks_of_two_coco_images(coco_gt, coco_dir, tmp_path):
     assert results, "the untrained baseline must output candidates to be a fair reference"
     before = coco_mask_ap(gt, results)
 
-    summary = train(cfg)
+    summary = run_train(cfg)
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [m["loss"] for m in metrics if "loss" in m]
     after = json.loads((tmp_path / "run" / "final_eval.json").read_text())

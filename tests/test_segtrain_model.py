@@ -13,7 +13,7 @@ from pseudolabel.core.errors import InputError
 from pseudolabel.core.resnet_fpn import BACKBONES, ResNetFPN
 from segtrain.model import build_solo_backbone as build_backbone
 from segtrain.checkpoint import load_checkpoint, model_from_checkpoint
-from segtrain import TrainConfig, train
+from segtrain import TrainConfig, run_train
 from segtrain.model import SOLOv2, SOLOv2Config
 from segtrain.targets import targets_from_masks
 
@@ -86,7 +86,7 @@ def _metrics(run_dir):
 
 
 def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_run, tmp_path):
-    summary = train(tiny_run)
+    summary = run_train(tiny_run)
     a = tmp_path / "a"
     assert summary.iters == 4 and (a / "model_0000002.pth").is_file() and (a / "config.yaml").is_file()
     # simulate a crash after iteration 2: the run folder as it was then
@@ -94,7 +94,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_run, tmp_path):
     shutil.copytree(a, b)
     (b / "model_final.pth").unlink()
     (b / "last_checkpoint").write_text("model_0000002.pth\n")
-    resumed = train(TrainConfig(**{**tiny_run.__dict__, "out": str(b)}), resume=True)
+    resumed = run_train(TrainConfig(**{**tiny_run.__dict__, "out": str(b)}), resume=True)
     assert resumed.start_iter == 2
     final_a, final_b = load_checkpoint(a / "model_final.pth"), load_checkpoint(b / "model_final.pth")
     assert final_a["model"].keys() == final_b["model"].keys()
@@ -108,13 +108,13 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_run, tmp_path):
 
 def test_bad_resumes_are_one_sentence_and_old_checkpoints_are_pruned(tiny_run, tmp_path):
     tiny_run.iters, tiny_run.checkpoint_period, tiny_run.keep_checkpoints = 3, 1, 1
-    train(tiny_run)
+    run_train(tiny_run)
     assert sorted(p.name for p in (tmp_path / "a").glob("*.pth")) == ["model_0000002.pth", "model_final.pth"]
     with pytest.raises(InputError, match="already holds a training run .* --resume"):
-        train(tiny_run)
+        run_train(tiny_run)
     changed = TrainConfig(**{**tiny_run.__dict__, "iters": 4, "base_lr": 0.02})
     with pytest.raises(InputError, match=r"different configuration \(base_lr: 0.01 -> 0.02; iters: 3 -> 4\)"):
-        train(changed, resume=True)
+        run_train(changed, resume=True)
     # a finished run resumed with the same configuration has nothing left to do
-    done = train(tiny_run, resume=True)
+    done = run_train(tiny_run, resume=True)
     assert done.start_iter == 3 and done.first_loss is None

@@ -19,7 +19,7 @@ from pseudolabel.core.errors import InputError
 from pseudolabel.core.points import derive_points
 from pseudolabel.core.rle import rle_area, rle_to_bbox_xywh
 from pseudolabel.selector import SelectConfig, run_select
-from pseudolabel.selector.synthetic import LABELS, synthetic_bags, write_bags_cache
+from pseudolabel.testing.synthetic import LABELS, synthetic_bags, write_bags_cache
 
 # Small enough for a loaded 2-core machine: resnet18 at short side 128, 32 random negatives.
 FAST = SelectConfig(epochs=1, backbone="resnet18", backbone_weights="none", min_size=128, max_size=192,

@@ -27,9 +27,9 @@ import torch
 from pseudolabel.core.points import derive_points
 from pseudolabel.selector import SelectConfig, run_select
 from pseudolabel.selector.data import BagDataset
-from pseudolabel.selector.readout import stage_zero_readout
-from pseudolabel.selector.scenes import make_scenes
-from pseudolabel.selector.synthetic import LABELS, synthetic_bags, write_bags_cache
+from pseudolabel.testing.readout import stage_zero_readout
+from pseudolabel.testing.scenes import make_scenes
+from pseudolabel.testing.synthetic import LABELS, synthetic_bags, write_bags_cache
 from pseudolabel.selector.train import build_model, load_checkpoint, load_net_state
 
 SIZE = 96

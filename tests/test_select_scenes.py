@@ -11,8 +11,8 @@ import numpy as np
 from pseudolabel.core.bag_sources import load_bags
 from pseudolabel.core.points import derive_points
 from pseudolabel.core.rle import decode_rle
-from pseudolabel.selector.scenes import SHAPES, SPOTS, make_scenes, render_scene
-from pseudolabel.selector.synthetic import LABELS, synthetic_bags, write_bags_cache
+from pseudolabel.testing.scenes import SHAPES, SPOTS, make_scenes, render_scene
+from pseudolabel.testing.synthetic import LABELS, synthetic_bags, write_bags_cache
 
 
 def test_scene_objects_are_exact_disjoint_masks_drawn_in_the_image():

@@ -19,7 +19,7 @@ from pseudolabel.core.points import derive_points
 from pseudolabel.selector import SelectConfig, run_select
 from pseudolabel.selector.data import BagDataset
 from pseudolabel.selector.mil import choice_margin
-from pseudolabel.selector.synthetic import synthetic_bags, write_bags_cache
+from pseudolabel.testing.synthetic import synthetic_bags, write_bags_cache
 
 FAST = SelectConfig(epochs=1, backbone="resnet18", backbone_weights="none", min_size=64, max_size=96,
                     batch_size=2, workers=0, npg_num=8)

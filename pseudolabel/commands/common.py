@@ -18,6 +18,8 @@ DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, c
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file of option values (flags override it).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 GtOpt = Annotated[Path, typer.Option("--gt", help="Ground-truth COCO JSON with masks.")]
+# the flags of pseudolabel.core.config.EngineOptions (engine, model, checkpoint, precision, device): one
+# declaration each, shared by `sap proposals`, `sap refine`, `sap refine adapt` and `sap pipeline`
 EngineOpt = Annotated[Optional[str], typer.Option("--engine", help="sam_vit_h (default), sam_vit_l, sam_vit_b, sam2.1_hiera_t/s/b+/l, hq_vit_h/l/b, hq_vit_tiny; sam_tiny/hq_tiny: tests (sap env lists which can run).")]
 SamModelOpt = Annotated[Optional[str], typer.Option("--model", help="Deprecated: a SAM type (vit_b = --engine sam_vit_b).")]
 SamCheckpointOpt = Annotated[Optional[str], typer.Option("--checkpoint", help="The engine's checkpoint file; 'none' = random weights (tests only); default: download the official one.")]

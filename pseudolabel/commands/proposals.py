@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import ConfigOpt, DeviceOpt, EngineOpt, SamCheckpointOpt, SamModelOpt, exit_for_failures
+from .common import ConfigOpt, DeviceOpt, EngineOpt, SamCheckpointOpt, SamModelOpt, SamPrecisionOpt, exit_for_failures
 
 
 proposals_app = typer.Typer(help="Cache multi-mask proposals (SAM, SAM 2.1, HQ-SAM) for every annotated point.",
@@ -23,7 +23,7 @@ def proposals_cmd(
     engine: EngineOpt = None,
     model: SamModelOpt = None,
     checkpoint: SamCheckpointOpt = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="auto | fp32 | bf16 | fp16.")] = None,
+    precision: SamPrecisionOpt = None,
     device: DeviceOpt = None,
     prompts: Annotated[Optional[str], typer.Option("--prompts", help="Prompt kinds, comma-separated: point, point_box (point,point_box = SAPNet's 6-proposal bags).")] = None,
     points_per_batch: Annotated[Optional[int], typer.Option("--points-per-batch", help="Prompts per decoder call (0 = auto).")] = None,

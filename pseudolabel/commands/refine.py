@@ -79,9 +79,9 @@ def refine_cmd(
                        ignore_label=ignore_label, background=background)
         summary = refine_semantic(semantic, images, out, cfg, scfg)
     else:
-        from refine.instances import refine_coco
+        from refine.instances import run_refine
 
-        summary = refine_coco(ann, images, out, cfg, resume=resume, dump_prompts=dump_prompts)
+        summary = run_refine(ann, images, out, cfg, resume=resume, dump_prompts=dump_prompts)
     for line in summary.lines():
         typer.echo(line)
     exit_for_failures(len(summary.failed))
@@ -141,7 +141,7 @@ def corrupt_cmd(
     """Make DAVIS-585-style coarse masks from ground truth (jitter, blobs, holes, missing parts)."""
     from pseudolabel.core.config import load_config_file, resolve
     from pseudolabel.core.io import check_output_file
-    from refine.corrupt import CorruptConfig, corrupt_coco
+    from pseudolabel.testing.corrupt import CorruptConfig, corrupt_coco
 
     check_output_file(out, "--out", inputs=(gt,))
     cfg = resolve(CorruptConfig(), load_config_file(config), seed=seed, severity=severity)

@@ -54,7 +54,7 @@ def select_cmd(
                   work_dir=work_dir, resume=resume, weights=weights, device=device, seed=seed)
     summary = run_select(ann, proposals, out, cfg, images=images)
     if summary.out is not None:  # rank 0
-        typer.echo(summary.text())
+        typer.echo("\n".join(summary.lines()))
     exit_for_failures(len(summary.failed_images))
 
 

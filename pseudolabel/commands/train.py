@@ -53,7 +53,7 @@ def train_cmd(
     Several GPUs or machines (torch engine): torchrun --nproc_per_node N $(which sap) train ...
     """
     from pseudolabel.core.config import load_config_file, resolve
-    from segtrain import TrainConfig, train as run_train
+    from segtrain import TrainConfig, run_train
 
     cfg = resolve(TrainConfig(), load_config_file(config), train=str(train), images=str(images), out=str(out),
                   val=str(val) if val else None, val_images=str(val_images) if val_images else None,
@@ -66,7 +66,7 @@ def train_cmd(
                   device=device)
     summary = run_train(cfg, resume=resume)
     if summary is not None:
-        typer.echo(summary.text())
+        typer.echo("\n".join(summary.lines()))
         exit_for_failures(len(summary.failed_images))
 
 
@@ -91,7 +91,7 @@ def predict_cmd(
     summary = predict(weights, images, out, ann=ann, device=device, batch=batch, workers=workers,
                       min_size=min_size, max_size=max_size, score_thr=score_thr,
                       skip_missing_images=skip_missing_images)
-    typer.echo(f"{summary.text()}; wrote {out}")
+    typer.echo(f"{'; '.join(summary.lines())}; wrote {out}")
     exit_for_failures(len(summary.failed))
 
 

@@ -15,12 +15,51 @@ import platform
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Mapping, TypeVar
 
+from .engines.registry import DEFAULT_ENGINE, engine_option
 from .errors import InputError
 from .io import write_text_atomic
 
 T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class EngineOptions:
+    """Which promptable segmenter runs, from which weights, at what precision, on which device.
+
+    The one record of these options: `sap proposals`' configuration extends it, the pipeline's
+    ``sam`` section holds its values (with ``device`` at the pipeline's top level), and the
+    commands share one set of flags for it (``pseudolabel/commands/common.py``).
+
+    Attributes:
+        engine: a name of :data:`pseudolabel.core.engines.registry.ENGINES` (None: ``sam_vit_h``).
+        model: the deprecated spelling, a SAM type (``vit_b`` = engine ``sam_vit_b``); folded into
+            ``engine`` on construction and then None.
+        checkpoint: the engine's weights file; ``"none"`` = random weights (tests); None: the
+            official checkpoint.
+        precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16``.
+        device: ``cpu``, ``cuda``, ``cuda:1`` ... (None: the best available).
+    """
+
+    engine: str | None = None
+    model: str | None = None
+    checkpoint: str | None = None
+    precision: str = "auto"
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        self.engine, self.model = engine_option(self.engine, self.model), None
+
+    @property
+    def engine_name(self) -> str:
+        return self.engine or DEFAULT_ENGINE
+
+    @classmethod
+    def pick(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The entries of ``values`` that are engine options (config sections mix them with others)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return {k: v for k, v in values.items() if k in names}
 
 
 def load_config_file(path: str | os.PathLike | None) -> dict[str, Any]:

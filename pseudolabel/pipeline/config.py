@@ -26,14 +26,23 @@ class PipelineConfig:
     point_seed: int = 0
     val: str | None = None  # validation COCO JSON for the trained model (default: gt)
     val_images: str | None = None
-    sam: dict[str, Any] = field(default_factory=lambda: {"engine": None, "checkpoint": None,
-                                                          "precision": "auto", "device": None})
+    device: str | None = None  # every stage's device: cpu, cuda, cuda:1 ... (None: the best available)
+    sam: dict[str, Any] = field(default_factory=lambda: {"engine": None, "checkpoint": None, "precision": "auto"})
     proposals: dict[str, Any] = field(default_factory=lambda: {"prompts": "point,point_box",
                                                                 "save_embeddings": True})
     select: dict[str, Any] = field(default_factory=dict)
     refine: dict[str, Any] = field(default_factory=lambda: {"enabled": True})
     train: dict[str, Any] = field(default_factory=dict)
     viz: dict[str, Any] = field(default_factory=lambda: {"limit": 8, "sheet": 8})
+
+    def __post_init__(self) -> None:
+        self.lift_device()
+
+    def lift_device(self) -> None:
+        """Read ``sam.device``, where configurations before the top-level ``device`` said it."""
+        if "device" in self.sam:
+            legacy = self.sam.pop("device")
+            self.device = self.device if self.device is not None else legacy
 
 
 SECTIONS = ("sam", "proposals", "select", "refine", "train", "viz")
@@ -82,6 +91,7 @@ def load_pipeline_config(path: str | Path | None, sets: list[str] | None = None,
             setattr(cfg, key, value)
         else:
             raise InputError(f"--set {key}: unknown option")
+    cfg.lift_device()
     # one engine name for every stage (``model``, a SAM type, is the deprecated spelling); flags win
     cfg.sam["engine"] = engine_option(cfg.sam.get("engine"), cfg.sam.pop("model", None)) or DEFAULT_ENGINE
     flag_engine = engine_option(flags.pop("engine", None), flags.pop("model", None))
@@ -90,7 +100,7 @@ def load_pipeline_config(path: str | Path | None, sets: list[str] | None = None,
     for key, value in flags.items():
         if value is None:
             continue
-        if key in ("checkpoint", "precision", "device"):
+        if key in ("checkpoint", "precision"):
             cfg.sam[key] = value
         else:
             setattr(cfg, key, value)

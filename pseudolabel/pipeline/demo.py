@@ -137,7 +137,7 @@ def demo_config(out: Path, data_json: Path, images: Path, engine: str, checkpoin
     lr = {} if real else {"lr": POCKET_LR}
     cfg = PipelineConfig(
         images=str(images), out=str(out), gt=str(data_json), point_mode="center",
-        sam={"engine": engine, "checkpoint": checkpoint, "precision": "auto", "device": device},
+        sam={"engine": engine, "checkpoint": checkpoint, "precision": "auto"}, device=device,
         proposals={"prompts": "point,point_box", "save_embeddings": True},
         select={"method": "sapnet", "backbone": backbone, "backbone_weights": weights, "epochs": 4,
                 "batch_size": 2, "min_size": 240, "max_size": 320, "warmup_iters": 5, "workers": 0, **lr},

@@ -29,7 +29,7 @@ from pseudolabel.core.backbones import BUNDLED
 from pseudolabel.core.bag_sources import load_bags
 from pseudolabel.core.cocoeval import coco_mask_ap
 from pseudolabel.core.coco import load_coco_json, with_locked
-from pseudolabel.core.config import resolve, to_jsonable, versions
+from pseudolabel.core.config import EngineOptions, resolve, to_jsonable, versions
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.images import file_sha256
 from pseudolabel.core.io import check_output_dir, check_torch_file, write_json_atomic, write_text_atomic
@@ -40,8 +40,8 @@ from pseudolabel.evaluate import compare, evaluate_pseudo, format_table, load_ps
 from pseudolabel.proposals import ProposalConfig, cache_overview, run_proposals
 from pseudolabel.selector import SelectConfig, run_select
 from pseudolabel.viz import render_disagreement_sheet, render_overlays, render_side_by_side
-from refine import RefineConfig, refine_coco
-from segtrain import TrainConfig, predict, train
+from refine import RefineConfig, run_refine
+from segtrain import TrainConfig, predict, run_train
 
 from .config import PipelineConfig
 
@@ -102,6 +102,11 @@ class Pipeline:
         except (json.JSONDecodeError, KeyError, TypeError):
             return None
 
+    def engine_options(self) -> dict[str, Any]:
+        """The engine options of the SAM stages: the ``sam`` section and the run's ``device`` (the
+        stage digests hash them as one ``sam`` mapping, as before ``device`` moved up)."""
+        return {**self.cfg.sam, "device": self.cfg.device}
+
     def output(self, stage: str, key: str) -> str:
         rec = self.records.get(stage) or self._previous(stage)
         if rec is None or key not in rec.outputs:
@@ -117,10 +122,11 @@ class Pipeline:
                     for s in STAGES[:STAGES.index(stage)]}
         own = {"points": {"points": _file_digest(c.points), "gt": _file_digest(c.gt) if not c.points else None,
                           "mode": c.point_mode, "seed": c.point_seed},
-               "proposals": {"sam": c.sam, "checkpoint": self._checkpoint_digest(), "proposals": c.proposals,
+               "proposals": {"sam": self.engine_options(), "checkpoint": self._checkpoint_digest(),
+                             "proposals": c.proposals,
                              "images": c.images, "image_files": self._images_digest()},
                "select": {"select": c.select, "gt": _file_digest(c.gt)},
-               "refine": {"refine": c.refine, "sam": c.sam, "checkpoint": self._checkpoint_digest(),
+               "refine": {"refine": c.refine, "sam": self.engine_options(), "checkpoint": self._checkpoint_digest(),
                           # + corrections, once `sap import` wrote some
                           **({"corrections": _file_digest(self.corrections())} if self.corrections() else {})},
                "train": {"train": c.train, "val": c.val, "val_images": c.val_images},
@@ -145,10 +151,9 @@ class Pipeline:
         if not Path(c.images).is_dir():
             raise InputError(f"image folder {c.images} does not exist")
         try:
-            ProposalConfig(**{**c.sam, **c.proposals})
+            ProposalConfig(**{**self.engine_options(), **c.proposals})
             check_select_options(resolve(SelectConfig(), c.select))
-            RefineConfig(**{**{k: v for k, v in c.sam.items() if k in ("engine", "model", "checkpoint",
-                                                                          "precision", "device")},
+            RefineConfig(**{**EngineOptions.pick(self.engine_options()),
                             **{k: v for k, v in c.refine.items() if k != "enabled"}})
             check_config(TrainConfig(**{**c.train, "out": str(self.stage_dir("train"))}))
         except TypeError as e:
@@ -285,7 +290,7 @@ def _points(p: Pipeline) -> tuple[dict, dict]:
 
 
 def _proposals(p: Pipeline) -> tuple[dict, dict]:
-    cfg = ProposalConfig(**{**p.cfg.sam, **p.cfg.proposals})
+    cfg = ProposalConfig(**{**p.engine_options(), **p.cfg.proposals})
     cache = p.stage_dir("proposals") / "cache"
     summary = run_proposals(p.output("points", "points"), p.cfg.images, cache, cfg)
     ov = cache_overview(cache)
@@ -306,7 +311,7 @@ def _pseudo_miou(p: Pipeline, path: str | Path) -> dict[str, Any]:
 def _select(p: Pipeline) -> tuple[dict, dict]:
     d = p.stage_dir("select")
     points, cache = p.output("points", "points"), p.output("proposals", "cache")
-    cfg = resolve(SelectConfig(), p.cfg.select, device=p.cfg.sam.get("device"), work_dir=str(d / "work"),
+    cfg = resolve(SelectConfig(), p.cfg.select, device=p.cfg.device, work_dir=str(d / "work"),
                   resume=True)
     summary = run_select(points, cache, d / "pseudo.json", cfg, images=p.cfg.images)
     metrics: dict[str, Any] = {"pseudo_masks": summary.written, "method": cfg.method}
@@ -331,11 +336,10 @@ def _refine(p: Pipeline) -> tuple[dict, dict]:
     if not opts.pop("enabled", True):
         return {"labels": pseudo}, {"refined": 0, "note": "refinement disabled"}
 
-    # "model": the deprecated spelling of the engine, as the proposal stage reads it too
-    sam = {k: v for k, v in p.cfg.sam.items() if k in ("engine", "model", "checkpoint", "precision", "device")}
+    sam = EngineOptions.pick(p.engine_options())  # "model", the engine's deprecated spelling, included
     cfg = RefineConfig(**{**sam, "embeddings": p.output("proposals", "cache"), **opts})
     out = p.stage_dir("refine") / "refined.json"
-    summary = refine_coco(pseudo, p.cfg.images, out, cfg)
+    summary = run_refine(pseudo, p.cfg.images, out, cfg)
     metrics: dict[str, Any] = {"refined": summary.refined, "failed_images": len(summary.failed)}
     if p.cfg.gt:
         metrics["refined_miou"] = _pseudo_miou(p, out)
@@ -345,10 +349,10 @@ def _refine(p: Pipeline) -> tuple[dict, dict]:
 def _train(p: Pipeline) -> tuple[dict, dict]:
     d = p.stage_dir("train")
     val = p.cfg.val or p.cfg.gt
-    opts = {"device": p.cfg.sam.get("device"), **p.cfg.train}
+    opts = {"device": p.cfg.device, **p.cfg.train}
     cfg = TrainConfig(train=p.output("refine", "labels"), images=p.cfg.images, out=str(d), val=val,
                       val_images=p.cfg.val_images or (p.cfg.images if val else None), **opts)
-    summary = train(cfg, resume=True)
+    summary = run_train(cfg, resume=True)
     metrics = {"iters": summary.iters, "first_loss": summary.first_loss, "last_loss": summary.last_loss,
                "final_eval": summary.final_eval} if summary else {}
     return {"weights": d / "model_final.pth"}, metrics
@@ -362,7 +366,7 @@ def _eval(p: Pipeline) -> tuple[dict, dict]:
     if val:
         pred = d / "predictions.json"
         predict(p.output("train", "weights"), p.cfg.val_images or p.cfg.images, pred, ann=val,
-                device=p.cfg.sam.get("device"))
+                device=p.cfg.device)
         metrics["mask_ap"] = coco_mask_ap(val, json.loads(pred.read_text()))
         outputs["predictions"] = pred
     if p.cfg.gt:

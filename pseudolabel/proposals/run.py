@@ -22,7 +22,7 @@ import numpy as np
 
 from pseudolabel.core.cache import ShardWriter, check_shard_layout, points_digest, shard_filename
 from pseudolabel.core.coco import load_coco_json
-from pseudolabel.core.config import write_run_config
+from pseudolabel.core.config import EngineOptions, write_run_config
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.images import file_sha256, load_image_rgb
 from pseudolabel.core.io import check_output_dir
@@ -32,34 +32,22 @@ from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 from .prompt_kinds import PROMPT_KINDS, KindResult, mask_boxes_xyxy, parse_kinds
 from pseudolabel.core.engines.base import (ImageEmbedding, PromptEngine, default_encoder_batch,
                                            default_prompt_batch, stability_score)
-from pseudolabel.core.engines.registry import DEFAULT_ENGINE, engine_option
 from .overlap import Prefetch, RleWorker
 
 MASK_PIXEL_BUDGET = 2 ** 26  # full-resolution mask pixels held at once (one chunk)
 
 
 @dataclass
-class ProposalConfig:
-    """Options of `sap proposals` (defaults; a config file and flags override them)."""
+class ProposalConfig(EngineOptions):
+    """Options of `sap proposals` (defaults; a config file and flags override them): the engine's
+    (:class:`~pseudolabel.core.config.EngineOptions`, fields first) and the stage's own."""
 
-    engine: str | None = None  # a name of pseudolabel.core.engines.registry.ENGINES; None: sam_vit_h
-    model: str | None = None  # deprecated: a SAM type (vit_b = engine sam_vit_b)
-    checkpoint: str | None = None
-    precision: str = "auto"
-    device: str | None = None
     prompts: str = "point"
     points_per_batch: int = 0  # 0: engines.base.default_prompt_batch (64 on a GPU, 4 on a CPU)
     save_embeddings: bool = False
     shard: str | None = None  # "i/n"; under torchrun RANK/WORLD_SIZE
     encoder_batch: int = 0  # images per encoder call; 0: engines.base.default_encoder_batch
     overlap: bool = True  # read images ahead and RLE-encode behind on background threads
-
-    def __post_init__(self) -> None:
-        self.engine, self.model = engine_option(self.engine, self.model), None
-
-    @property
-    def engine_name(self) -> str:
-        return self.engine or DEFAULT_ENGINE
 
 
 @dataclass

@@ -3,8 +3,8 @@
 Modules: :mod:`.geometry` (PDG, PPG, NPG, BMS, final choice; pure NumPy), :mod:`.losses`
 (the two MIL losses), :mod:`.model` (ResNet + FPN + RoI heads), :mod:`.data` (images and bags),
 :mod:`.mil` (the two stages on a batch), :mod:`.train` (training, DDP, checkpoints),
-:mod:`.select` (the methods and the output file), :mod:`.synthetic` (bags from ground truth),
-:mod:`.scenes` (learnable scenes), :mod:`.readout` (what a trained PSM says per proposal).
+:mod:`.select` (the methods and the output file). Test and benchmark data (synthetic bags,
+learnable scenes, the PSM readout) live in :mod:`pseudolabel.testing`.
 """
 
 from .options import SelectConfig

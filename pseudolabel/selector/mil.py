@@ -377,3 +377,25 @@ class SelectorStep(nn.Module):
                       "prm": self._final(b, self._top1(b1[w], torch.as_tensor(score[p, w]), hw), float32)}
             out.append(PointChoice(ann_ids[p], index, float(clsat[p, w]), order, branch, margin, stages))
         return out
+
+
+@torch.no_grad()
+def psm_outputs(step: SelectorStep, samples: list[Sample], images: torch.Tensor,
+                image_hw: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The PSM's (stage 0) raw outputs on one batch, one row per point, on the CPU.
+
+    Args:
+        step: the selector (its ``net`` is run as is: call ``step.eval()`` first).
+        samples, images, image_hw: a collated batch (:func:`.data.collate`), ``images`` ``B×3×H×W``.
+
+    Returns:
+        ``(cls, ins, valid)``: class logits ``P×K×(C+1)``, instance logits ``P×K×C`` (``P`` the
+        batch's points in sample order, ``K`` the largest bag; padding rows zeros) and the ``P×K``
+        bool mask of real proposals.
+    """
+    bags = [b for s in samples for b in s.boxes]
+    cpu = torch.device("cpu")
+    feats = step.net.features(images)
+    cls, ins = step.net.forward_boxes(feats, _boxes_per_image(samples, bags, cpu), image_hw, stage=0)
+    index, valid = _dense_index([len(b) for b in bags], cpu)
+    return _dense(cls, index), _dense(ins, index), valid

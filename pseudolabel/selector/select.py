@@ -208,7 +208,7 @@ class SelectSummary:
     out: Path | None
     config_path: Path | None
 
-    def text(self) -> str:
+    def lines(self) -> list[str]:
         """A few lines for the terminal."""
         lines = [f"select: {self.written} pseudo-masks written for {self.points} points -> {self.out}",
                  f"  chosen differently from SAM's top-1: {100 * self.changed_vs_sam_top1:.1f}% of points"]
@@ -226,7 +226,7 @@ class SelectSummary:
                          f"{self.stats['s_per_image_epoch']:.3f} s per image per epoch")
         if "weights" in self.stats:
             lines.append(f"  selector weights: {self.stats['weights']}")
-        return "\n".join(lines)
+        return lines
 
 
 def default_work_dir(out: str | os.PathLike) -> Path:

@@ -138,7 +138,7 @@ def corrupt_coco(gt: str | os.PathLike, out: str | os.PathLike, cfg: CorruptConf
     Returns:
         Counts: ``corrupted``, ``passed_through``.
     """
-    from .inputs import classify_segmentation
+    from refine.inputs import classify_segmentation
 
     cfg = cfg or CorruptConfig()
     coco = load_coco_json(gt)

@@ -26,7 +26,7 @@ What decides the category (``class_by``):
 
 Everything is a pure function of the arguments. Masks are exact (the drawn pixels); points and
 SAM-like bags are made from them by :func:`pseudolabel.core.points.derive_points` and
-:func:`pseudolabel.selector.synthetic.synthetic_bags`.
+:func:`pseudolabel.testing.synthetic.synthetic_bags`.
 """
 
 from __future__ import annotations

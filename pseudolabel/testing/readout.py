@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .data import BagDataset, collate
-from .losses import instance_probs
-from .mil import SelectorStep, _boxes_per_image, _dense, _dense_index
+from pseudolabel.selector.data import BagDataset, collate
+from pseudolabel.selector.losses import instance_probs
+from pseudolabel.selector.mil import SelectorStep, psm_outputs
 
 
 @dataclass
@@ -49,15 +49,11 @@ def stage_zero_readout(step: SelectorStep, dataset: BagDataset, batch_size: int 
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
         if not batch.samples:
             continue
-        bags = [b for s in batch.samples for b in s.boxes]
-        feats = step.net.features(batch.images)
-        cls, ins = step.net.forward_boxes(feats, _boxes_per_image(batch.samples, bags, torch.device("cpu")),
-                                          batch.image_hw, stage=0)
-        index, valid = _dense_index([len(b) for b in bags], torch.device("cpu"))
-        at = torch.arange(len(bags))
+        cls, ins, valid = psm_outputs(step, batch.samples, batch.images, batch.image_hw)
+        at = torch.arange(len(valid))
         labels = torch.as_tensor(np.concatenate([s.labels for s in batch.samples]))
-        probs = _dense(cls, index).float().softmax(-1)  # P×K×C'
-        share = instance_probs(_dense(ins, index), valid)  # P×K×C
+        probs = cls.float().softmax(-1)  # P×K×C'
+        share = instance_probs(ins, valid)  # P×K×C
         nan = torch.tensor(float("nan"))
         rows = (probs[at, :, labels], (probs.argmax(-1) == labels[:, None]).float(), share[at, :, labels])
         parts.append(tuple(torch.where(valid, r, nan) for r in rows))

@@ -1,4 +1,4 @@
-"""`sap env` and `sap points`."""
+"""`sap points`: one point per object from a fully annotated COCO file."""
 
 from __future__ import annotations
 
@@ -7,16 +7,7 @@ from typing import Annotated
 
 import typer
 
-
 commands = typer.Typer()
-
-
-@commands.command("env")
-def env_cmd() -> None:
-    """Print versions, the device that would be used, CUDA, and which optional engines exist."""
-    from pseudolabel.core.environment import environment_report
-
-    typer.echo(environment_report())
 
 
 @commands.command("points")

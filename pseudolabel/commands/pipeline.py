@@ -1,4 +1,4 @@
-"""`sap pipeline` and `sap demo` (orchestration)."""
+"""`sap pipeline`: every stage in one resumable run folder (orchestration)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import ConfigOpt, DeviceOpt, EngineOpt, SamModelOpt
-
+from .common import ConfigOpt, DeviceOpt, EngineOpt, SamCheckpointOpt, SamModelOpt
 
 commands = typer.Typer()
 
@@ -22,7 +21,7 @@ def pipeline_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="Run folder.")] = None,
     engine: EngineOpt = None,
     model: SamModelOpt = None,
-    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="The engine's checkpoint ('none' = random).")] = None,
+    checkpoint: SamCheckpointOpt = None,
     device: DeviceOpt = None,
     sets: Annotated[Optional[list[str]], typer.Option("--set", help="section.key=value, e.g. train.iters=2000 (repeatable).")] = None,
     start: Annotated[Optional[str], typer.Option("--from", help="First stage to run.")] = None,
@@ -39,27 +38,6 @@ def pipeline_cmd(
     report = write_report(Path(cfg.out), records)
     typer.echo(closing_table(records))
     typer.echo(f"report: {report}")
-
-
-@commands.command("demo")
-def demo_cmd(
-    out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("sap_runs/demo"),
-    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="SAM checkpoint file; it always wins ('none' = random tiny SAM). Without it: the official checkpoint if here or downloadable, else the pocket SAM trained on synthetic shapes (not SAM).")] = None,
-    engine: Annotated[Optional[str], typer.Option("--engine", help="Engine of the checkpoint (default sam_vit_b).")] = None,
-    model: SamModelOpt = None,
-    device: DeviceOpt = None,
-    offline: Annotated[bool, typer.Option("--offline", help="Do not try to download a SAM checkpoint.")] = False,
-    quick: Annotated[bool, typer.Option("--quick", help="A token amount of work per stage (4 images, 1 selector epoch, 6 SOLOv2 iterations): checks an install in about a minute.")] = False,
-) -> None:
-    """The whole pipeline on a small shapes dataset it makes itself (real SAM if available)."""
-    from pseudolabel.core.engines.registry import engine_option
-    from pseudolabel.pipeline import closing_table, run_demo
-
-    records, report = run_demo(out, checkpoint, engine_option(engine, model) or "sam_vit_b", device, offline,
-                               quick=quick)
-    typer.echo(closing_table(records))
-    typer.echo(f"report: {report}")
-    typer.echo(f"overlays: {Path(out) / 'run' / '7_viz'}")
 
 
 def register(app: typer.Typer) -> None:
