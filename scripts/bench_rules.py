@@ -7,7 +7,7 @@ picks go through the real :class:`~pseudolabel.selector.mil.SelectorStep` (top-1
 final box-to-mask match) under each rule set, so the table shows what the rules alone make of
 perfect scores: the ceiling of every trained selector.
 
-Bags are built from the ground-truth masks of real photos (:mod:`pseudolabel.selector.synthetic`:
+Bags are built from the ground-truth masks of real photos (:mod:`pseudolabel.testing.synthetic`:
 part, whole, merged-with-neighbour, eroded, small part, background band) on ``tests/data/coco_cc_by``
 and the 100 COCO photos of ``../shared`` (when present), two seeds (points and proposals)::
 
@@ -39,7 +39,7 @@ from pseudolabel.selector.data import Sample  # noqa: E402
 from pseudolabel.selector.mil import SelectorStep  # noqa: E402
 from pseudolabel.selector.options import SelectConfig  # noqa: E402
 from pseudolabel.selector.reference import SAP_RULES  # noqa: E402
-from pseudolabel.selector.synthetic import synthetic_bags  # noqa: E402
+from pseudolabel.testing.synthetic import synthetic_bags  # noqa: E402
 
 
 class OracleNet(nn.Module):
