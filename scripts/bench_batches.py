@@ -3,7 +3,7 @@
     python scripts/bench_batches.py [--data tests/data/coco_cc_by] [--batch 16] [--batches 60]
                                     [--steps 3] [--step-batch 8] [--step-sizes 256-320] [--threads 0]
 
-Before: a process pads its whole share of the batch (16 on one process, as README and
+Before: a process pads its whole share of the batch (16 on one process, as the docs and
 configs/coco.yaml suggest) into one tensor, whatever the images' orientation. After: passes of
 2 images of one orientation (AdelaiDet's 2 per GPU on 8 GPUs, grouped as detectron2's
 ``AspectRatioGroupedDataset`` does), each padded to its own size. Both draw from the same

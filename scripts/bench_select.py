@@ -49,7 +49,7 @@ from pseudolabel.selector import SelectConfig, run_select  # noqa: E402
 from pseudolabel.selector.reference import apply_reference  # noqa: E402
 from pseudolabel.testing.synthetic import LABELS, synthetic_bags, write_bags_cache  # noqa: E402
 
-#: the learnable benchmark's settings: the best measured (README, "What the selector learns": 30 epochs, 300
+#: the learnable benchmark's settings: the best measured (docs/selector.md, "What the selector learns": 30 epochs, 300
 #: iterations, at lr 0.16 per 32, above a random pick on both scene families; 0.3 scored 0.821 on seed 0 but
 #: 0.624 on seed 1; 384 px input, where NPG's part negatives fire, did no better at 2.9x the cost per iteration)
 SHAPES = dict(n_images=40, size=128, epochs=30, min_size=128, max_size=128, batch_size=4, lr=0.16,

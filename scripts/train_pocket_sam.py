@@ -17,7 +17,7 @@ interrupted run from the ``.partial`` state saved every 100 steps, with the same
 
 ``--coarse-share S`` (0 in the committed recipe) starts a share S of the scenes from SAMRefiner's
 first prompt (:func:`samrefiner_prompts`) on a rough mask of the target: the model then refines
-better and clicks worse (README, "The pocket SAM").
+better and clicks worse (docs/pocket.md).
 """
 
 from __future__ import annotations

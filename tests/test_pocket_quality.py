@@ -2,13 +2,13 @@
 its architecture at random init, and its IoU head ranks its masks. Each check fails when the
 engine's path (loading, encoding, prompting, decoding, upscaling) breaks.
 
-The floors sit below the figures measured on these exact scenes (README, "The pocket SAM"),
+The floors sit below the figures measured on these exact scenes (docs/pocket.md),
 with room for the platform's float differences only. Refinement is tested where the pocket SAM
 can help: on `sap corrupt --severity 2` masks (mIoU 0.57), which it raises; on severity-1 masks
-(0.81, better than its own one-click masks) it lowers them, as the README reports. `sap pipeline`
+(0.81, better than its own one-click masks) it lowers them, as docs/pocket.md reports. `sap pipeline`
 with it trains a SOLOv2 that finds the held-out scenes' objects (mask AP50), where the same run on
 random SAM weights finds none. Selection gets no quality test yet: SAPNet does not beat sam-top1
-on the pocket SAM's proposals (README, "The pocket SAM").
+on the pocket SAM's proposals (docs/pocket.md).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pseudolabel.pocket.quality import (
     write_scene_dataset,
 )
 
-#: floors on 6 held-out scenes (README, "The pocket SAM" has the measured figures)
+#: floors on 6 held-out scenes (docs/pocket.md has the measured figures)
 MIN_BEST3_MIOU = 0.50  # measured 0.610 (random weights: 0.055)
 MIN_TOP1_MIOU = 0.45  # measured 0.563 (random weights: 0.019)
 MIN_SPEARMAN = 0.60  # measured 0.760 (random weights: -0.486)

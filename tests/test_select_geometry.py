@@ -229,7 +229,7 @@ def test_bce_stays_finite_at_zero_and_one():
 
 
 def test_a_confident_whole_object_pick_is_mined_towards_a_touching_neighbour():
-    """The ceiling of SAPNet's geometry (README, "What the selector learns"): the official top-1
+    """The ceiling of SAPNet's geometry (docs/selector.md, "The ceiling of SAPNet's geometry"): the official top-1
     box is ``proposal × s/(s + 1e-8)`` in float32. At a confident score that is the whole
     object's box exactly, its own proposal is not larger, and BMS's contain rule moves it towards
     SAM's larger mask that holds a touching neighbour; the box-to-mask match then lands on the

@@ -12,7 +12,7 @@ code (:func:`pseudolabel.selector.losses.psm_loss`, the same network); this is t
 shows in a minute. The same settings with `sapnet` took 341 s and named 30 % (the backbone
 then also serves PRM's loss and the negatives'; not separated), too slow a test for the suite. Whether sapnet then prefers the whole object among a bag's proposals takes
 ~300 iterations (16 CPU minutes) and is measured by `scripts/bench_select.py --scenes shapes`
-(README, "What the selector learns").
+(docs/selector.md, "What the selector learns").
 """
 
 from __future__ import annotations

@@ -103,13 +103,25 @@ def annotation_ious(
         raise InputError("the ground truth is not a COCO dataset: it needs an 'images' list")
     sizes = {im["id"]: (int(im["height"]), int(im["width"])) for im in gt["images"]}
     anns = _pseudo_annotations(pseudo, source)
+    pairs, counts = _match_by_id(gt, anns, source)
+    records = [_pair_record(g, p, sizes[g["image_id"]], boundary, ratio, source, gt_source)
+               for g, p in progress(pairs, desc="eval", total=len(pairs), unit="ann")]
+    counts["matched"] = len(records)
+    return records, counts
+
+
+def _match_by_id(gt: dict, anns: list[dict], source: str) -> tuple[list[tuple[dict, dict]], dict[str, int]]:
+    """The (ground truth, pseudo-label) pairs to score, in ground-truth order, and the counts of
+    what was skipped (keys as :func:`annotation_ious`'s ``counts``; ``matched`` still 0).
+
+    Raises InputError as :func:`annotation_ious` does, for all but a mask of the wrong size.
+    """
     by_id = {a["id"]: a for a in anns}
     counts = dict.fromkeys(
         ("gt", "matched", "gt_without_pseudo", "pseudo_without_gt", "pseudo_without_mask",
          "crowd_skipped", "gt_without_mask"), 0)
     gt_ids: set = set()
-    records: list[dict[str, Any]] = []
-    work = []
+    pairs = []
     for g in gt.get("annotations", []):
         gt_ids.add(g["id"])
         if g.get("iscrowd", 0):
@@ -132,39 +144,42 @@ def annotation_ious(
                 f"{source}: annotation {g['id']} is on image {p['image_id']} but the ground "
                 f"truth puts it on image {g['image_id']}; are the files from the same dataset?"
             )
-        work.append((g, p))
+        pairs.append((g, p))
     counts["pseudo_without_gt"] = sum(1 for a in anns if a["id"] not in gt_ids)
     if counts["gt"] == 0:
         raise InputError("the ground truth has no (non-crowd) annotation with a mask to compare against")
-    if not work and counts["pseudo_without_mask"] == 0:
+    if not pairs and counts["pseudo_without_mask"] == 0:
         raise InputError(
             f"no annotation id of {source} matches a ground-truth annotation id; "
             "are the files from the same dataset?"
         )
+    return pairs, counts
 
-    for g, p in progress(work, desc="eval", total=len(work), unit="ann"):
-        h, w = sizes[g["image_id"]]
-        try:
-            rg = segmentation_to_rle(g["segmentation"], h, w)
-        except InputError as e:
-            raise InputError(f"{gt_source}: annotation {g['id']} of image {g['image_id']}: {e}") from None
-        try:
-            rp = segmentation_to_rle(p["segmentation"], h, w)
-        except InputError as e:
-            raise InputError(f"{source}: annotation {p['id']} of image {g['image_id']}: {e}") from None
-        miou = float(rle_iou([rg], [rp])[0, 0])
-        bg = xywh_to_xyxy(np.array(rle_to_bbox_xywh(rg)))
-        bp = xywh_to_xyxy(np.array(rle_to_bbox_xywh(rp)))
-        biou = float(box_iou_xyxy(bg, bp)[0, 0])
-        bdy = boundary_iou(decode_rle(rg), decode_rle(rp), ratio=ratio) if boundary else None
-        area = float(g["area"]) if isinstance(g.get("area"), (int, float)) else float(rle_area(rg))
-        records.append({
-            "id": g["id"], "image_id": g["image_id"], "category_id": g.get("category_id"),
-            "area": area, "size": size_bucket(area),
-            "mask_iou": miou, "box_iou": biou, "boundary_iou": bdy,
-        })
-    counts["matched"] = len(records)
-    return records, counts
+
+def _pair_record(g: dict, p: dict, size: tuple[int, int], boundary: bool, ratio: float, source: str,
+                 gt_source: str) -> dict[str, Any]:
+    """One record of :func:`annotation_ious` for a ground-truth annotation ``g`` and its
+    pseudo-label ``p`` on an image of ``size`` (height, width)."""
+    h, w = size
+    try:
+        rg = segmentation_to_rle(g["segmentation"], h, w)
+    except InputError as e:
+        raise InputError(f"{gt_source}: annotation {g['id']} of image {g['image_id']}: {e}") from None
+    try:
+        rp = segmentation_to_rle(p["segmentation"], h, w)
+    except InputError as e:
+        raise InputError(f"{source}: annotation {p['id']} of image {g['image_id']}: {e}") from None
+    miou = float(rle_iou([rg], [rp])[0, 0])
+    bg = xywh_to_xyxy(np.array(rle_to_bbox_xywh(rg)))
+    bp = xywh_to_xyxy(np.array(rle_to_bbox_xywh(rp)))
+    biou = float(box_iou_xyxy(bg, bp)[0, 0])
+    bdy = boundary_iou(decode_rle(rg), decode_rle(rp), ratio=ratio) if boundary else None
+    area = float(g["area"]) if isinstance(g.get("area"), (int, float)) else float(rle_area(rg))
+    return {
+        "id": g["id"], "image_id": g["image_id"], "category_id": g.get("category_id"),
+        "area": area, "size": size_bucket(area),
+        "mask_iou": miou, "box_iou": biou, "boundary_iou": bdy,
+    }
 
 
 def evaluate_pseudo(

@@ -28,7 +28,7 @@ from pseudolabel.core.progress import progress
 from .common import ExportReport, iter_objects
 
 INSTALL = ("FiftyOne export needs the [fiftyone] extra: pip install 'sap[fiftyone]' (offline on Debian 12: "
-           "see the README, section 'Exports')")
+           "see docs/review.md, section 'Exports')")
 FIELDS = ("ground_truth", "pseudo", "refined", "predictions")
 
 

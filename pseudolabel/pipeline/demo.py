@@ -114,7 +114,7 @@ RANDOM_BANNER = _banner(
 POCKET_BANNER = _banner(
     "THIS DEMO'S SAM IS NOT SAM: it is a pocket SAM trained on synthetic shapes",
     "(SAM's architecture at a small width, trained here by scripts/train_pocket_sam.py).",
-    "Its masks are learnt, not random, but weak (README: The pocket SAM); never for real photos.",
+    "Its masks are learnt, not random, but weak (docs/pocket.md); never for real photos.",
     "Official SAM: sap demo --checkpoint sam_vit_b_01ec64.pth (or run once with internet).")
 
 

@@ -65,7 +65,7 @@ class PocketConfig:
     first_prompt: tuple[float, float, float] = (0.5, 0.3, 0.2)  # click, box, click + box
     threads: int = 1
     # SAM weighs focal:dice 20:1; from scratch in a few hundred steps that collapsed to empty
-    # masks (IoU 0 after 100 steps), dice-led training did not: 1:1 (README, "The pocket SAM")
+    # masks (IoU 0 after 100 steps), dice-led training did not: 1:1 (docs/pocket.md)
     focal_weight: float = 1.0
     # targets with fewer pixels (in the scene) are never asked for: the held-out measure skips
     # them too, and at 64² logits they are a few cells

@@ -23,8 +23,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -114,46 +115,102 @@ def import_corrections(source: str, path: str | os.PathLike, into: str | os.Path
     path, into = Path(path), Path(into)
     if not path.is_file():
         raise InputError(f"{path} does not exist")
-    if is_run_folder(into):
-        files = run_files(into)
-        target = load_coco_json(files.labels)
-        check_segmentations(target, str(files.labels), other_size_ok=True)
-        out = files.corrections
-        earlier = load_coco_json(out)["annotations"] if out.is_file() else []
-    elif into.is_file():
-        target, out, earlier = load_coco_json(into), into, []
-        check_segmentations(target, str(into), other_size_ok=True)
-    else:
+    target = _Target.open(into)
+    got = _read(source, path, target.images, target.by_name)
+    summary = ImportSummary(source, str(into), written_to=str(target.out))
+    lock = partial(lock_annotation, source=source, file=str(path),
+                   imported=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    locked = _lock_reviewed(got["objects"], target, lock, summary)
+    locked += _lock_deleted(got.get("deleted", []), target, lock, summary)
+    locked += _add_new(got.get("new", []), target, lock, summary, keep_new)
+    result = target.merged(locked, in_place=target.out == into)
+    summary.locked_total = sum(1 for a in result["annotations"] if is_locked(a))
+    write_json_atomic(target.out, result)
+    return summary
+
+
+@dataclass
+class _Target:
+    """The COCO labels the corrections go into, indexed for matching, and where they are written.
+
+    ``earlier``: the corrections a run folder already holds (empty for a COCO file).
+    """
+
+    coco: dict
+    out: Path
+    earlier: list
+
+    def __post_init__(self) -> None:
+        self.images = {img["id"]: img for img in self.coco["images"]}
+        self.by_name = {img["file_name"]: img for img in self.coco["images"]}
+        self.anns = {a["id"]: a for a in self.coco["annotations"]}
+        self.cat_by_name = {str(c.get("name", c["id"])): c["id"] for c in self.coco["categories"]}
+        self.cats = {c["id"] for c in self.coco["categories"]}
+
+    @classmethod
+    def open(cls, into: Path) -> "_Target":
+        """A run folder (its labels; out: ``corrections.json``) or a COCO file (replaced in place)."""
+        if is_run_folder(into):
+            files = run_files(into)
+            coco = load_coco_json(files.labels)
+            check_segmentations(coco, str(files.labels), other_size_ok=True)
+            out = files.corrections
+            return cls(coco, out, load_coco_json(out)["annotations"] if out.is_file() else [])
+        if into.is_file():
+            coco = load_coco_json(into)
+            check_segmentations(coco, str(into), other_size_ok=True)
+            return cls(coco, into, [])
         raise InputError(f"--into {into} is neither a `sap pipeline` run folder nor a COCO JSON file")
-    images = {img["id"]: img for img in target["images"]}
-    by_name = {img["file_name"]: img for img in target["images"]}
-    anns = {a["id"]: a for a in target["annotations"]}
-    cat_by_name = {str(c.get("name", c["id"])): c["id"] for c in target["categories"]}
-    cats = {c["id"] for c in target["categories"]}
-    got = _read(source, path, images, by_name)
-    summary = ImportSummary(source, str(into), written_to=str(out))
-    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    locked: list[dict] = []
 
-    def category(label: Any) -> Any:
-        if label in cats:
+    def category(self, label: Any) -> Any:
+        """The category id of a reviewed label (an id or a name), None when unknown."""
+        if label in self.cats:
             return label
-        return cat_by_name.get(str(label)) if label is not None else None
+        return self.cat_by_name.get(str(label)) if label is not None else None
 
-    for ann_id, image_id, label, mask in got["objects"]:
+    def next_id(self) -> int:
+        """The first annotation id above every id of the target and of earlier corrections."""
+        ids = [int(i) for i in self.anns if isinstance(i, int)] + [int(a["id"]) for a in self.earlier]
+        return max(ids + [0]) + 1
+
+    def merged(self, locked: list[dict], in_place: bool) -> dict:
+        """The file to write: the target with ``locked`` laid over it (a COCO file), or the run's
+        corrections, earlier ones merged by id (newer wins)."""
+        if in_place:
+            return with_locked(self.coco, locked)
+        merged = {a["id"]: a for a in self.earlier}
+        merged.update({a["id"]: a for a in locked})
+        result = {k: v for k, v in self.coco.items() if k not in ("annotations", "info")}
+        result["info"] = {"description": "corrections imported by `sap import`: locked annotations"}
+        result["annotations"] = sorted(merged.values(), key=lambda a: a["id"])
+        return result
+
+
+def _with_mask(ann: dict, rle: dict, **fields: Any) -> dict:
+    """``ann`` with ``rle`` as its segmentation and the box and area derived from it."""
+    ann.update(segmentation=rle, bbox=rle_to_bbox_xywh(rle), area=float(rle_area(rle)), **fields)
+    return ann
+
+
+def _lock_reviewed(objects: list, target: _Target, lock: Callable[..., dict],
+                   summary: ImportSummary) -> list[dict]:
+    """Locked copies of the reviewed objects that match a target annotation (same id and image,
+    a known label, a mask); the others are listed in ``summary``."""
+    locked = []
+    for ann_id, image_id, label, mask in objects:
         summary.reviewed += 1
-        ann = anns.get(ann_id)
+        ann = target.anns.get(ann_id)
         if ann is None:
             summary.unknown_ids.append(ann_id)
             continue
         if ann["image_id"] != image_id:
             summary.wrong_image.append(ann_id)
             continue
-        cat = category(label) if label is not None else ann.get("category_id")
+        cat = target.category(label) if label is not None else ann.get("category_id")
         if cat is None:
             summary.unknown_labels.append(ann_id)
             continue
-        img = images[image_id]
+        img = target.images[image_id]
         if mask is None:
             summary.no_mask.append(ann_id)
             continue
@@ -165,40 +222,40 @@ def import_corrections(source: str, path: str | os.PathLike, into: str | os.Path
             before = None
         same = before is not None and np.array_equal(decode_rle(before), decode_rle(rle)) \
             and cat == ann.get("category_id")
-        new = lock_annotation(ann, source, file=str(path), imported=when, changed=not same)
-        new.update(segmentation=rle, bbox=rle_to_bbox_xywh(rle), area=float(rle_area(rle)), category_id=cat)
-        locked.append(new)
+        locked.append(_with_mask(lock(ann, changed=not same), rle, category_id=cat))
         (summary.unchanged if same else summary.changed).append(ann_id)
-    for ann_id, image_id in got.get("deleted", []):
-        ann = anns.get(ann_id)
+    return locked
+
+
+def _lock_deleted(deleted: list, target: _Target, lock: Callable[..., dict],
+                  summary: ImportSummary) -> list[dict]:
+    """Locked, maskless copies of the annotations the reviewer deleted."""
+    locked = []
+    for ann_id, image_id in deleted:
+        ann = target.anns.get(ann_id)
         if ann is None or ann["image_id"] != image_id:
             summary.unknown_ids.append(ann_id)
             continue
-        new = lock_annotation(ann, source, file=str(path), imported=when, deleted=True)
+        new = lock(ann, deleted=True)
         new.update(segmentation=[], bbox=[0.0, 0.0, 0.0, 0.0], area=0.0)
         locked.append(new)
         summary.deleted.append(ann_id)
-    next_id = max([int(i) for i in anns if isinstance(i, int)] + [int(a["id"]) for a in earlier] + [0]) + 1
-    for image_id, label, mask in got.get("new", []):
-        cat = category(label)
-        if not keep_new or cat is None or image_id not in images:
+    return locked
+
+
+def _add_new(new_objects: list, target: _Target, lock: Callable[..., dict], summary: ImportSummary,
+             keep_new: bool) -> list[dict]:
+    """Objects the reviewer drew (no id of ours) as new locked annotations, only with ``keep_new``
+    and a known label and image; numbered from :meth:`_Target.next_id`."""
+    locked, next_id = [], target.next_id()
+    for image_id, label, mask in new_objects:
+        cat = target.category(label)
+        if not keep_new or cat is None or image_id not in target.images:
             summary.new_skipped += 1
             continue
         rle = encode_mask(np.asarray(mask, dtype=np.uint8))
-        new = lock_annotation({"id": next_id, "image_id": image_id, "category_id": cat, "iscrowd": 0}, source,
-                              file=str(path), imported=when, added=True)
-        new.update(segmentation=rle, bbox=rle_to_bbox_xywh(rle), area=float(rle_area(rle)))
-        locked.append(new)
+        ann = {"id": next_id, "image_id": image_id, "category_id": cat, "iscrowd": 0}
+        locked.append(_with_mask(lock(ann, added=True), rle))
         summary.added.append(next_id)
         next_id += 1
-    if out == into:  # a COCO file: replace its annotations in place
-        result = with_locked(target, locked)
-    else:
-        merged = {a["id"]: a for a in earlier}
-        merged.update({a["id"]: a for a in locked})
-        result = {k: v for k, v in target.items() if k not in ("annotations", "info")}
-        result["info"] = {"description": "corrections imported by `sap import`: locked annotations"}
-        result["annotations"] = sorted(merged.values(), key=lambda a: a["id"])
-    summary.locked_total = sum(1 for a in result["annotations"] if is_locked(a))
-    write_json_atomic(out, result)
-    return summary
+    return locked

@@ -55,7 +55,7 @@ def random_init_norm(weights: str | os.PathLike | None) -> str | None:
     """``"gn"`` when the backbone trains from random weights (``none``), else None (the ``bn`` rule).
 
     BatchNorm statistics frozen at their random-init values and a frozen random stem learn far
-    less than GroupNorm with every stage trained (measured in the README, "What the selector
+    less than GroupNorm with every stage trained (measured in docs/selector.md, "What the selector
     learns"). SAPNet always starts from ImageNet weights, so no rule of :mod:`.reference`
     covers this case (docs/fidelity.md).
     """

@@ -9,8 +9,8 @@ torchvision's ``roi_align`` with the same arguments computes the same thing.
 On CPU the pooling runs as one sparse matrix product (:func:`roi_align_matrix`: the bilinear
 weights of every sample, summed per output bin and feature pixel), which gives torchvision's
 values (to float rounding) and a backward that is a second sparse product instead of
-torchvision's per-element scatter (7–12× faster on one core; README, "What the selector
-learns"). On other devices torchvision's kernel runs.
+torchvision's per-element scatter (7–12× faster on one core; docs/selector.md, "Cheaper
+iterations"). On other devices torchvision's kernel runs.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def scratch_rate_advice(cfg: SelectConfig) -> str | None:
         return None
     return (f"lr {cfg.lr} per {cfg.lr_batch} images is a rate for ImageNet weights (SAPNet's: 0.015 per 32); from "
             f"random weights the selector learned far more slowly at such rates than at {SCRATCH_LR} per 32 over 300 "
-            f"iterations (README, \"What the selector learns\"): consider --lr {SCRATCH_LR}")
+            f"iterations (docs/selector.md, \"What the selector learns\"): consider --lr {SCRATCH_LR}")
 
 
 def has_scores(bag: Bag) -> bool:

@@ -14,7 +14,7 @@ What decides the category (``class_by``):
   whole outline does. This is what SAPNet's MIL needs to find whole objects (on real photos an
   ImageNet backbone provides it: the whole object is what tells a class apart). Measured: this premise
   does not hold for the selector: a trained PSM names the class of parts as well as of whole
-  objects (README, "What the selector learns").
+  objects (docs/selector.md, "What the selector learns").
 * ``"texture"``: the texture kind (stripes, checks, dots, blotches) with random shapes. Every part
   of an object tells its class, and the purest part (the least background) is what a MIL
   selector prefers: the classic part-domination failure, kept as a contrast.

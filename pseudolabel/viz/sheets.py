@@ -159,75 +159,107 @@ def render_side_by_side(images_dir: str | os.PathLike, out_dir: str | os.PathLik
     the object: one panel per proposal of its bag (titled with prompt kind, SAM rank and
     predicted IoU), then its selected, refined and ground-truth masks.
     """
-    files = {"selected": selected, "refined": refined, "GT": gt}
-    files = {k: v for k, v in files.items() if v is not None}
-    if not files:
-        raise InputError("give at least one COCO file (selected, refined or ground truth) to draw")
-    bags_by_image = {k: list(v) for k, v in (bags or {}).items()}
-    bag_of = {b.ann_id: b for v in bags_by_image.values() for b in v}
-    index = _image_index(*files.values())
-    names = _names(*files.values())
-    by_image = {k: _anns_by_image(v) for k, v in files.items()}
-    report = VizReport()
+    inputs = _CompareInputs.build(gt=gt, selected=selected, refined=refined, bags=bags)
     if ann_ids:
-        by_ann = {k: {a["id"]: a for a in v.get("annotations", [])} for k, v in files.items()}
-        for ann_id in progress(list(ann_ids), desc="viz", total=len(ann_ids), unit="ann"):
-            image_id = next((m[ann_id]["image_id"] for m in by_ann.values() if ann_id in m),
-                            getattr(bag_of.get(ann_id), "image_id", None))
-            if image_id is None or image_id not in index:
-                raise InputError(f"annotation id {ann_id} is in none of the given files")
-            try:
-                im = index[image_id]
-                image = _load(Path(images_dir), im)
-                h, w = image.shape[:2]
-                panels: list[tuple[str, list[Instance]]] = []
-                boxes: list[np.ndarray] = []
-                bag = bag_of.get(ann_id)
-                if bag is not None:
-                    color = instance_color(ann_id)
-                    for k, rle in enumerate(bag.rles):
-                        m = decode_rle(rle)
-                        boxes.append(mask_to_box_xyxy(m))
-                        title = f"{bag.kinds[k]} #{int(bag.ranks[k])} iou {float(bag.scores[k]):.2f}"
-                        panels.append((title, [Instance(mask=m, color=color, point=tuple(bag.point))]))
-                for key, coco in files.items():
-                    a = by_ann[key].get(ann_id)
-                    inst = instances_from_annotations([a], h, w, names) if a else []
-                    boxes += [instance_box(i) for i in inst]
-                    panels.append((key if a else f"{key}: none", inst))
-                rows, cols = _crop_box(boxes, h, w)
-                crops = []
-                for title, inst in panels:
-                    drawn = draw_instances(image, inst, alpha=alpha)
-                    crops.append((title, drawn[rows, cols]))
-                pw = max(160, min(panel_width, 2 * crops[0][1].shape[1]))
-                report.written.append(write_png(Path(out_dir) / f"ann_{ann_id}.png",
-                                                hstack_panels(crops, panel_width=pw)))
-            except (ImageError, InputError) as e:
-                report.failed[ann_id] = str(e)
-        return report
+        return _render_annotations(inputs, Path(images_dir), Path(out_dir), ann_ids, panel_width, alpha)
+    return _render_images(inputs, Path(images_dir), Path(out_dir), image_ids, limit, panel_width, alpha)
 
-    chosen = _pick_images(index, image_ids, limit)
+
+@dataclass
+class _CompareInputs:
+    """What :func:`render_side_by_side` draws, indexed once: the COCO files by panel title
+    (``selected``, ``refined``, ``GT``, in that order) and the proposal bags by image id."""
+
+    files: dict[str, Mapping[str, Any]]
+    bags_by_image: dict[Any, list[Any]]
+
+    def __post_init__(self) -> None:
+        self.bag_of = {b.ann_id: b for v in self.bags_by_image.values() for b in v}
+        self.index = _image_index(*self.files.values())
+        self.names = _names(*self.files.values())
+        self.by_image = {k: _anns_by_image(v) for k, v in self.files.items()}
+
+    @classmethod
+    def build(cls, *, gt: Mapping[str, Any] | None, selected: Mapping[str, Any] | None,
+              refined: Mapping[str, Any] | None, bags: Mapping[Any, Sequence[Any]] | None) -> "_CompareInputs":
+        files = {"selected": selected, "refined": refined, "GT": gt}
+        files = {k: v for k, v in files.items() if v is not None}
+        if not files:
+            raise InputError("give at least one COCO file (selected, refined or ground truth) to draw")
+        return cls(files, {k: list(v) for k, v in (bags or {}).items()})
+
+
+def _render_images(inputs: _CompareInputs, images_dir: Path, out_dir: Path, image_ids: Sequence[Any] | None,
+                   limit: int | None, panel_width: int, alpha: float) -> VizReport:
+    """One PNG per image: its proposals (when bags are given), then one panel per file."""
+    chosen = _pick_images(inputs.index, image_ids, limit)
     stems = _out_names(chosen)
+    report = VizReport()
     for im in progress(chosen, desc="viz", total=len(chosen)):
         try:
-            image = _load(Path(images_dir), im)
+            image = _load(images_dir, im)
             h, w = image.shape[:2]
-            panels_img: list[tuple[str, np.ndarray]] = []
-            if bags_by_image:
-                img_bags = bags_by_image.get(im["id"], [])
+            panels: list[tuple[str, np.ndarray]] = []
+            if inputs.bags_by_image:
+                img_bags = inputs.bags_by_image.get(im["id"], [])
                 n = sum(len(b) for b in img_bags)
-                panels_img.append((f"proposals ({n} for {len(img_bags)} points)",
-                                   draw_instances(image, _bag_instances(img_bags), alpha=alpha)))
-            for key in files:
-                anns = by_image[key].get(im["id"], [])
-                inst = instances_from_annotations(anns, h, w, names)
-                panels_img.append((f"{key} ({len(anns)})", draw_instances(image, inst, alpha=alpha)))
-            report.written.append(write_png(Path(out_dir) / f"{stems[im['id']]}.png",
-                                            hstack_panels(panels_img, panel_width=min(panel_width, w))))
+                panels.append((f"proposals ({n} for {len(img_bags)} points)",
+                               draw_instances(image, _bag_instances(img_bags), alpha=alpha)))
+            for key in inputs.files:
+                anns = inputs.by_image[key].get(im["id"], [])
+                inst = instances_from_annotations(anns, h, w, inputs.names)
+                panels.append((f"{key} ({len(anns)})", draw_instances(image, inst, alpha=alpha)))
+            report.written.append(write_png(out_dir / f"{stems[im['id']]}.png",
+                                            hstack_panels(panels, panel_width=min(panel_width, w))))
         except (ImageError, InputError) as e:
             report.failed[im["id"]] = str(e)
     return report
+
+
+def _render_annotations(inputs: _CompareInputs, images_dir: Path, out_dir: Path, ann_ids: Sequence[Any],
+                        panel_width: int, alpha: float) -> VizReport:
+    """One PNG per annotation, ``ann_<id>.png``, cropped around every box of its panels."""
+    by_ann = {k: {a["id"]: a for a in v.get("annotations", [])} for k, v in inputs.files.items()}
+    report = VizReport()
+    for ann_id in progress(list(ann_ids), desc="viz", total=len(ann_ids), unit="ann"):
+        image_id = next((m[ann_id]["image_id"] for m in by_ann.values() if ann_id in m),
+                        getattr(inputs.bag_of.get(ann_id), "image_id", None))
+        if image_id is None or image_id not in inputs.index:
+            raise InputError(f"annotation id {ann_id} is in none of the given files")
+        try:
+            image = _load(images_dir, inputs.index[image_id])
+            h, w = image.shape[:2]
+            panels, boxes = _annotation_panels(inputs, by_ann, ann_id, h, w)
+            rows, cols = _crop_box(boxes, h, w)
+            crops = [(title, draw_instances(image, inst, alpha=alpha)[rows, cols]) for title, inst in panels]
+            pw = max(160, min(panel_width, 2 * crops[0][1].shape[1]))
+            report.written.append(write_png(out_dir / f"ann_{ann_id}.png", hstack_panels(crops, panel_width=pw)))
+        except (ImageError, InputError) as e:
+            report.failed[ann_id] = str(e)
+    return report
+
+
+def _annotation_panels(inputs: _CompareInputs, by_ann: Mapping[str, Mapping[Any, dict]], ann_id: Any,
+                       h: int, w: int) -> tuple[list[tuple[str, list[Instance]]], list[np.ndarray]]:
+    """The titled panels of one annotation on an ``h`` × ``w`` image (one per proposal of its
+    bag, titled with prompt kind, SAM rank and predicted IoU; then one per file) and the XYXY
+    boxes of everything they show."""
+    panels: list[tuple[str, list[Instance]]] = []
+    boxes: list[np.ndarray] = []
+    bag = inputs.bag_of.get(ann_id)
+    if bag is not None:
+        color = instance_color(ann_id)
+        for k, rle in enumerate(bag.rles):
+            m = decode_rle(rle)
+            boxes.append(mask_to_box_xyxy(m))
+            title = f"{bag.kinds[k]} #{int(bag.ranks[k])} iou {float(bag.scores[k]):.2f}"
+            panels.append((title, [Instance(mask=m, color=color, point=tuple(bag.point))]))
+    for key in inputs.files:
+        a = by_ann[key].get(ann_id)
+        inst = instances_from_annotations([a], h, w, inputs.names) if a else []
+        boxes += [instance_box(i) for i in inst]
+        panels.append((key if a else f"{key}: none", inst))
+    return panels, boxes
 
 
 def render_disagreement_sheet(a: Mapping[str, Any], b: Mapping[str, Any],

@@ -24,7 +24,7 @@ DEFAULT_ENGINE = "sam_vit_h"
 #: ``--model`` values of sap ≤ 0.1 (SAM v1 types) → engine names
 ALIASES = {"vit_h": "sam_vit_h", "vit_l": "sam_vit_l", "vit_b": "sam_vit_b", "tiny": "sam_tiny",
            "pocket": "sam_pocket"}
-#: what the pocket SAM is, for banners, ``sap env`` and the README
+#: what the pocket SAM is, for banners, ``sap env`` and the docs
 POCKET_NOTE = ("a pocket SAM trained on synthetic shapes (SAM's architecture at a small width, "
                "scripts/train_pocket_sam.py): not SAM, not for real photos")
 
@@ -83,7 +83,7 @@ class EngineSpec:
         url: official checkpoint (None: test-only architecture without released weights).
         sha256, md5: the published digest of that file, where one exists (see module docstring).
         size: its size in bytes where published.
-        note: one line for ``sap env`` and the README.
+        note: one line for ``sap env`` and the docs.
         bundled: a checkpoint shipped in ``pseudolabel/core/weights/`` (the pocket SAM), loaded
             when no checkpoint is given; ``sha256`` is then that file's digest.
     """

@@ -57,7 +57,7 @@ SAM_TYPES: dict[str, SamType] = {
     "tiny": SamType(64, 2, 2, (1,), decoder_mlp_dim=256),
     # Trained here on generated shapes (scripts/train_pocket_sam.py); NOT for real photos.
     # Frame 256 with 16-px patches: a 16×16 embedding and 64² logits (one cell per 16 px of the
-    # 1024 frame, SAM's is 4); every block attends globally (README, "The pocket SAM").
+    # 1024 frame, SAM's is 4); every block attends globally (docs/pocket.md).
     "pocket": SamType(64, 4, 4, (0, 1, 2, 3), decoder_mlp_dim=256, window_size=0, embed_dim=64,
                       decoder_heads=2, frame=256, patch=16),
 }
