@@ -38,7 +38,7 @@ from pseudolabel.core.rle import box_iou_xyxy, rle_iou, segmentation_to_rle  # n
 from pseudolabel.selector.data import Sample  # noqa: E402
 from pseudolabel.selector.mil import SelectorStep  # noqa: E402
 from pseudolabel.selector.options import SelectConfig  # noqa: E402
-from pseudolabel.selector.reference import SAP_RULES  # noqa: E402
+from pseudolabel.selector.reference import REFERENCES, SAP_RULES  # noqa: E402
 from pseudolabel.testing.synthetic import synthetic_bags  # noqa: E402
 
 
@@ -97,12 +97,16 @@ def ceiling_choices(gt: dict, bags: dict, cfg: SelectConfig, score: float) -> di
     return out
 
 
-def rule_sets() -> dict[str, dict]:
-    """``official``, each rule of the ``sap`` preset alone on top of it, and the preset."""
+def rule_sets(leave_one_out: bool = False) -> dict[str, dict]:
+    """``official``, each rule of the ``sap`` preset alone on top of it, the preset, and with
+    ``leave_one_out`` the preset without each rule (that rule back at its official value)."""
     sets = {"official": {}}
     for key, value in SAP_RULES.items():
         sets[f"{key}: {value}"] = {key: value}
     sets["sap (all)"] = {"reference": "sap"}
+    if leave_one_out:
+        for key in SAP_RULES:
+            sets[f"sap without {key}"] = {"reference": "sap", key: REFERENCES["official"][key]}
     return sets
 
 
@@ -118,7 +122,7 @@ def rule_table(gt: dict, bags: dict, scores: list[float]) -> dict[str, dict[floa
     """mIoU of the perfect network's final pick under every rule set, at every top-1 score."""
     ious = mask_ious(gt, bags)
     table = {}
-    for name, flags in rule_sets().items():
+    for name, flags in rule_sets(leave_one_out=True).items():
         cfg = replace(SelectConfig(method="sapnet"), **flags)
         table[name] = {}
         for s in scores:
