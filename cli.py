@@ -48,6 +48,13 @@ def main() -> None:
         where = f"{e.filename}: " if e.filename else ""
         typer.echo(f"error: {where}{e.strerror or e}", err=True)
         sys.exit(2)
+    except Exception as e:  # one rank of a torchrun job lost its peers: a sentence, not a traceback
+        from pseudolabel.core.device import peer_failure
+
+        if (sentence := peer_failure(e)) is None:
+            raise
+        typer.echo(f"error: {sentence}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from pseudolabel.core.alternatives import rebase
 from pseudolabel.core.coco import annotation_rle, annotations_by_image, check_categories, is_locked, load_coco_json
 from pseudolabel.core.config import sidecar_path, write_run_config
 from pseudolabel.core.errors import ImageError, InputError
@@ -320,7 +321,7 @@ def _refine_locked(coco: dict, ann: Path, images_dir: Path, out: Path, cfg: Refi
 
     result = {k: v for k, v in coco.items() if k != "annotations"}
     result["annotations"] = [refined.get(a["id"], a) for a in coco["annotations"]]
-    info = dict(coco["info"]) if isinstance(coco.get("info"), dict) else {}
+    info = rebase(dict(coco["info"]), ann, out) if isinstance(coco.get("info"), dict) else {}
     info["sap_refine"] = {"source": str(ann), "settings": cfg.result_settings(), "sam": engine.info(),
                           "summary": summary.to_dict()}
     result["info"] = info

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from pseudolabel.core.alternatives import attach_alternatives
 from pseudolabel.core.coco import check_categories, load_coco_json, mps_alternatives
 from pseudolabel.core.errors import ImageError, InputError
 from pseudolabel.core.images import load_image_rgb
@@ -139,6 +140,8 @@ def load_dataset(json_path: str | os.PathLike, images_dir: str | os.PathLike, *,
         raise InputError(f"image folder {images_dir} does not exist")
     coco = load_coco_json(json_path, require_annotations=with_annotations)
     check_categories(coco, str(json_path))  # a validation file's too
+    if with_annotations:  # the selector's alternatives, from their sidecar (sap select's files)
+        attach_alternatives(coco, json_path)
     cats = categories or CategoryMap.from_coco(coco)
     index = cats.index()
     stats = DataStats()

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pseudolabel.core.config import to_jsonable, write_run_config
-from pseudolabel.core.device import DistInfo, init_distributed, pick_device
+from pseudolabel.core.device import DistInfo, init_distributed, loader_workers, pick_device
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.images import file_sha256
 from pseudolabel.core.io import write_json_atomic
@@ -94,7 +94,7 @@ def evaluate(model: SOLOv2, val_json: str, records, categories: CategoryMap, cfg
     from .predict import run_inference
 
     results, failed = run_inference(model, records, categories, min_size=cfg.test_size_resolved(),
-                                    max_size=cfg.max_size, workers=min(cfg.workers, 2), desc="eval")
+                                    max_size=cfg.max_size, workers=loader_workers(min(cfg.workers, 2)), desc="eval")
     if out_json is not None:
         write_json_atomic(out_json, results)
     return coco_mask_ap(val_json, results), failed
@@ -184,7 +184,7 @@ def train_torch(cfg: TrainConfig, resume: bool = False) -> TrainSummary | None:
     sampler = ResumableBatchSampler(len(dataset), cfg.batch // dist_info.world_size, seed=cfg.seed,
                                     rank=dist_info.rank, world_size=dist_info.world_size, start_iter=start_iter,
                                     per_pass=per_pass, groups=[orientation(r.width, r.height) for r in records])
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate,
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=loader_workers(cfg.workers), collate_fn=collate,
                         persistent_workers=False)
 
     def payload(it: int, full: bool) -> dict[str, Any]:

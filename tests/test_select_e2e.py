@@ -15,6 +15,7 @@ from pycocotools.coco import COCO
 
 import cli
 from conftest import run_cli, subset_coco
+from pseudolabel.core.alternatives import iter_sidecar, referenced_sidecar
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.points import derive_points
 from pseudolabel.core.rle import rle_area, rle_to_bbox_xywh
@@ -50,6 +51,10 @@ def _check_output(path: Path, data, method: str) -> dict:
     out = json.loads(path.read_text())
     anns = out["annotations"]
     assert sorted(a["id"] for a in anns) == sorted(a["id"] for a in data.points["annotations"])
+    side = referenced_sidecar(out, path)
+    assert side == path.with_name(path.stem + ".alternatives.jsonl")
+    alts = dict(iter_sidecar(side))
+    assert list(alts) == [a["id"] for a in anns]
     by_id = {a["id"]: a for a in data.points["annotations"]}
     bag_of = {b.ann_id: b for bs in data.bags.values() for b in bs}
     for a in anns:
@@ -64,7 +69,9 @@ def _check_output(path: Path, data, method: str) -> dict:
         assert a["segmentation"] == bag.rles[sap["proposal_index"]]
         assert (sap["prompt_kind"], sap["rank"]) == (bag.kinds[sap["proposal_index"]], bag.ranks[sap["proposal_index"]])
         assert sorted(sap["order"]) == list(range(6))
-        assert a["alternatives"] == [bag.rles[j] for j in sap["order"] if j != sap["proposal_index"]]
+        # the alternatives live in the sidecar the file names, in the same order, not in the JSON
+        assert "alternatives" not in a
+        assert alts[a["id"]] == [bag.rles[j] for j in sap["order"] if j != sap["proposal_index"]]
     coco = COCO(str(path))  # loads as a dataset ...
     assert len(coco.getAnnIds()) == len(anns)
     gt = COCO()
@@ -97,7 +104,9 @@ def test_sapnet_writes_valid_coco_and_is_deterministic(data, sapnet_run):
     again = data.root / "sapnet_again.json"
     run_select(data.ann, data.cache, again, replace(FAST, method="sapnet", work_dir=str(data.root / "w2")),
                images=data.images)
-    assert json.loads(again.read_text()) == first
+    assert json.loads(again.read_text())["annotations"] == first["annotations"]
+    assert again.with_name("sapnet_again.alternatives.jsonl").read_text() == \
+        sapnet_run.out.with_name("sapnet.alternatives.jsonl").read_text()
 
 
 def test_mil_runs_and_resume_finishes_the_schedule(data):
@@ -153,7 +162,8 @@ def test_cli_select_and_one_sentence_errors(data, sapnet_run, tmp_path, monkeypa
             "--weights", sapnet_run.weights, "--min-size", 128, "--max-size", 192, "--workers", 0]
     assert _run_cli(args, monkeypatch) == 0
     assert "training:" not in capsys.readouterr().out
-    assert json.loads((tmp_path / "w.json").read_text()) == json.loads(sapnet_run.out.read_text())
+    assert json.loads((tmp_path / "w.json").read_text())["annotations"] == \
+        json.loads(sapnet_run.out.read_text())["annotations"]
 
     bad_cat = json.loads(data.ann.read_text())
     bad_cat["annotations"][0]["category_id"] = 9999
@@ -232,7 +242,8 @@ def test_sapnet_format_json_is_read_and_checked_against_the_points(data, tmp_pat
     sapnet_json.write_text(json.dumps(bags_to_sapnet(data.points, data.bags)))
     run_select(data.ann, sapnet_json, tmp_path / "a.json", replace(FAST, method="sam-top1"))
     run_select(data.ann, data.cache, tmp_path / "b.json", replace(FAST, method="sam-top1"))
-    assert json.loads((tmp_path / "a.json").read_text()) == json.loads((tmp_path / "b.json").read_text())
+    assert json.loads((tmp_path / "a.json").read_text())["annotations"] == \
+        json.loads((tmp_path / "b.json").read_text())["annotations"]
     fewer = json.loads(data.ann.read_text())
     fewer["annotations"] = fewer["annotations"][1:]
     (tmp_path / "fewer.json").write_text(json.dumps(fewer))

@@ -32,7 +32,7 @@ def select_cmd(
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate per 32 images (0.015, SAPNet's for ImageNet weights; 0.16 learned from random weights).")] = None,
     min_size: Annotated[Optional[int], typer.Option("--min-size", help="Short side of the network input (800).")] = None,
     max_size: Annotated[Optional[int], typer.Option("--max-size", help="Long side limit of the network input (1333).")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Data-loading processes (2).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Data-loading processes, at most (2; fewer where the cores per process are fewer).")] = None,
     work_dir: Annotated[Optional[str], typer.Option("--work-dir", help="Checkpoint folder (default OUT.selector/).")] = None,
     resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue training from WORK_DIR/selector.pt.")] = None,
     weights: Annotated[Optional[str], typer.Option("--weights", help="A selector.pt to select with, without training.")] = None,

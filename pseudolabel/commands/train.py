@@ -33,7 +33,7 @@ def train_cmd(
     mps_weight: Annotated[Optional[float], typer.Option("--mps-weight", help="Multi-mask auxiliary dice weight (0.25; 0 = off).")] = None,
     eval_period: Annotated[Optional[int], typer.Option("--eval-period", help="Evaluate on --val every N iterations (0 = at the end only).")] = None,
     checkpoint_period: Annotated[Optional[int], typer.Option("--checkpoint-period", help="Save a checkpoint every N iterations (5000).")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Data-loading processes per training process (4).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Data-loading processes per training process, at most (4; fewer where its share of the cores is smaller).")] = None,
     amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision on GPU (default on).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (0).")] = None,
     skip_missing_images: Annotated[Optional[bool], typer.Option("--skip-missing-images", help="Train without images missing from disk instead of stopping.")] = None,

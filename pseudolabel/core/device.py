@@ -7,7 +7,10 @@ process's GPU (``cuda:$LOCAL_RANK``), then Apple's MPS where the caller allows i
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 
@@ -27,10 +30,18 @@ class DistInfo:
         return self.rank == 0
 
 
+#: seconds a collective waits for a silent peer before this process gives up (``SAP_DIST_TIMEOUT``)
+DIST_TIMEOUT_S = 1800
+RESUME_ADVICE = "rerun the same command (with --resume for select and train) to continue from what was saved"
+
+
 def init_distributed() -> DistInfo:
     """Join the process group that ``torchrun`` describes in the environment, if any.
 
-    NCCL when CUDA is present (after binding this process to its local GPU), gloo otherwise.
+    NCCL when CUDA is present (after binding this process to its local GPU), gloo otherwise;
+    collectives give up after ``$SAP_DIST_TIMEOUT`` seconds (default :data:`DIST_TIMEOUT_S`), so
+    a rank whose peer died never waits forever. SIGTERM (what ``torchrun`` sends the other ranks
+    when one fails) ends this process with one sentence and exit status 1.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -41,8 +52,49 @@ def init_distributed() -> DistInfo:
     if not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
+        timeout = timedelta(seconds=float(os.environ.get("SAP_DIST_TIMEOUT", DIST_TIMEOUT_S)))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
+    info = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
+    signal.signal(signal.SIGTERM, lambda *_: _stop(f"rank {info.rank} of {info.world_size} was stopped by "
+                                                  f"torchrun because another rank failed; {RESUME_ADVICE}"))
+    return info
+
+
+def _stop(sentence: str) -> None:
+    print(f"error: {sentence}", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def peer_failure(error: BaseException) -> str | None:
+    """One sentence for an error that says another process of this ``torchrun`` job is gone
+    (a collective that lost its peer or timed out), else None."""
+    if "torch.distributed" not in sys.modules or os.environ.get("WORLD_SIZE", "1") == "1":
+        return None
+    import torch.distributed as dist
+
+    if not isinstance(error, (dist.DistError, RuntimeError)) or not dist.is_initialized():
+        return None
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+    return (f"rank {dist.get_rank()} of {dist.get_world_size()} lost another process of the torchrun job "
+            f"({first}); {RESUME_ADVICE}")
+
+
+def cores_per_process(local_world_size: int | None = None) -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one) shared by the
+    processes of the job on this machine (default ``$LOCAL_WORLD_SIZE``, set by torchrun); >= 1."""
+    if local_world_size is None:
+        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, local_world_size))
+
+
+def loader_workers(cap: int, local_world_size: int | None = None) -> int:
+    """DataLoader worker processes: at most ``cap`` (``--workers``) and at most this process's
+    share of the cores, :func:`cores_per_process` (2 processes on 2 cores: 1 worker each)."""
+    return min(int(cap), cores_per_process(local_world_size))
 
 
 def pick_device(device: str | None = None, local_rank: int | None = None, *, mps: bool = True) -> torch.device:

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import yaml
 
+from pseudolabel.core.alternatives import rebase as rebase_alternatives
 from pseudolabel.core.backbones import BUNDLED
 from pseudolabel.core.bag_sources import load_bags
 from pseudolabel.core.cocoeval import coco_mask_ap
@@ -330,8 +331,10 @@ def _refine(p: Pipeline) -> tuple[dict, dict]:
     corrections = p.corrections()
     if corrections is not None:  # a person's corrections replace the selection; refine keeps them
         locked = load_coco_json(corrections)["annotations"]
-        pseudo = write_json_atomic(p.stage_dir("refine") / "input_with_corrections.json",
-                                   with_locked(load_coco_json(pseudo), locked))
+        merged, target = with_locked(load_coco_json(pseudo), locked), p.stage_dir("refine") / "input_with_corrections.json"
+        if isinstance(merged.get("info"), dict):  # the selector's alternatives stay where they are
+            merged["info"] = rebase_alternatives(merged["info"], pseudo, target)
+        pseudo = write_json_atomic(target, merged)
     opts = dict(p.cfg.refine)
     if not opts.pop("enabled", True):
         return {"labels": pseudo}, {"refined": 0, "note": "refinement disabled"}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pseudolabel.core.alternatives import attach_alternatives, referenced_sidecar
 from pseudolabel.core.coco import check_segmentations, load_coco_json, with_locked
 from pseudolabel.core.config import write_run_config
 from pseudolabel.core.errors import InputError
@@ -91,6 +92,8 @@ def run_review(out: str | os.PathLike, ann: str | os.PathLike | None = None, run
         raise InputError("--n and --page-size must be at least 1")
     check_output_dir(out, "--out")
     labels = _load(ann)
+    if (side := referenced_sidecar(labels, ann)) is not None and side.is_file():
+        attach_alternatives(labels, ann)  # the runner-up's mask (signals, thumbnails); without it, the cache's
     if corrections is not None:
         labels = with_locked(labels, _load(corrections)["annotations"])
     bags = None

@@ -7,8 +7,9 @@ Methods (a registry, name → function):
 * ``sapnet``: PSM + PDG, PNPG, PRM and BMS, the final mask picked by box IoU.
 
 The output is COCO JSON with one annotation per point (same id, image and category), the mask
-as compressed RLE, its box and area, a score, provenance under ``"sap"`` and the other
-proposals, ranked, under ``"alternatives"``; the resolved options are written beside it.
+as compressed RLE, its box and area, a score and provenance under ``"sap"``; the other
+proposals, ranked, go to the sidecar ``OUT.alternatives.jsonl`` that ``info.sap_alternatives``
+names (:mod:`pseudolabel.core.alternatives`); the resolved options are written beside it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from pseudolabel.core import alternatives
 from pseudolabel.core.bag_sources import BagStore, open_bag_store
 from pseudolabel.core.backbones import RANDOM_SPECS
 from pseudolabel.core.bags import Bag
@@ -312,15 +314,20 @@ def select_locked(ann: str | os.PathLike, proposals: str | os.PathLike, out: str
 
 def write_output(out: str | os.PathLike, points: dict[str, Any], by_image: dict, store: BagStore,
                  result: MethodResult, cfg: SelectConfig, summary: SelectSummary) -> Path:
-    """Write the pseudo-label COCO JSON atomically, one image's bags at a time.
+    """Write the pseudo-label COCO JSON and its alternatives' sidecar atomically, one image's bags
+    at a time.
 
     The file is the point file with its annotations replaced by one per point (in the point
     file's image order); ``summary`` gets the counts.
     """
-    head = json.dumps({**{k: v for k, v in points.items() if k != "annotations"}, "annotations": []})
+    side = alternatives.sidecar_of(out)
+    info = {**(points.get("info") if isinstance(points.get("info"), dict) else {}), alternatives.INFO_KEY: side.name}
+    head = json.dumps({**{k: v for k, v in points.items() if k != "annotations"}, "info": info, "annotations": []})
     changed = compared = 0
     unscored: list[int] = []
-    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    # the sidecar is renamed into place first (inner context), so the JSON never names a missing one
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f, \
+            atomic_path(side) as side_tmp, open(side_tmp, "w", encoding="utf-8") as alts:
         f.write(head[:-2])  # ... "annotations": [
         sep = ""
         for image in points["images"]:
@@ -347,12 +354,14 @@ def write_output(out: str | os.PathLike, points: dict[str, Any], by_image: dict,
                         changed += int(choice.index != top1.index)
                         compared += 1
                     ann_out = pseudo_annotation(bag, choice, cfg.method, mps=cfg.rule_mps)
+                alternatives.write_line(alts, ann_out["id"], ann_out.pop("alternatives"))
                 f.write(sep + json.dumps(ann_out))
                 sep = ", "
                 summary.written += 1
         f.write("]}")
-        f.flush()
-        os.fsync(f.fileno())
+        for stream in (alts, f):
+            stream.flush()
+            os.fsync(stream.fileno())
     if unscored:
         logger.warning(f"{len(unscored)} points of unreadable images have no SAM scores to fall back on "
                        f"and were skipped (first annotation {unscored[0]})")

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from pseudolabel.core.config import to_jsonable
-from pseudolabel.core.device import DistInfo
+from pseudolabel.core.device import DistInfo, loader_workers
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.io import atomic_path, load_torch_file
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
@@ -145,7 +145,7 @@ def train_selector(step: SelectorStep, dataset: BagDataset, cfg: SelectConfig, c
         model = torch.nn.parallel.DistributedDataParallel(
             step, device_ids=[device.index] if device.type == "cuda" else None)
     sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=loader_workers(cfg.workers),
                         collate_fn=collate, pin_memory=device.type == "cuda",
                         persistent_workers=False)
     step.train()
@@ -196,7 +196,7 @@ def run_selector(step: SelectorStep, dataset: BagDataset, cfg: SelectConfig, dev
     """
     step.to(device).eval()
     shard = Subset(dataset, list(range(info.rank, len(dataset), info.world_size)))
-    loader = DataLoader(shard, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
+    loader = DataLoader(shard, batch_size=cfg.batch_size, shuffle=False, num_workers=loader_workers(cfg.workers),
                         collate_fn=collate)
     choices: dict[int, PointChoice] = {}
     failed: dict[int, str] = {}

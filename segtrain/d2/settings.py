@@ -26,6 +26,12 @@ from pseudolabel.core.errors import InputError
 from ..config import D2_SUBDIR, TrainConfig, lr_schedule_of, model_config_of
 from ..data import DataStats, parse_min_sizes
 from ..model import SOLOv2Config
+
+#: the sentence for ``--num-gpus``/``--num-machines`` above 1 without CUDA (detectron2's launcher
+#: starts one process per GPU; the torch engine under torchrun is the multi-process CPU path)
+CPU_LAUNCH_REFUSAL = ("--num-gpus/--num-machines ask the detectron2 engine for {n} processes, one per CUDA GPU, "
+                      "and this machine has none: on CPUs run the torch engine under torchrun instead "
+                      "(torchrun --nproc_per_node {n} $(which sap) train --engine torch ...)")
 from ..postprocess import InferenceParams
 
 ARCH_NAME = "SapSOLOv2"
@@ -144,7 +150,7 @@ def build_d2_config(tcfg: TrainConfig, num_classes: int) -> Any:
     cfg.MODEL.DEVICE = device.type if device.type == "cuda" else str(device)
     cfg.OUTPUT_DIR = str(Path(tcfg.out) / D2_SUBDIR)
     cfg.SEED = tcfg.seed
-    if tcfg.num_gpus * tcfg.num_machines > 1 and device.type != "cuda":
-        raise InputError("--num-gpus/--num-machines above 1 need CUDA GPUs")
+    if tcfg.num_gpus * tcfg.num_machines > 1 and device.type != "cuda":  # also checked before any data is read
+        raise InputError(CPU_LAUNCH_REFUSAL.format(n=tcfg.num_gpus * tcfg.num_machines))
     return cfg
 

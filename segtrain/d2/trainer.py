@@ -38,7 +38,7 @@ from ..config import TrainConfig, TrainSummary, check_config, model_config_of, p
 from ..data import CategoryMap, check_same_categories, load_dataset
 from ..run_folder import MetricsWriter, d2_last_checkpoint, loss_range, read_metrics, refuse_unresumable, trim_metrics
 from .meta_arch import register_solov2
-from .settings import build_d2_config, refusals
+from .settings import CPU_LAUNCH_REFUSAL, build_d2_config, refusals
 
 FAILED_LOG = "failed_images.jsonl"
 
@@ -256,6 +256,8 @@ def train_detectron2(tcfg: TrainConfig, resume: bool = False) -> TrainSummary | 
     """
     t_start = time.perf_counter()
     check_config(tcfg)
+    if tcfg.num_gpus * tcfg.num_machines > 1 and not torch.cuda.is_available():
+        raise InputError(CPU_LAUNCH_REFUSAL.format(n=tcfg.num_gpus * tcfg.num_machines))
     require_detectron2()
     from detectron2.engine import launch
 
