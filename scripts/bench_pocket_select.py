@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from bench_rules import ceiling_choices, rule_sets  # noqa: E402
+from pseudolabel.core.alternatives import attach_alternatives  # noqa: E402
 from pseudolabel.core.rle import rle_iou, rle_to_bbox_xywh, segmentation_to_rle  # noqa: E402
 from pseudolabel.pocket.quality import write_scene_dataset  # noqa: E402
 from pseudolabel.selector.options import SelectConfig  # noqa: E402
@@ -106,7 +107,9 @@ def select_runs(work: Path, images: Path, log: Path, rules: dict[str, dict]) -> 
 
 def figures(gt: dict, outs: dict[str, Path]) -> dict[str, dict]:
     """mIoU and best-proposal share of every output, random pick, oracle and the ceilings."""
-    base = json.loads(outs["sam-top1"].read_text())["annotations"]
+    base_coco = json.loads(outs["sam-top1"].read_text())
+    attach_alternatives(base_coco, outs["sam-top1"])  # the other proposals live in a sidecar
+    base = base_coco["annotations"]
     ious = {k: v[0] for k, v in bag_ious(gt, base).items()}
     rows = {}
     for name, path in outs.items():
