@@ -54,10 +54,12 @@ from pseudolabel.core.journal import append_record, read_journal
 from pseudolabel.core.lock import output_lock
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 from pseudolabel.core.rle import decode_rle, encode_masks, rle_area, rle_to_bbox_xywh
+from pseudolabel.core.windows import window_rule
 
 from .inputs import BAD_MASK_REASONS, EmbeddingSource, classify_segmentation
 from .lora import apply_adapter
 from .refiner import RefineConfig, engine_for, refine_masks
+from .windowed import WindowedImage, refine_windowed
 
 @dataclass
 class RefineSummary:
@@ -141,20 +143,27 @@ def refine_image(engine, emb, items: list[tuple[dict, dict]], cfg: RefineConfig,
     """Refined copies of one image's annotations.
 
     Args:
+        emb: the image's embedding, or a :class:`~refine.windowed.WindowedImage` for an image
+            refined in windows.
         items: ``(annotation, coarse RLE)`` pairs of the image.
         prompts: if a list, the ``--dump-prompts`` lines of the image are appended to it.
 
     Returns:
         ``(annotations, kept_coarse)``.
     """
-    masks = np.stack([decode_rle(rle) for _, rle in items]).astype(bool)
-    result = refine_masks(engine, emb, masks, cfg, record=prompts is not None)
-    if prompts is not None:
-        for (ann, _), recs in zip(items, result.prompts):
-            prompts.extend({"id": ann["id"], "iteration": k, **rec} for k, rec in enumerate(recs))
-    rles = encode_masks(result.masks)
+    record = prompts is not None
+    if isinstance(emb, WindowedImage):
+        rles, scores, kept_coarse, recs = refine_windowed(engine, emb.encode, [r for _, r in items], emb.hw,
+                                                          emb.rule, cfg, record, emb.stored)
+    else:
+        masks = np.stack([decode_rle(rle) for _, rle in items]).astype(bool)
+        result = refine_masks(engine, emb, masks, cfg, record=record)
+        rles, scores, kept_coarse, recs = encode_masks(result.masks), result.scores, result.kept_coarse, result.prompts
+    if record:
+        for (ann, _), per_iter in zip(items, recs):
+            prompts.extend({"id": ann["id"], "iteration": k, **rec} for k, rec in enumerate(per_iter))
     out = []
-    for (ann, _), rle, score, kept in zip(items, rles, result.scores, result.kept_coarse):
+    for (ann, _), rle, score, kept in zip(items, rles, scores, kept_coarse):
         new = copy.deepcopy(ann)
         new["segmentation"] = rle
         new["bbox"] = rle_to_bbox_xywh(rle)
@@ -162,7 +171,7 @@ def refine_image(engine, emb, items: list[tuple[dict, dict]], cfg: RefineConfig,
         if not kept:
             new["refine_iou"] = round(float(score), 5)
         out.append(new)
-    return out, int(result.kept_coarse.sum())
+    return out, int(np.sum(kept_coarse))
 
 
 def _write_dump(part: Path, dump: Path, order: list) -> None:
@@ -224,9 +233,45 @@ def _refine_locked(coco: dict, ann: Path, images_dir: Path, out: Path, cfg: Refi
                    resume: bool, dump_prompts: str | os.PathLike | None, t0: float) -> RefineSummary:
     """The body of :func:`run_refine`, run while holding the output's lock."""
     summary = RefineSummary(images=len(coco["images"]), out=str(out))
-
-    # Which annotations are refined, image by image; the others pass through.
     images = {img["id"]: img for img in coco["images"]}
+    work = _plan_work(coco, images, ann, summary)
+    if engine is None:  # after the input checks: a bad file costs no model loading
+        engine = engine_for(cfg)
+    if cfg.adapter:
+        apply_adapter(engine, cfg.adapter)
+    rule = window_rule(cfg.windows, engine.frame, cfg.window_scale)
+    source = EmbeddingSource(engine, cfg.embeddings, cfg.rules.fp16_embeddings, rule)
+    part = partial_path(out)
+    digest = _settings_digest(file_sha256(ann), cfg, engine.info())
+    done = _resumable(part, digest, images, images_dir, summary, resume, dump_prompts is not None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    refined: dict[Any, dict] = {}
+    for rec in done.values():
+        for a in rec["annotations"]:
+            refined[a["id"]] = a
+        summary.kept_coarse += int(rec.get("kept", 0))
+    summary.resumed_images = sum(1 for i in work if i in done)
+    logger.info("%s (%s) on %s; prompts %s; %d iterations", engine.name,
+                engine.checkpoint_id[:12], engine.device, "+".join(cfg.prompts), cfg.iters)
+    try:
+        _refine_images(part, digest, done, work, images, images_dir, engine, source, cfg, refined, summary,
+                       dump_prompts is not None)
+    finally:
+        source.close()
+    summary.refined = len(refined)
+    summary.from_cache, summary.encoded = source.from_cache, source.encoded
+    summary.wall_s = time.perf_counter() - t0
+    _write_outputs(coco, ann, images_dir, out, cfg, engine, refined, summary, part, dump_prompts, list(work))
+    return summary
+
+
+def _plan_work(coco: dict, images: dict, ann: Path, summary: RefineSummary) -> dict[Any, list[tuple[dict, dict]]]:
+    """Which annotations are refined, image by image (``(annotation, coarse RLE)`` pairs); the
+    others pass through and are counted in ``summary``.
+
+    Raises:
+        InputError: a malformed segmentation, naming the annotation.
+    """
     work: dict[Any, list[tuple[dict, dict]]] = {}
     size_mismatch: dict[Any, list] = {}
     for img_id, anns in annotations_by_image(coco).items():
@@ -255,17 +300,15 @@ def _refine_locked(coco: dict, ann: Path, images_dir: Path, out: Path, cfg: Refi
     for reason, ids in summary.bad.items():
         logger.warning("%d annotations %s are passed through unchanged (first: id %s)",
                        len(ids), BAD_MASK_REASONS[reason], ids[0])
+    return work
 
-    if engine is None:  # after the input checks: a bad file costs no model loading
-        engine = engine_for(cfg)
-    if cfg.adapter:
-        apply_adapter(engine, cfg.adapter)
-    source = EmbeddingSource(engine, cfg.embeddings, cfg.rules.fp16_embeddings)
 
-    digest = _settings_digest(file_sha256(ann), cfg, engine.info())
-    part = partial_path(out)
+def _resumable(part: Path, digest: str, images: dict, images_dir: Path, summary: RefineSummary, resume: bool,
+               need_prompts: bool) -> dict[Any, dict]:
+    """The partial file's records that still hold: same digest, same image file (the others are
+    redone and counted in ``summary.changed``), with prompts when they are dumped."""
     done = _read_partial(part, digest) if resume else {}
-    if dump_prompts is not None:  # images refined by a run that did not keep prompts are redone
+    if need_prompts:  # images refined by a run that did not keep prompts are redone
         done = {k: v for k, v in done.items() if "prompts" in v}
     for img_id in list(done):  # an image whose file changed since it was journaled is redone
         path = images_dir / images[img_id]["file_name"] if img_id in images else None
@@ -277,16 +320,14 @@ def _refine_locked(coco: dict, ann: Path, images_dir: Path, out: Path, cfg: Refi
                        len(summary.changed), part.name, summary.changed[0])
     if done:
         logger.info("resuming: %d images already refined in %s", len(done), part.name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    refined: dict[Any, dict] = {}
-    for rec in done.values():
-        for a in rec["annotations"]:
-            refined[a["id"]] = a
-        summary.kept_coarse += int(rec.get("kept", 0))
-    summary.resumed_images = sum(1 for i in work if i in done)
-    logger.info("%s (%s) on %s; prompts %s; %d iterations", engine.name,
-                engine.checkpoint_id[:12], engine.device, "+".join(cfg.prompts), cfg.iters)
+    return done
 
+
+def _refine_images(part: Path, digest: str, done: dict, work: dict, images: dict, images_dir: Path, engine,
+                   source: EmbeddingSource, cfg: RefineConfig, refined: dict, summary: RefineSummary,
+                   keep_prompts: bool) -> None:
+    """Refine every image not ``done``, journaling each to ``part`` (a failed image is recorded
+    and the run goes on)."""
     mode = "a" if done else "w"
     with open(part, mode, encoding="utf-8") as journal, logging_to_tqdm():
         if not done:
@@ -299,7 +340,7 @@ def _refine_locked(coco: dict, ann: Path, images_dir: Path, out: Path, cfg: Refi
             try:
                 sha = file_sha256(path) if path.is_file() else None
                 emb = source.get(img, path)
-                lines = [] if dump_prompts is not None else None
+                lines = [] if keep_prompts else None
                 new_anns, kept = refine_image(engine, emb, work[img_id], cfg, lines)
             except ImageError as e:
                 summary.failed.append((img_id, str(e)))
@@ -314,11 +355,12 @@ def _refine_locked(coco: dict, ann: Path, images_dir: Path, out: Path, cfg: Refi
             summary.refined_images += 1
             summary.kept_coarse += kept
             bar.set_postfix(masks=len(refined), refresh=False)
-    source.close()
-    summary.refined = len(refined)
-    summary.from_cache, summary.encoded = source.from_cache, source.encoded
-    summary.wall_s = time.perf_counter() - t0
 
+
+def _write_outputs(coco: dict, ann: Path, images_dir: Path, out: Path, cfg: RefineConfig, engine, refined: dict,
+                   summary: RefineSummary, part: Path, dump_prompts, order: list) -> None:
+    """The refined COCO file, the prompt dump and the configuration beside it; the partial file
+    goes unless some images failed."""
     result = {k: v for k, v in coco.items() if k != "annotations"}
     result["annotations"] = [refined.get(a["id"], a) for a in coco["annotations"]]
     info = rebase(dict(coco["info"]), ann, out) if isinstance(coco.get("info"), dict) else {}
@@ -327,11 +369,10 @@ def _refine_locked(coco: dict, ann: Path, images_dir: Path, out: Path, cfg: Refi
     result["info"] = info
     write_json_atomic(out, result)
     if dump_prompts is not None:
-        _write_dump(part, Path(dump_prompts), list(work))
+        _write_dump(part, Path(dump_prompts), order)
     write_run_config(sidecar_path(out), "refine", cfg, sam=engine.info(),
                      inputs={"ann": str(ann), "images": str(images_dir)}, summary=summary.to_dict())
     if summary.failed:
         logger.info("kept %s: a rerun refines only the failed images", part.name)
     else:
         part.unlink(missing_ok=True)
-    return summary

@@ -25,6 +25,7 @@ import torch
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.engines.base import default_prompt_batch
 from pseudolabel.core.engines.registry import DEFAULT_ENGINE, engine_option
+from pseudolabel.core.windows import window_rule
 
 from .cebox import CeBoxParams, FeatureSampler, elastic_box
 from .cebox_official import OfficialFeatures, official_elastic_box
@@ -60,6 +61,9 @@ class RefineConfig:
             per device: 4 on a CPU, 64 on a GPU).
         adapter: SAMRefiner++ LoRA file from `sap refine adapt`, or None.
         embeddings: a `sap proposals --save-embeddings` cache folder, or None.
+        windows, window_scale: ``auto | off | PIXELS`` and the scale: an image the rule applies
+            to (:mod:`pseudolabel.core.windows`, as `sap proposals`) is refined in windows
+            around its masks (:mod:`refine.windowed`).
     """
 
     reference: str = "official"
@@ -88,6 +92,8 @@ class RefineConfig:
     chunk: int = 0
     adapter: Optional[str] = None
     embeddings: Optional[str] = None
+    windows: str = "auto"
+    window_scale: float = 1.0
 
     def __post_init__(self) -> None:
         self.engine, self.model = engine_option(self.engine, self.model), None
@@ -104,6 +110,7 @@ class RefineConfig:
             raise InputError("chunk must be at least 1 (or 0 for the device's default)")
         if self.gamma <= 0:
             raise InputError("--gamma must be positive")
+        window_rule(self.windows, 1, self.window_scale)  # the values' form (the frame is the engine's)
 
     @property
     def rules(self) -> Rules:

@@ -31,6 +31,8 @@ def proposals_cmd(
     shard: Annotated[Optional[str], typer.Option("--shard", help="i/n: process every n-th image from the i-th (default: torchrun RANK/WORLD_SIZE).")] = None,
     encoder_batch: Annotated[Optional[int], typer.Option("--encoder-batch", help="Images per encoder call (0 = auto: 1 on a CPU, 8 on a GPU).")] = None,
     overlap: Annotated[Optional[bool], typer.Option("--overlap/--no-overlap", help="Read images ahead and RLE-encode masks on background threads (same cache either way).")] = None,
+    windows: Annotated[Optional[str], typer.Option("--windows", help="auto | off | PIXELS: encode windows around the points of images far larger than the engine's frame (auto: beyond 1.25 frames; docs/windows.md).")] = None,
+    window_scale: Annotated[Optional[float], typer.Option("--window-scale", help="Cut windows at this scale (1 = native pixels; 0.5 = windows twice the frame, halved).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a cache made with another configuration.")] = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -45,7 +47,8 @@ def proposals_cmd(
         raise InputError("sap proposals needs --ann, --images and --out (see sap proposals --help)")
     cfg = resolve(ProposalConfig(), load_config_file(config), engine=engine, model=model, checkpoint=checkpoint,
                   precision=precision, device=device, prompts=prompts, points_per_batch=points_per_batch,
-                  save_embeddings=save_embeddings, shard=shard, encoder_batch=encoder_batch, overlap=overlap)
+                  save_embeddings=save_embeddings, shard=shard, encoder_batch=encoder_batch, overlap=overlap,
+                  windows=windows, window_scale=window_scale)
     summary = run_proposals(ann, images, out, cfg, overwrite=overwrite)
     for line in summary.lines():
         typer.echo(line)

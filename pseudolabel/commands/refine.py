@@ -48,6 +48,8 @@ def refine_cmd(
     num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Semantic: labels 0..N-1 are classes; others (but the ignore label) are an error.")] = None,
     ignore_label: Annotated[Optional[int], typer.Option("--ignore-label", help="Semantic: label left alone (default 255).")] = None,
     background: Annotated[Optional[int], typer.Option("--background", help="Semantic: background label, not refined (default 0).")] = None,
+    windows: Annotated[Optional[str], typer.Option("--windows", help="auto | off | PIXELS: refine the masks of images far larger than the engine's frame in windows around them (as sap proposals; docs/windows.md).")] = None,
+    window_scale: Annotated[Optional[float], typer.Option("--window-scale", help="Cut windows at this scale (1 = native pixels).")] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Reuse OUT.partial.jsonl of an interrupted run with the same input and settings.")] = True,
     config: ConfigOpt = None,
 ) -> None:
@@ -67,7 +69,7 @@ def refine_cmd(
                   negative_fallback=negative_fallback, cebox_margin=cebox_margin, strength=strength,
                   gamma=gamma, grown_strength=grown_strength, multimask=multimask, adapter=adapter,
                   embeddings=embeddings, engine=engine, model=model, checkpoint=checkpoint, precision=precision,
-                  device=device, chunk=chunk)
+                  device=device, chunk=chunk, windows=windows, window_scale=window_scale)
     if semantic is not None:
         from pseudolabel.core.io import check_output_dir
         from refine.semantic import refine_semantic

@@ -7,7 +7,7 @@ Readers open every ``*.sqlite`` file of the folder.
 Tables:
 
 * ``meta(key, value)``: ``format_version`` and ``config`` (JSON: engine, checkpoint sha256,
-  precision, prompt kinds, digest of the point set; caches of sap ≤ 0.1 name a SAM
+  precision, prompt kinds, digest of the point set, the window rule (:mod:`.windows`); caches of sap ≤ 0.1 name a SAM
   ``model_type`` instead, read as the matching ``sam_*`` engine);
 * ``images``: one row per image attempted: status ``done`` or ``failed`` with the reason, its
   content sha256, size, and timings;
@@ -36,6 +36,7 @@ from .bags import Bag
 from .errors import InputError
 from .points import PointAnn
 from .rle import xywh_to_xyxy
+from .windows import describe_layout
 
 FORMAT_VERSION = 1
 
@@ -171,6 +172,10 @@ class ShardWriter:
             if stored.get("engine") != config.get("engine"):
                 raise InputError(f"the cache in {self.path.parent} holds proposals of engine {stored.get('engine')}, "
                                  f"not {config.get('engine')}; use --overwrite to replace it or choose another --out")
+            if describe_layout(stored) != describe_layout(config):
+                raise InputError(f"the cache in {self.path.parent} holds proposals made with windows "
+                                 f"{describe_layout(stored)}, not {describe_layout(config)}; rerun with its --windows, "
+                                 "use --overwrite to replace it or choose another --out")
             diff = config_difference(stored, config)
             if diff:
                 raise InputError(f"the cache in {self.path.parent} was made with another configuration "
@@ -186,11 +191,15 @@ class ShardWriter:
         return dict(self.conn.execute("SELECT image_id, sha256 FROM images WHERE status = 'done'"))
 
     def write_image(self, image: dict[str, Any], points: list[PointAnn], proposals: list[tuple],
-                    embedding: tuple[dict[str, np.ndarray], tuple[int, int], tuple[int, int]] | None = None) -> None:
+                    embedding: tuple[dict[str, np.ndarray], tuple[int, int], tuple[int, int]] | None = None,
+                    extra: Any = None) -> None:
         """Store one image's points, proposals (rows in ``proposals`` column order) and embedding
-        (``({name: array}, input (h, w), original (H, W))``, the engine's layout order)."""
+        (``({name: array}, input (h, w), original (H, W))``, the engine's layout order); ``extra``
+        (``connection → None``) writes more in the same transaction (:mod:`.window_cache`)."""
         with self.conn:
             self.conn.execute("BEGIN")
+            if extra is not None:
+                extra(self.conn)
             self.conn.execute("DELETE FROM proposals WHERE image_id = ?", (image["image_id"],))
             self.conn.execute("DELETE FROM points WHERE image_id = ?", (image["image_id"],))
             self.conn.executemany("INSERT INTO points VALUES (?, ?, ?, ?, ?)",

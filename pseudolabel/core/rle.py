@@ -86,8 +86,9 @@ def rle_iou(a: Sequence[RLE], b: Sequence[RLE]) -> np.ndarray:
     ).reshape(len(a), len(b))
 
 
-#: the largest image, in pixels, whose masks ``sap`` decodes (16384² ≈ 268 M; an 8000×8000 photo is 64 M)
-MAX_MASK_PIXELS = 2 ** 28
+#: the largest image, in pixels, whose masks ``sap`` takes (46,340² ≈ 2.1 G; an 8000×8000 photo is
+#: 64 M, a 20,000² orthophoto, read in windows, 400 M); COCO's run lengths are 32-bit
+MAX_MASK_PIXELS = 2 ** 31
 _MAX_TOKEN_CHARS = 7  # 35 bits: a run count longer than this cannot belong to an image under the limit
 
 

@@ -44,12 +44,14 @@ class Scene:
         return list(self.masks) + [m for _, m in self.parts]
 
 
-def _shape_mask(kind: int, h: int, w: int, size: float, rng: np.random.Generator) -> np.ndarray:
-    """A filled shape of radius ~``size`` px at a random place (may leave the frame)."""
+def _shape_mask(kind: int, h: int, w: int, size: float, rng: np.random.Generator,
+                centre: tuple[float, float] | None = None) -> np.ndarray:
+    """A filled shape of radius ~``size`` px at ``centre`` ``(x, y)`` or a random place (may
+    leave the frame)."""
     import cv2
 
     m = np.zeros((h, w), np.uint8)
-    cx, cy = rng.uniform(0.05, 0.95) * w, rng.uniform(0.05, 0.95) * h
+    cx, cy = centre if centre is not None else (rng.uniform(0.05, 0.95) * w, rng.uniform(0.05, 0.95) * h)
     angle = rng.uniform(0, 2 * np.pi)
     name = KINDS[kind]
     if name == "disc":
@@ -212,3 +214,55 @@ def make_scene(seed: int, size: tuple[int, int] | None = None, n_objects: tuple[
 def coco_categories() -> list[dict]:
     """COCO categories of :data:`KINDS` (id = index + 1)."""
     return [{"id": i + 1, "name": k} for i, k in enumerate(KINDS)]
+
+
+@dataclass
+class LargeScene:
+    """A large scene of many small objects, each mask kept in its own box (a full-size mask per
+    object would not fit in memory at 4,096² and 200 objects).
+
+    Attributes:
+        image: ``H×W×3`` uint8 RGB.
+        boxes: ``N×4`` int XYXY (exclusive right/bottom) of each object's mask.
+        masks: each object's ``h×w`` bool mask inside its box.
+        kinds: index into :data:`KINDS` of every object.
+    """
+
+    image: np.ndarray
+    boxes: np.ndarray
+    masks: list[np.ndarray]
+    kinds: list[int]
+
+
+def make_large_scene(seed: int, size: tuple[int, int], n_objects: int,
+                     diameters: tuple[float, float] = (12, 64)) -> LargeScene:
+    """A textured ``(height, width)`` background with ``n_objects`` shapes of the given diameter
+    range (px) at places where they do not touch one another (fewer if the image is full), so
+    every mask is whole. A pure function of its arguments; objects have no parts."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    img = _background(h, w, rng).astype(np.float32)
+    taken = np.zeros((h // 8 + 1, w // 8 + 1), bool)  # 8-px cells already used (with a margin)
+    boxes, masks, kinds = [], [], []
+    for _ in range(20 * n_objects):
+        if len(masks) == n_objects:
+            break
+        r = rng.uniform(*diameters) / 2
+        half = int(np.ceil(r)) + 2
+        cx, cy = int(rng.integers(half, w - half)), int(rng.integers(half, h - half))
+        cells = (slice((cy - half) // 8, (cy + half) // 8 + 2), slice((cx - half) // 8, (cx + half) // 8 + 2))
+        if taken[cells].any():
+            continue
+        kind = int(rng.integers(len(KINDS)))
+        m = _shape_mask(kind, 2 * half + 1, 2 * half + 1, max(r, 3.0), rng, centre=(half, half))
+        if m.sum() < MIN_AREA:
+            continue
+        x0, y0 = cx - half, cy - half
+        _paint(img[y0:y0 + 2 * half + 1, x0:x0 + 2 * half + 1], m, _colour(rng), rng)
+        taken[cells] = True
+        ys, xs = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
+        boxes.append([x0 + xs[0], y0 + ys[0], x0 + xs[-1] + 1, y0 + ys[-1] + 1])
+        masks.append(m[ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1])
+        kinds.append(kind)
+    image = np.clip(img, 0, 255).astype(np.uint8)
+    return LargeScene(image, np.array(boxes, dtype=int).reshape(-1, 4), masks, kinds)

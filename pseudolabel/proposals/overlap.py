@@ -83,17 +83,19 @@ class RleWorker(_Background):
         self.inflight: collections.deque[tuple[Future, int]] = collections.deque()
         self.pixels = 0
 
-    def submit(self, masks: np.ndarray) -> Future:
-        """Queue one stack; the future gives :func:`encode_masks`'s list of RLEs."""
+    def submit(self, masks: np.ndarray, encode: Callable[[np.ndarray], list] | None = None) -> Future:
+        """Queue one stack; the future gives :func:`encode_masks`'s list of RLEs (or ``encode``'s,
+        e.g. a window's masks placed in the whole image)."""
+        encode = encode or encode_masks
         if self.pool is None:
             done: Future = Future()
-            done.set_result(encode_masks(masks))
+            done.set_result(encode(masks))
             return done
         while self.inflight and (self.pixels + masks.size > self.budget or self.inflight[0][0].done()):
             oldest, size = self.inflight.popleft()
             oldest.result()
             self.pixels -= size
-        future = self.pool.submit(encode_masks, masks)
+        future = self.pool.submit(encode, masks)
         self.inflight.append((future, masks.size))
         self.pixels += masks.size
         return future

@@ -3,17 +3,18 @@
 For each image of this process's shard: encode once (``encoder_batch`` images per encoder call),
 decode all its points in chunks of ``points_per_batch`` for each configured prompt kind (3 masks +
 3 predicted IoUs per prompt), upsample and RLE-encode chunk by chunk, and commit the image's
-proposals in one transaction. With ``overlap`` (default) the next images are read on a background
+proposals in one transaction. An image far larger than the engine's frame is cut into windows
+that follow its points (``--windows``, :mod:`.windowed`), each encoded at its own resolution,
+and its masks placed back at full size. With ``overlap`` (default) the next images are read on a background
 thread and the masks RLE-encoded on another while the encoder runs (:mod:`.overlap`); the cache is
 the same either way. Finished images are skipped on a rerun; failed images are recorded and retried.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import os
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,14 @@ from pseudolabel.core.io import check_output_dir
 from pseudolabel.core.lock import output_lock
 from pseudolabel.core.points import PointAnn, collect_points
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
-from .prompt_kinds import PROMPT_KINDS, KindResult, mask_boxes_xyxy, parse_kinds
-from pseudolabel.core.engines.base import (ImageEmbedding, PromptEngine, default_encoder_batch,
-                                           default_prompt_batch, stability_score)
+from pseudolabel.core.tiled import open_large_image
+from pseudolabel.core.window_cache import write_window_embeddings
+from .prompt_kinds import parse_kinds
+from pseudolabel.core.engines.base import PromptEngine, default_encoder_batch, default_prompt_batch
+from pseudolabel.core.windows import WindowRule, check_rule_fits, window_pixels, window_rule
+from .decode import ChunkProposals, decode_chunks, image_proposals  # noqa: F401 (image_proposals: API)
 from .overlap import Prefetch, RleWorker
-
-MASK_PIXEL_BUDGET = 2 ** 26  # full-resolution mask pixels held at once (one chunk)
+from .windowed import plan_jobs
 
 
 @dataclass
@@ -48,6 +51,8 @@ class ProposalConfig(EngineOptions):
     shard: str | None = None  # "i/n"; under torchrun RANK/WORLD_SIZE
     encoder_batch: int = 0  # images per encoder call; 0: engines.base.default_encoder_batch
     overlap: bool = True  # read images ahead and RLE-encode behind on background threads
+    windows: str = "auto"  # auto | off | a window side in pixels (pseudolabel.core.windows)
+    window_scale: float = 1.0  # windows cut at this scale: side = (frame or PIXELS) / scale image px
 
 
 @dataclass
@@ -64,6 +69,8 @@ class ProposalSummary:
     encoder_s: float = 0.0
     decoder_s: float = 0.0
     wall_s: float = 0.0
+    windows: int = 0  # windows encoded
+    windowed_images: int = 0  # images cut into windows
     shard: tuple[int, int] = (0, 1)
     cache_file: str = ""
 
@@ -74,6 +81,8 @@ class ProposalSummary:
             f"{self.skipped} already cached, {len(self.failed)} failed",
             f"{self.points} points → {self.proposals} proposals in {self.wall_s:.1f} s "
             f"({self.encoder_s / n:.2f} s/image encoder, {self.decoder_s / n:.2f} s/image decoder)",
+            *([f"{self.windowed_images} images cut into {self.windows} windows around their points"]
+              if self.windows else []),
             *([f"{len(self.changed)} cached images had changed on disk and were computed again "
                f"(first: image {self.changed[0]})"] if self.changed else []),
             *[f"failed: image {i}: {r}" for i, r in self.failed],
@@ -95,78 +104,8 @@ def resolve_shard(shard: str | None) -> tuple[int, int]:
 
 
 @dataclass
-class ChunkProposals:
-    """One prompt kind's proposals for one chunk of points, RLEs possibly still being encoded."""
-
-    points: list[PointAnn]
-    kind_index: int
-    kind: str
-    rles: Future  # → list of B·C RLEs, point-major
-    hw: tuple[int, int]
-    iou: np.ndarray  # B×C
-    stability: np.ndarray  # B×C
-    boxes: np.ndarray  # B×C×4 XYXY
-    areas: np.ndarray  # B×C
-
-    def rows(self) -> list[tuple]:
-        """``proposals`` table rows (waits for the RLEs)."""
-        rles = self.rles.result()
-        (h, w), c = self.hw, self.iou.shape[1]
-        rows = []
-        for b, p in enumerate(self.points):
-            for r in range(c):
-                x1, y1, x2, y2 = (float(v) for v in self.boxes[b, r])
-                rows.append((p.ann_id, p.image_id, self.kind_index, self.kind, r, rles[b * c + r]["counts"], h, w,
-                             float(self.iou[b, r]), float(self.stability[b, r]), x1, y1, x2 - x1, y2 - y1,
-                             int(self.areas[b, r])))
-        return rows
-
-
-def decode_chunks(engine: PromptEngine, emb: ImageEmbedding, points: list[PointAnn], kinds: tuple[str, ...],
-                  points_per_batch: int, rle: RleWorker) -> list[ChunkProposals]:
-    """Decode one image's points; their masks go to ``rle`` chunk by chunk.
-
-    Chunks of at most ``points_per_batch`` points (fewer on large images, so a chunk's
-    full-resolution masks stay under :data:`MASK_PIXEL_BUDGET` pixels) go through the decoder
-    once per prompt kind. The logits are upsampled transposed (``B×C×W×H``, the same sampling)
-    so the masks are already in the column-major order COCO's RLE reads.
-    """
-    h, w = emb.original_size
-    emb_t = dataclasses.replace(emb, input_size=emb.input_size[::-1], original_size=(w, h))
-    chunk = max(1, min(points_per_batch, MASK_PIXEL_BUDGET // (3 * h * w)))
-    out: list[ChunkProposals] = []
-    for start in range(0, len(points), chunk):
-        pts = points[start:start + chunk]
-        xy = np.array([[p.x, p.y] for p in pts], dtype=np.float64)
-        earlier: dict[str, KindResult] = {}
-        for kind_index, kind in enumerate(kinds):
-            args = PROMPT_KINDS[kind](xy, earlier, (h, w))
-            low_res, iou = engine.decode(emb, multimask=True, **args)
-            logits_t = engine.upscale(low_res.transpose(-1, -2), emb_t, threshold=None)  # B×C×W×H
-            masks_t = logits_t > 0
-            stab = stability_score(logits_t)
-            del logits_t
-            masks = masks_t.transpose(-1, -2)  # B×C×H×W view
-            boxes = mask_boxes_xyxy(masks)
-            earlier[kind] = KindResult(masks, iou, boxes)
-            future = rle.submit(masks.flatten(0, 1).cpu().numpy())
-            out.append(ChunkProposals(pts, kind_index, kind, future, (h, w), iou.cpu().numpy(),
-                                      stab.cpu().numpy(), boxes.cpu().numpy(),
-                                      masks_t.flatten(2).sum(-1).cpu().numpy()))
-        del earlier
-    return out
-
-
-def image_proposals(engine: PromptEngine, emb: ImageEmbedding, points: list[PointAnn],
-                    kinds: tuple[str, ...], points_per_batch: int) -> list[tuple]:
-    """All proposals of one image's points, as ``proposals`` table rows (see :func:`decode_chunks`)."""
-    with RleWorker(enabled=False) as rle:
-        return [row for c in decode_chunks(engine, emb, points, kinds, points_per_batch, rle) for row in c.rows()]
-
-
-@dataclass
 class _Loaded:
-    rgb: np.ndarray
+    rgb: Any  # H×W×3 uint8, or a window reader (core.windows.window_pixels)
     sha256: str
 
 
@@ -181,6 +120,25 @@ class _Pending:
     embedding: tuple | None
     encoder_s: float
     decoder_s: float
+    windows: int = 0
+    window_embeddings: list = field(default_factory=list)  # (window, {name: array}, input (h, w))
+
+
+@dataclass
+class _Run:
+    """What one run works with once its engine and cache are open (:func:`_open_run`)."""
+
+    cfg: ProposalConfig
+    engine: PromptEngine
+    kinds: tuple[str, ...]
+    rule: WindowRule
+    points_per_batch: int
+    encoder_batch: int
+    images_dir: Path
+    points_by_image: dict
+    writer: ShardWriter
+    summary: ProposalSummary
+    bar: Any = None
 
 
 def run_proposals(ann: str | Path, images_dir: str | Path, out_dir: str | Path,
@@ -209,117 +167,163 @@ def run_proposals(ann: str | Path, images_dir: str | Path, out_dir: str | Path,
     coco = load_coco_json(ann)
     points_by_image, _ = collect_points(coco, source=str(ann))
     kinds = parse_kinds(cfg.prompts)
+    window_rule(cfg.windows, 1, cfg.window_scale)  # the values' form, before the engine loads
     index, count = resolve_shard(cfg.shard)
     check_output_dir(out_dir, "--out")
     check_shard_layout(out_dir, count, overwrite)
     shard_path = out_dir / shard_filename(index, count)
     with output_lock(shard_path):
-        return _run_locked(coco, points_by_image, kinds, index, count, ann, images_dir, shard_path, cfg,
-                           overwrite, engine, t_start)
+        images = sorted(coco["images"], key=lambda im: im["id"])[index::count]
+        run = _open_run(cfg, engine, kinds, points_by_image, images, images_dir, shard_path, overwrite,
+                        {"ann": str(ann), "images": str(images_dir)})
+        try:
+            _propose(run, _resume(run, images))
+        finally:
+            run.writer.close()
+    run.summary.wall_s = time.perf_counter() - t_start
+    return run.summary
 
 
-def _run_locked(coco: dict, points_by_image: dict, kinds: tuple[str, ...], index: int, count: int,
-                ann: str | Path, images_dir: Path, shard_path: Path, cfg: ProposalConfig, overwrite: bool,
-                engine: PromptEngine | None, t_start: float) -> ProposalSummary:
-    """The body of :func:`run_proposals`, run while holding the shard file's lock."""
+def _open_run(cfg: ProposalConfig, engine: PromptEngine | None, kinds: tuple[str, ...], points_by_image: dict,
+              images: list[dict], images_dir: Path, shard_path: Path, overwrite: bool, inputs: dict) -> _Run:
+    """The engine, the window rule, the shard's writer (which refuses another configuration) and
+    the run's configuration file beside it."""
     if engine is None:
         from pseudolabel.core.engines.loading import create_engine
 
         engine = create_engine(cfg.engine_name, cfg.checkpoint, cfg.device, cfg.precision)
+    rule = window_rule(cfg.windows, engine.frame, cfg.window_scale)
+    check_rule_fits(rule, [(im["height"], im["width"]) for im in images])
     ppb = cfg.points_per_batch or default_prompt_batch(engine.device)
     batch = max(1, cfg.encoder_batch or default_encoder_batch(engine.device))
     cache_config = {**engine.info(), "prompt_kinds": list(kinds), "multimask": True,
                     "points_sha256": points_digest(p for ps in points_by_image.values() for p in ps),
-                    "save_embeddings": bool(cfg.save_embeddings)}
+                    "save_embeddings": bool(cfg.save_embeddings), **rule.record()}
     writer = ShardWriter(shard_path, cache_config, overwrite=overwrite)
+    index, count = resolve_shard(cfg.shard)
     write_run_config(shard_path.with_suffix(".config.yaml"), "proposals", cfg,
                      resolved={"engine": engine.name, "precision": engine.precision, "device": str(engine.device),
                                "points_per_batch": ppb, "encoder_batch": batch,
-                               "encoder_path": getattr(engine, "encoder_path", "plain"), "shard": [index, count]},
-                     inputs={"ann": str(ann), "images": str(images_dir)})
-    images = sorted(coco["images"], key=lambda im: im["id"])[index::count]
+                               "encoder_path": getattr(engine, "encoder_path", "plain"), "shard": [index, count],
+                               **rule.record()},
+                     inputs=inputs)
     summary = ProposalSummary(images=len(images), shard=(index, count), cache_file=str(shard_path))
-    done = writer.done_images()
+    logger.info("%s (%s) on %s, %s; prompts %s; %d points per batch, %d images per encoder call%s; windows %s",
+                engine.name, engine.checkpoint_id[:12], engine.device, engine.precision,
+                "+".join(kinds), ppb, batch, "" if cfg.overlap else ", no overlap",
+                "off" if rule.mode == "off" else f"{rule.mode} ({rule.side} px, halo {rule.halo})")
+    return _Run(cfg, engine, kinds, rule, ppb, batch, images_dir, points_by_image, writer, summary)
+
+
+def _resume(run: _Run, images: list[dict]) -> list[dict]:
+    """The images still to do: those not cached, or cached from a file that changed since."""
+    done = run.writer.done_images()
     todo = []
     for img in images:
         if img["id"] in done:
-            path = images_dir / img["file_name"]
+            path = run.images_dir / img["file_name"]
             if path.is_file() and file_sha256(path) == done[img["id"]]:
-                summary.skipped += 1
+                run.summary.skipped += 1
                 continue
-            summary.changed.append(img["id"])  # its file changed since: computed again
+            run.summary.changed.append(img["id"])  # its file changed since: computed again
             logger.warning("image %s (%s) changed since it was cached: computing it again",
                            img["id"], img["file_name"])
         todo.append(img)
-    logger.info("%s (%s) on %s, %s; prompts %s; %d points per batch, %d images per encoder call%s",
-                engine.name, engine.checkpoint_id[:12], engine.device, engine.precision,
-                "+".join(kinds), ppb, batch, "" if cfg.overlap else ", no overlap")
+    return todo
 
-    def read(img: dict) -> _Loaded:
-        path = images_dir / img["file_name"]
-        return _Loaded(load_image_rgb(path, (img["width"], img["height"])), file_sha256(path))
 
-    def finish(p: _Pending) -> None:
-        rows = [row for c in p.chunks for row in c.rows()]
-        record = {"image_id": p.img["id"], "file_name": p.img["file_name"], "sha256": p.loaded.sha256,
-                  "width": p.img["width"], "height": p.img["height"],
-                  "encoder_s": p.encoder_s, "decoder_s": p.decoder_s}
-        writer.write_image(record, p.points, rows, p.embedding)
-        summary.done += 1
-        summary.points += len(p.points)
-        summary.proposals += len(rows)
-        summary.encoder_s += p.encoder_s
-        summary.decoder_s += p.decoder_s
-        bar.update(1)
-        bar.set_postfix(points=summary.points, refresh=False)
-
-    reader = Prefetch(todo, read, depth=2 * batch if cfg.overlap else 0)
+def _propose(run: _Run, todo: list[dict]) -> None:
+    """Read, encode, decode and store ``todo``, ``encoder_batch`` inputs per encoder call."""
+    cfg = run.cfg
+    reader = Prefetch(todo, functools.partial(_read, run), depth=2 * run.encoder_batch if cfg.overlap else 0)
     rle = RleWorker(enabled=cfg.overlap)
-    bar = progress(None, desc="proposals", total=len(images), unit="img")
-    bar.update(summary.skipped)
+    run.bar = progress(None, desc="proposals", total=run.summary.images, unit="img")
+    run.bar.update(run.summary.skipped)
     pending: _Pending | None = None
     try:
         with logging_to_tqdm():
-            for group in _groups(iter(reader), batch):
-                ready = []
-                for img, loaded, error in group:
-                    if error is not None:
-                        writer.write_failure(img, str(error))
-                        summary.failed.append((img["id"], str(error)))
-                        logger.warning("image %s failed: %s", img["id"], error)
-                        bar.update(1)
-                    else:
-                        ready.append((img, loaded, points_by_image.get(img["id"], [])))
-                wanted = [r for r in ready if r[2] or cfg.save_embeddings]
-                enc0 = engine.timings.encoder
-                embs = dict(zip((r[0]["id"] for r in wanted),
-                                engine.encode_batch([r[1].rgb for r in wanted]) if wanted else []))
-                enc_s = (engine.timings.encoder - enc0) / max(len(wanted), 1)
-                for img, loaded, pts in ready:
-                    emb = embs.get(img["id"])
-                    dec0 = engine.timings.decoder
-                    chunks = decode_chunks(engine, emb, pts, kinds, ppb, rle) if emb is not None and pts else []
-                    saved = None
-                    if cfg.save_embeddings and emb is not None:
-                        saved = ({k: v.cpu().numpy() for k, v in emb.tensors().items()},
-                                 emb.input_size, emb.original_size)
-                    current = _Pending(img, loaded, pts, chunks, saved, enc_s if emb is not None else 0.0,
-                                       engine.timings.decoder - dec0)
+            for group in _groups(iter(reader), run.encoder_batch):
+                for current in _propose_group(run, group, rle):
                     if pending is not None:
-                        finish(pending)
+                        _store(run, pending)
                     pending = current
                     if not cfg.overlap:
-                        finish(pending)
+                        _store(run, pending)
                         pending = None
             if pending is not None:
-                finish(pending)
+                _store(run, pending)
     finally:
         rle.close()
         reader.close()
-        bar.close()
-        writer.close()
-    summary.wall_s = time.perf_counter() - t_start
-    return summary
+        run.bar.close()
+
+
+def _read(run: _Run, img: dict) -> _Loaded:
+    """An image decoded once, whole, or a huge tiled TIFF opened for window reads; its sha256."""
+    path = run.images_dir / img["file_name"]
+    wh = (img["width"], img["height"])
+    large = open_large_image(path, wh)
+    return _Loaded(large if large is not None else load_image_rgb(path, wh), file_sha256(path))
+
+
+def _propose_group(run: _Run, group: list, rle: RleWorker) -> list[_Pending]:
+    """One group of read images → their proposals (failed reads recorded), in order."""
+    cfg, engine = run.cfg, run.engine
+    ready = []
+    for img, loaded, error in group:
+        if error is not None:
+            run.writer.write_failure(img, str(error))
+            run.summary.failed.append((img["id"], str(error)))
+            logger.warning("image %s failed: %s", img["id"], error)
+            run.bar.update(1)
+        else:
+            ready.append(_Pending(img, loaded, run.points_by_image.get(img["id"], []), [], None, 0.0, 0.0))
+    jobs = [job for slot, p in enumerate(ready)
+            for job in plan_jobs(slot, (p.img["height"], p.img["width"]), p.points, run.rule, cfg.save_embeddings)]
+    for start in range(0, len(jobs), run.encoder_batch):
+        batch = jobs[start:start + run.encoder_batch]
+        enc0 = engine.timings.encoder
+        embs = engine.encode_batch([window_pixels(ready[j.slot].loaded.rgb, j.window) for j in batch])
+        enc_s = (engine.timings.encoder - enc0) / len(batch)
+        for job, emb in zip(batch, embs):
+            p = ready[job.slot]
+            dec0 = engine.timings.decoder
+            if job.points:
+                p.chunks += decode_chunks(engine, emb, job.points, run.kinds, run.points_per_batch, rle,
+                                          job.window, (p.img["height"], p.img["width"]))
+            if cfg.save_embeddings:
+                arrays = {k: v.cpu().numpy() for k, v in emb.tensors().items()}
+                if job.window is None:
+                    p.embedding = (arrays, emb.input_size, emb.original_size)
+                else:
+                    p.window_embeddings.append((job.window, arrays, emb.input_size))
+            p.encoder_s += enc_s
+            p.decoder_s += engine.timings.decoder - dec0
+            p.windows += job.window is not None
+    return ready
+
+
+def _store(run: _Run, p: _Pending) -> None:
+    """One image's cache transaction (waits for its RLEs) and its share of the summary."""
+    rows = [row for c in p.chunks for row in c.rows()]
+    record = {"image_id": p.img["id"], "file_name": p.img["file_name"], "sha256": p.loaded.sha256,
+              "width": p.img["width"], "height": p.img["height"],
+              "encoder_s": p.encoder_s, "decoder_s": p.decoder_s}
+    extra = functools.partial(write_window_embeddings, image_id=p.img["id"], items=p.window_embeddings) \
+        if p.window_embeddings else None
+    run.writer.write_image(record, p.points, rows, p.embedding, extra=extra)
+    if hasattr(p.loaded.rgb, "close"):  # a tiled TIFF's file
+        p.loaded.rgb.close()
+    s = run.summary
+    s.done += 1
+    s.points += len(p.points)
+    s.proposals += len(rows)
+    s.encoder_s += p.encoder_s
+    s.decoder_s += p.decoder_s
+    s.windows += p.windows
+    s.windowed_images += p.windows > 0
+    run.bar.update(1)
+    run.bar.set_postfix(points=s.points, refresh=False)
 
 
 def _groups(items, size: int):

@@ -168,6 +168,13 @@ class PromptEngine:
         return self.name
 
     @property
+    def frame(self) -> int:
+        """Side in pixels of the square the image encoder sees (SAM's 1024; the pocket SAM's 256):
+        an image larger than this is shrunk to it, which is what windows avoid (:mod:`..windows`)."""
+        encoder = getattr(self.model, "image_encoder", None)
+        return int(getattr(encoder, "img_size", None) or getattr(self.model, "image_size", IMAGE_SIZE))
+
+    @property
     def iou_head(self) -> torch.nn.Module:
         """The decoder's IoU-prediction MLP (``.layers[-1]`` is what SAMRefiner++ adapts)."""
         raise NotImplementedError
