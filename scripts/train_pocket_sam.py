@@ -54,17 +54,22 @@ def samrefiner_prompts(rough, resized: tuple[int, int]) -> dict:
     return build_prompts(PromptState(rough, RefineConfig(engine="sam_pocket"), None), resized)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=str(WEIGHTS_DIR / "sam_pocket.pth"), help="weights file to write")
+def recipe_parser(doc: str, config_cls, default_out: Path) -> argparse.ArgumentParser:
+    """``--out``, ``--resume`` and one flag per int/float field of the recipe dataclass."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--out", default=str(default_out), help="weights file to write")
     ap.add_argument("--resume", action="store_true", help="continue from OUT.partial")
-    ap.add_argument("--eval", type=int, default=0, metavar="N", help="then measure on N held-out scenes")
-    for f in fields(PocketConfig):
+    for f in fields(config_cls):
         if f.type in ("int", "float"):
             ap.add_argument("--" + f.name.replace("_", "-"), type=int if f.type == "int" else float,
                             default=f.default, help=f"recipe: {f.name} (default {f.default})")
-    args = ap.parse_args(argv)
-    cfg = PocketConfig(**{f.name: getattr(args, f.name) for f in fields(PocketConfig) if hasattr(args, f.name)})
+    return ap
+
+
+def recipe_run(args, config_cls):
+    """``(recipe, out, partial, resume state or None, save)`` of parsed :func:`recipe_parser` flags:
+    ``save(state)`` writes ``OUT.partial`` atomically, ``--resume`` reads it back."""
+    cfg = config_cls(**{f.name: getattr(args, f.name) for f in fields(config_cls) if hasattr(args, f.name)})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(out.suffix + ".partial")
@@ -77,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         with atomic_path(partial) as tmp:
             torch.save(state, tmp)
 
+    return cfg, out, partial, resume, save
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = recipe_parser(__doc__, PocketConfig, WEIGHTS_DIR / "sam_pocket.pth")
+    ap.add_argument("--eval", type=int, default=0, metavar="N", help="then measure on N held-out scenes")
+    args = ap.parse_args(argv)
+    cfg, out, partial, resume, save = recipe_run(args, PocketConfig)
     load0 = os.getloadavg()
     t0, cpu0 = time.perf_counter(), time.process_time()
     model = train(cfg, log=lambda line: print(line, flush=True), resume=resume, save_every=100, save=save,

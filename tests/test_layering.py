@@ -41,8 +41,9 @@ LAYERS: dict[str, tuple[int, str]] = {
 
 #: modules a product entry point reaches without a written import, each with the reason
 LOADED_BY_NAME = {
-    "pseudolabel.pocket": "the pocket SAM's trainer: scripts/train_pocket_sam.py makes the weights "
-                          "the core loads by name as the engine sam_pocket",
+    "pseudolabel.pocket": "the pocket SAM's and the pocket backbone's trainers: scripts/train_pocket_sam.py "
+                          "and train_pocket_backbone.py make the weights the core loads by name (the engine "
+                          "sam_pocket, --backbone-weights pocket)",
 }
 
 #: optional engines and heavy extras: importing the packages must not load them

@@ -203,6 +203,9 @@ def test_sap_demo_runs_offline_end_to_end_with_the_pocket_sam_banner(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "a pocket SAM trained on synthetic shapes" in r.stderr and "RANDOM WEIGHTS" not in r.stderr
+    # both backbones start from the bundled pocket weights: no warning about the demo's own settings
+    assert "RANDOM weights" not in r.stderr and "consider --lr" not in r.stderr
+    assert "pseudo-mask mIoU against the ground truth: sam-top1 " in r.stdout and " | sapnet " in r.stdout
     for stage in STAGES:
         assert stage in r.stdout
     report = (tmp_path / "run" / "report.md").read_text()

@@ -1,7 +1,9 @@
 """ImageNet ResNet weights for the networks `sap` trains (the SAPNet selector and SOLOv2).
 
 One place decides where backbone weights come from: torchvision's ImageNet download (cached
-under ``$TORCH_HOME``), a local file, or nothing (a random start, announced loudly).
+under ``$TORCH_HOME``), a local file, weights bundled with the package (:data:`BUNDLED`: the
+pocket backbone, pretrained on generated scenes by ``scripts/train_pocket_backbone.py``), or
+nothing (a random start, announced loudly).
 """
 
 from __future__ import annotations
@@ -18,9 +20,15 @@ from .progress import logger
 
 #: ResNet name → torchvision weights enum name
 RESNET_WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights",
-                  "resnet50": "ResNet50_Weights", "resnet101": "ResNet101_Weights"}
+                  "resnet50": "ResNet50_Weights", "resnet101": "ResNet101_Weights", "resnet18_half": None}
 
 RANDOM_SPECS = ("none", "random", "")
+
+#: bundled weights: ``--backbone-weights`` name → (ResNet name, file in the weights folder, sha256)
+BUNDLED: dict[str, tuple[str, str, str]] = {
+    "pocket": ("resnet18_half", "resnet18_half_pocket.pth",
+               "2e8dde14b9af38432c7fc95a14bd91418545c31b3c02b061b489639ecbb7f86c"),
+}
 
 
 def warn_random_backbone(what: str, reason: str) -> None:
@@ -39,24 +47,32 @@ def fetch_resnet_weights(name: str, spec: str | os.PathLike | None, what: str = 
 
     Args:
         name: ``resnet18`` / ``resnet34`` / ``resnet50`` / ``resnet101``.
-        spec: ``"imagenet"`` (torchvision's weights, downloaded once), a path to a state dict
+        spec: ``"imagenet"`` (torchvision's weights, downloaded once), a name of :data:`BUNDLED`
+            (``"pocket"``: weights shipped in the package, for their own ResNet), a path to a state dict
             (a plain torchvision one, or under a ``state_dict``/``model`` key, with ``module.``,
             ``backbone.body.`` or ``backbone.`` prefixes), or ``"none"`` for random weights.
         what: how the warning names the network.
 
     Returns:
-        ``(state_dict or None, source)`` with source ``"imagenet"``, ``"file:PATH"`` or
-        ``"random"``. A failed download falls back to random weights with the warning.
+        ``(state_dict or None, source)`` with source ``"imagenet"``, the bundled name,
+        ``"file:PATH"`` or ``"random"``. A failed download falls back to random weights with the warning.
 
     Raises:
-        InputError: unknown name, or a file that is missing, unreadable or no state dict.
+        InputError: unknown name, bundled weights of another ResNet, missing or altered
+            bundled weights, no ImageNet weights for ``name``, or a file that is missing,
+            unreadable or no state dict.
     """
     if name not in RESNET_WEIGHTS:
         raise InputError(f"unknown backbone {name!r}; choose one of {', '.join(RESNET_WEIGHTS)}")
     if spec is None or str(spec).lower() in RANDOM_SPECS:
         warn_random_backbone(what, "--backbone-weights none")
         return None, "random"
+    if str(spec).lower() in BUNDLED:
+        return bundled_weights(str(spec).lower(), name), str(spec).lower()
     if str(spec).lower() == "imagenet":
+        if RESNET_WEIGHTS[name] is None:
+            raise InputError(f"there are no ImageNet weights for {name}; pass --backbone-weights "
+                             f"{' or '.join(k for k, v in BUNDLED.items() if v[0] == name) or 'PATH'} or none")
         import torchvision.models as tvm
 
         try:
@@ -73,6 +89,28 @@ def fetch_resnet_weights(name: str, spec: str | os.PathLike | None, what: str = 
     if not isinstance(state, dict):
         raise InputError(f"backbone weights file {path} does not hold a state dict")
     return torchvision_resnet_names(state), f"file:{path}"
+
+
+def bundled_weights(spec: str, name: str) -> dict[str, Tensor]:
+    """The state dict of the bundled weights ``spec`` (:data:`BUNDLED`), checked against its sha256.
+
+    Raises:
+        InputError: they are for another ResNet than ``name``, or the file is missing or altered.
+    """
+    from .engines.loading import WEIGHTS_DIR, sha256_of
+
+    resnet, filename, digest = BUNDLED[spec]
+    if name != resnet:
+        raise InputError(f"--backbone-weights {spec} holds a {resnet}, not a {name}: pass --backbone {resnet}")
+    path = WEIGHTS_DIR / filename
+    if not path.is_file():
+        raise InputError(f"the {spec} backbone weights {path} are missing; restore them from git or make them "
+                         "with python scripts/train_pocket_backbone.py")
+    if (found := sha256_of(path)) != digest:
+        raise InputError(f"{path} has sha256 {found}, expected {digest}; restore it from git or retrain it "
+                         "with python scripts/train_pocket_backbone.py")
+    state = load_torch_file(path, "backbone weights file")
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
 _D2_STEM = re.compile(r"^stem\.conv1\.(norm\.)?(.+)$")

@@ -43,6 +43,7 @@ BACKBONES: dict[str, tuple[int, int, int, int]] = {
     "resnet34": (64, 128, 256, 512),
     "resnet50": (256, 512, 1024, 2048),
     "resnet101": (256, 512, 1024, 2048),
+    "resnet18_half": (32, 64, 128, 256),  # ResNet-18 at half width: the pocket backbone's
 }
 assert set(BACKBONES) == set(RESNET_WEIGHTS)
 NORMS = ("frozen_bn", "bn", "gn")
@@ -62,6 +63,32 @@ def norm_layer(norm: str | None) -> Callable[[int], nn.Module] | None:
     if norm == "gn":
         return partial(nn.GroupNorm, 32)
     raise InputError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+
+
+class _HalfResNet18(tvm.ResNet):
+    """torchvision's ResNet-18 with every stage at half width (stem 32, layers 32/64/128/256
+    channels): the pocket backbone's body, 2.8 M parameters instead of 11.7 M. Same module names
+    as ``resnet18``, so state dicts, freezing and the FPN treat it as any torchvision ResNet."""
+
+    def __init__(self, norm_layer: Callable[[int], nn.Module] | None = None, num_classes: int = 1000) -> None:
+        self._halve = True
+        super().__init__(tvm.resnet.BasicBlock, [2, 2, 2, 2], num_classes=num_classes, norm_layer=norm_layer)
+        self.conv1 = nn.Conv2d(3, 32, kernel_size=7, stride=2, padding=3, bias=False)
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+        self.bn1 = self._norm_layer(32)
+        self.fc = nn.Linear(256, num_classes)
+
+    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
+        if planes == 64:  # layer1: the stem is 32 wide too
+            self.inplanes = 32
+        return super()._make_layer(block, planes // 2, blocks, stride, dilate)
+
+
+def resnet_body(name: str, norm_layer: Callable[[int], nn.Module] | None = None, num_classes: int = 1000) -> tvm.ResNet:
+    """A randomly initialised torchvision ResNet of :data:`BACKBONES` (``fc`` of ``num_classes``)."""
+    if name == "resnet18_half":
+        return _HalfResNet18(norm_layer, num_classes)
+    return getattr(tvm, name)(weights=None, norm_layer=norm_layer, num_classes=num_classes)
 
 
 class _P6MaxPool(ExtraFPNBlock):
@@ -95,7 +122,7 @@ class ResNetFPN(BackboneWithFPN):
         if p6 not in P6_MODES:
             raise InputError(f"unknown P6 variant {p6!r}; choose one of {', '.join(P6_MODES)}")
         channels = BACKBONES[name]
-        body = getattr(tvm, name)(weights=None, norm_layer=norm_layer(norm))
+        body = resnet_body(name, norm_layer(norm))
         fnorm = norm_layer(fpn_norm)
         extra = _P6MaxPool() if p6 == "maxpool" else _P6Conv(channels[-1], fpn_channels, fnorm)
         super().__init__(body, {f"layer{i}": f"p{i + 1}" for i in range(1, 5)}, list(channels), fpn_channels,

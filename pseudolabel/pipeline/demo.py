@@ -118,24 +118,31 @@ POCKET_BANNER = _banner(
     "Official SAM: sap demo --checkpoint sam_vit_b_01ec64.pth (or run once with internet).")
 
 
+#: the selector's rate per 32 images on the pocket backbone (docs/selector.md, "The pocket backbone")
+POCKET_LR = 0.08
+
+
 def demo_config(out: Path, data_json: Path, images: Path, engine: str, checkpoint: str,
                 device: str | None, real: bool, quick: bool = False) -> PipelineConfig:
     """A pipeline small enough for a laptop CPU: shapes images, R18 selector and SOLOv2.
 
-    ``real``: an official SAM checkpoint (then the backbones start from ImageNet weights too);
-    otherwise the backbones start from random weights, as nothing can be downloaded.
+    ``real``: an official SAM checkpoint (then the backbones start from ImageNet ResNet-18
+    weights too); otherwise both backbones are the pocket backbone (``resnet18_half`` with its
+    bundled ``pocket`` weights, pretrained on generated scenes as the pocket SAM is trained on
+    them), as nothing can be downloaded; the selector then learns at :data:`POCKET_LR`.
     ``quick`` (``sap demo --quick``, and the test of the demo) runs every stage through the same
     code with a token amount of work: one selector epoch, six SOLOv2 iterations on narrow heads.
     """
-    weights = "imagenet" if real else "none"
+    backbone, weights = ("resnet18", "imagenet") if real else ("resnet18_half", "pocket")
+    lr = {} if real else {"lr": POCKET_LR}
     cfg = PipelineConfig(
         images=str(images), out=str(out), gt=str(data_json), point_mode="center",
         sam={"engine": engine, "checkpoint": checkpoint, "precision": "auto"}, device=device,
         proposals={"prompts": "point,point_box", "save_embeddings": True},
-        select={"method": "sapnet", "backbone": "resnet18", "backbone_weights": weights, "epochs": 4,
-                "batch_size": 2, "min_size": 240, "max_size": 320, "warmup_iters": 5, "workers": 0},
+        select={"method": "sapnet", "backbone": backbone, "backbone_weights": weights, "epochs": 4,
+                "batch_size": 2, "min_size": 240, "max_size": 320, "warmup_iters": 5, "workers": 0, **lr},
         refine={"enabled": True, "iters": 2},
-        train={"backbone": "resnet18", "backbone_weights": weights, "iters": 60, "batch": 2,
+        train={"backbone": backbone, "backbone_weights": weights, "iters": 60, "batch": 2,
                "min_size": "240", "max_size": 320, "warmup_iters": 10, "steps": [45], "workers": 0,
                "checkpoint_period": 30, "model": {"head_channels": 128, "head_convs": 2}},
         viz={"limit": 4, "sheet": 4},

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import yaml
 
 from pseudolabel.core.alternatives import rebase as rebase_alternatives
+from pseudolabel.core.backbones import BUNDLED
 from pseudolabel.core.bag_sources import load_bags
 from pseudolabel.core.cocoeval import coco_mask_ap
 from pseudolabel.core.coco import load_coco_json, with_locked
@@ -165,7 +166,7 @@ class Pipeline:
         for key in ("backbone_weights",):
             for section in (c.select, c.train):
                 value = section.get(key)
-                if value and str(value).lower() not in ("imagenet", "none"):
+                if value and str(value).lower() not in ("imagenet", "none", *BUNDLED):
                     check_torch_file(value, "backbone weights")
         for path in (c.gt, c.val):
             if path:

@@ -11,11 +11,29 @@ from .pipeline import StageRecord
 
 
 def closing_table(records: list[StageRecord]) -> str:
-    """One line per stage: status, seconds, and its key numbers."""
+    """One line per stage: status, seconds, and its key numbers; then :func:`selection_line`."""
     lines = [f"{'stage':<10}{'status':<9}{'seconds':>9}  key numbers"]
     for r in records:
         lines.append(f"{r.stage:<10}{r.status:<9}{r.seconds:>9.1f}  {_key_numbers(r)}")
+    if (line := selection_line(records)) is not None:
+        lines += ["", line]
     return "\n".join(lines)
+
+
+def selection_line(records: list[StageRecord]) -> str | None:
+    """Pseudo-mask mIoU of SAM's top-1, the selector's pick and the refined pick side by side,
+    with what they mean; None without ground truth (or when select did not run)."""
+    sel = next((r.metrics for r in records if r.stage == "select"), {})
+    ref = next((r.metrics for r in records if r.stage == "refine"), {})
+    method = sel.get("method")
+    values = [(name, (sel.get(name) or {}).get("mask_miou")) for name in ("sam-top1", method)]
+    values.append(("refined", (ref.get("refined_miou") or {}).get("mask_miou")))
+    shown = [f"{name} {v:.3f}" for name, v in values if isinstance(v, float)]
+    if len(shown) < 2:
+        return None
+    return (f"pseudo-mask mIoU against the ground truth: {' | '.join(shown)}\n"
+            f"(SAM's best-scored proposal, the {method} selector's pick, and that pick refined: the selector "
+            "earns its training where its number beats sam-top1's)")
 
 
 def _fmt(v: Any) -> str:

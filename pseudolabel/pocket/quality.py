@@ -23,8 +23,9 @@ from .scenes import Scene, coco_categories, make_scene
 
 
 def scene_seed(seed: int, index: int, split: str = "train") -> int:
-    """The seed of scene ``index`` of a split; ``train`` and ``test`` never share a scene."""
-    offset = {"train": 0, "test": 1}[split]
+    """The seed of scene ``index`` of a split; ``train`` (the pocket SAM's), ``test`` (held out)
+    and ``backbone`` (the pocket backbone's pretraining) never share a scene."""
+    offset = {"train": 0, "test": 1, "backbone": 2}[split]
     return int(np.random.SeedSequence([seed, offset, index]).generate_state(1)[0])
 
 

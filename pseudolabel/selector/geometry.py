@@ -179,7 +179,7 @@ def npg_boxes(width: float, height: float, proposals: np.ndarray, winners: np.nd
 
 
 def bms(pseudo_box: np.ndarray, candidates: np.ndarray, expand_iou: float = 0.6,
-        contain_iou: float = 0.3, slack: float = 2.0) -> tuple[np.ndarray, str]:
+        contain_iou: float = 0.3, slack: float = 2.0, minable: np.ndarray | None = None) -> tuple[np.ndarray, str]:
     """Box Mining Strategy: grow a selected box towards larger proposals of the same point.
 
     Candidates are visited in order (SAPNet passes the point prompt's first 3 proposals). One is
@@ -191,6 +191,8 @@ def bms(pseudo_box: np.ndarray, candidates: np.ndarray, expand_iou: float = 0.6,
     * else IoU > ``contain_iou`` and the candidate contains the pseudo box with ``slack`` px to
       spare: ``pseudo ← (IoU·candidate + pseudo) / (1 + IoU)`` ("contain").
 
+    ``minable`` (bool per candidate, ``rule_mining: scored``): a False candidate is skipped.
+
     Returns:
         The mined box and the last branch taken (``"expand"``, ``"contain"`` or ``"none"``).
     """
@@ -198,9 +200,9 @@ def bms(pseudo_box: np.ndarray, candidates: np.ndarray, expand_iou: float = 0.6,
     ref_area = box_areas(box[None])[0]
     best = 0.0
     branch = "none"
-    for cand in np.asarray(candidates, dtype=np.float64).reshape(-1, 4):
+    for c, cand in enumerate(np.asarray(candidates, dtype=np.float64).reshape(-1, 4)):
         area = box_areas(cand[None])[0]
-        if area <= ref_area:
+        if area <= ref_area or (minable is not None and not minable[c]):
             continue
         iou = float(box_iou_xyxy(box[None], cand[None])[0, 0])
         if iou > expand_iou and iou > best:
@@ -222,6 +224,17 @@ def final_mask_index(proposals: np.ndarray, pseudo_box: np.ndarray) -> int:
     ious = box_iou_xyxy(np.asarray(proposals, dtype=np.float64).reshape(-1, 4),
                         np.asarray(pseudo_box, dtype=np.float64).reshape(1, 4))[:, 0]
     return int(np.argmax(ious))
+
+
+def scored_final_index(proposals: np.ndarray, pseudo_box: np.ndarray, scores: np.ndarray, near: float = 0.9) -> int:
+    """``rule_final: scored``: among the proposals whose box IoU with the mined box is at least
+    ``near`` times the highest, the one with the highest score (then the higher IoU, then the
+    first). ``scores``: one per proposal, e.g. the final stage's ``cls × ins``."""
+    ious = box_iou_xyxy(np.asarray(proposals, dtype=np.float64).reshape(-1, 4),
+                        np.asarray(pseudo_box, dtype=np.float64).reshape(1, 4))[:, 0]
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)[: len(ious)]
+    ties = np.flatnonzero(ious >= near * ious.max())
+    return int(ties[np.lexsort((-ious[ties], -scores[ties]))[0]])
 
 
 def clamp_box(box: np.ndarray, width: float, height: float) -> np.ndarray:

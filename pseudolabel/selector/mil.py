@@ -21,7 +21,7 @@ from .data import Sample
 from .losses import negative_loss, prm_loss, proposal_scores, psm_loss
 from .model import SelectorNet
 from .options import SelectConfig
-from .reference import apply_reference
+from .reference import FINAL_NEAR, MINING_SHARE, apply_reference
 
 
 @dataclass
@@ -112,6 +112,25 @@ def _boxes_per_image(samples: list[Sample], per_point: list[np.ndarray],
     return out
 
 
+@dataclass
+class _Stage0:
+    """What stage 0 hands on, in point order: labels ``P``, proposal bags, resized ``(h, w)`` of
+    each point's image, shared features ``x`` of the proposals, ``P×K`` scores and class
+    probabilities at the label, the top-1 index, the bag score at the label (stage 1's label
+    weights), PDG scores per bag, and the losses so far."""
+
+    labels: torch.Tensor
+    bags: list[np.ndarray]
+    img_hw: list[tuple[int, int]]
+    x: torch.Tensor
+    score: torch.Tensor
+    clsat: torch.Tensor
+    winner: np.ndarray
+    label_weights: torch.Tensor
+    pdg: list[np.ndarray]
+    losses: dict[str, torch.Tensor]
+
+
 class SelectorStep(nn.Module):
     """The selector network plus the MIL logic; ``forward`` is one training or selection step.
 
@@ -150,21 +169,25 @@ class SelectorStep(nn.Module):
             ``dict[str, Tensor]`` of losses when training, else ``list[PointChoice]`` in the
             order of the samples' points.
         """
-        cfg = self.cfg
-        keep = trace is not None
-        trace = trace if keep else {}
         if not samples:  # keeps every rank's step alike when a whole batch failed to load
             zero = sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
             return {"empty": zero} if train else []
-        device = images.device
         feats = self.net.features(images)
         hw = [(int(images.shape[-2]), int(images.shape[-1]))] * len(samples)
+        s0 = self._psm(feats, samples, hw, images.device, train, trace)
+        if self.net.stages == 1:
+            if train:
+                return s0.losses
+            return self._choices(samples, s0.bags, s0.winner, s0.score, s0.clsat, [None] * len(s0.bags))
+        return self._prm(feats, samples, hw, s0, train, rng, trace)
+
+    def _psm(self, feats, samples: list[Sample], hw: list[tuple[int, int]], device: torch.device, train: bool,
+             trace: dict | None) -> "_Stage0":
+        """Stage 0 (PSM) over the SAM proposals: scores, top-1, PDG and (training) its loss."""
+        cfg = self.cfg
         labels = torch.as_tensor(np.concatenate([s.labels for s in samples]), device=device)
         bags = [b for s in samples for b in s.boxes]
         sizes = [len(b) for s in samples for b in s.boxes]
-        img_hw = [s.hw for s in samples for _ in s.boxes]  # resized (h, w) of each point's image
-
-        # ---- stage 0: PSM over the SAM proposals ----
         x0 = self.net.box_features(feats, _boxes_per_image(samples, bags, device), hw)
         cls0, ins0 = self.net.box_logits(x0, 0)
         index0, valid0 = _dense_index(sizes, device)
@@ -172,71 +195,82 @@ class SelectorStep(nn.Module):
         with torch.no_grad():
             score0, clsat0 = proposal_scores(cls0, ins0, valid0, labels, "softmax")
         winner0 = score0.argmax(dim=1).cpu().numpy()
-        label_weights = score0.sum(dim=1)  # stage-0 bag score at the label
         pdg = [a for s in samples
                for a in geo.image_pdg_scores(self._pdg_points(s), s.labels, s.boxes, cfg.pdg_root)]
-        if keep:
+        if trace is not None:
             trace["score0"] = score0.float().cpu().numpy()
         losses: dict[str, torch.Tensor] = {}
         if train:
             factor = None
             if cfg.pdg and self.net.stages == 2:
                 factor = _pad([geo.pdg_penalty(a, cfg.pdg_power) for a in pdg], valid0.shape[1], 1.0, device)
-                if keep:
+                if trace is not None:
                     trace["pdg_factor"] = factor.cpu().numpy()
             losses["psm"] = psm_loss(cls0, ins0, valid0, labels, factor, cfg.psm_weight)
-        if self.net.stages == 1:
-            if train:
-                return losses
-            return self._choices(samples, bags, winner0, score0, clsat0, [None] * len(bags))
+        return _Stage0(labels, bags, [s.hw for s in samples for _ in s.boxes], x0, score0, clsat0, winner0,
+                       score0.sum(dim=1), pdg, losses)
 
-        best0 = score0.max(dim=1).values.float().cpu()  # one device sync for the batch
-        top0 = [self._top1(b[winner0[p]], best0[p], img_hw[p]) for p, b in enumerate(bags)]
-        pseudo0 = [self._bms(box, b)[0] if cfg.bms else box for box, b in zip(top0, bags)]
+    def _prm(self, feats, samples: list[Sample], hw: list[tuple[int, int]], s0: "_Stage0", train: bool,
+             rng: np.random.Generator | None, trace: dict | None):
+        """Stage 1 (PRM) over PPG's bags: its losses (with NPG's negatives), or the choices."""
+        cfg, keep, bags, img_hw = self.cfg, trace is not None, s0.bags, s0.img_hw
+        best0 = s0.score.max(dim=1).values.float().cpu()  # one device sync for the batch
+        top0 = [self._top1(b[s0.winner[p]], best0[p], img_hw[p]) for p, b in enumerate(bags)]
+        rows0 = self._rows(s0.score)
+        pseudo0 = [self._bms(box, b, rows0[p], best0[p])[0] if cfg.bms else box
+                   for p, (box, b) in enumerate(zip(top0, bags))]
         if keep:
             trace["top1_0"], trace["mined_0"] = np.array(top0), np.array(pseudo0)
-
-        # ---- stage 1: PRM over PPG's bag, NPG's negatives ----
-        bags1 = [self._ppg(b, pseudo0[p], pdg[p], winner0[p]) for p, b in enumerate(bags)] if cfg.pnpg else bags
+        bags1 = ([self._ppg(b, pseudo0[p], s0.pdg[p], s0.winner[p]) for p, b in enumerate(bags)]
+                 if cfg.pnpg else bags)
         if keep:
             trace["bags1"] = np.concatenate(bags1)
-        cls1, ins1 = self.net.box_logits(self._stage1_features(feats, samples, bags, bags1, x0, hw), 1)
-        index1, valid1 = _dense_index([len(b) for b in bags1], device)
+        cls1, ins1 = self.net.box_logits(self._stage1_features(feats, samples, bags, bags1, s0.x, hw), 1)
+        index1, valid1 = _dense_index([len(b) for b in bags1], s0.x.device)
         cls1, ins1 = _dense(cls1, index1), _dense(ins1, index1)
         if train:
-            losses["prm"] = prm_loss(cls1, ins1, valid1, labels, label_weights, cfg.prm_weight)
+            losses = dict(s0.losses)
+            losses["prm"] = prm_loss(cls1, ins1, valid1, s0.labels, s0.label_weights, cfg.prm_weight)
             if cfg.pnpg:
-                negs, p = [], 0
-                rng = rng if rng is not None else np.random.default_rng(cfg.seed)
-                for s in samples:
-                    n = len(s.boxes)
-                    winners = np.array([bags[q][winner0[q]] for q in range(p, p + n)]).reshape(-1, 4)
-                    neg = geo.npg_boxes(s.hw[1], s.hw[0], np.concatenate(s.boxes), winners, rng,
-                                        cfg.npg_num, cfg.npg_iou, cfg.npg_part_iou, cfg.npg_part_min_area)
-                    negs.append(torch.as_tensor(neg, dtype=torch.float32, device=device))
-                    p += n
-                if keep:
-                    trace["negs"] = [n.cpu().numpy() for n in negs]
-                neg_cls, _ = self.net.forward_boxes(feats, negs, hw, stage=1)
-                losses["neg"] = negative_loss(neg_cls, len(bags), label_weights, cfg.neg_weight, cfg.rule_neg_norm)
+                losses["neg"] = self._negative_loss(feats, samples, hw, s0, rng, trace)
             return losses
-        score1, clsat1 = proposal_scores(cls1, ins1, valid1, labels, cfg.prm_select)
+        score1, clsat1 = proposal_scores(cls1, ins1, valid1, s0.labels, cfg.prm_select)
         winner1 = score1.argmax(dim=1).cpu().numpy()
         if keep:
             trace["score1"] = score1.float().cpu().numpy()
         pseudo1, top1 = [], []
         best1 = score1.max(dim=1).values.float().cpu()
+        rows1 = self._rows(score1)
         for p, b in enumerate(bags1):
             box = self._top1(b[winner1[p]], best1[p], img_hw[p])
             top1.append(box)
             branch = "none"
             if cfg.bms:
-                box, branch = self._bms(box, bags[p])
+                box, branch = self._bms(box, bags[p], rows1[p], best1[p])
             pseudo1.append((box, branch))
         if keep:
             trace["top1_1"], trace["mined_1"] = np.array(top1), np.array([m for m, _ in pseudo1])
         return self._choices(samples, bags, winner1, score1, clsat1, pseudo1, cfg.rule_bms == "official",
-                             stage0=(winner0, pseudo0, bags1, img_hw))
+                             stage0=(s0.winner, pseudo0, bags1, img_hw))
+
+    def _negative_loss(self, feats, samples: list[Sample], hw: list[tuple[int, int]], s0: "_Stage0",
+                       rng: np.random.Generator | None, trace: dict | None) -> torch.Tensor:
+        """NPG's negatives of every image (random boxes away from the proposals, halves of the
+        stage-0 winners) and their stage-1 loss."""
+        cfg = self.cfg
+        negs, p = [], 0
+        rng = rng if rng is not None else np.random.default_rng(cfg.seed)
+        for s in samples:
+            n = len(s.boxes)
+            winners = np.array([s0.bags[q][s0.winner[q]] for q in range(p, p + n)]).reshape(-1, 4)
+            neg = geo.npg_boxes(s.hw[1], s.hw[0], np.concatenate(s.boxes), winners, rng,
+                                cfg.npg_num, cfg.npg_iou, cfg.npg_part_iou, cfg.npg_part_min_area)
+            negs.append(torch.as_tensor(neg, dtype=torch.float32, device=s0.x.device))
+            p += n
+        if trace is not None:
+            trace["negs"] = [n.cpu().numpy() for n in negs]
+        neg_cls, _ = self.net.forward_boxes(feats, negs, hw, stage=1)
+        return negative_loss(neg_cls, len(s0.bags), s0.label_weights, cfg.neg_weight, cfg.rule_neg_norm)
 
     def _stage1_features(self, feats, samples: list[Sample], bags: list[np.ndarray], bags1: list[np.ndarray],
                          x0: torch.Tensor, hw: list[tuple[int, int]]) -> torch.Tensor:
@@ -268,14 +302,27 @@ class SelectorStep(nn.Module):
             return official.top1_box(proposal, score, hw[1], hw[0]).numpy()
         return geo.clamp_box(proposal, hw[1], hw[0])
 
-    def _bms(self, box: np.ndarray, bag: np.ndarray) -> tuple[np.ndarray, str]:
+    def _rows(self, score: torch.Tensor) -> list:
+        """Per-bag stage scores as NumPy rows where a rule of ours reads them, else Nones."""
+        if self.cfg.rule_mining == "official" and self.cfg.rule_final == "official":
+            return [None] * len(score)
+        return list(score.float().cpu().numpy())
+
+    def _bms(self, box: np.ndarray, bag: np.ndarray, scores: np.ndarray | None = None,
+             top: float | torch.Tensor | None = None) -> tuple[np.ndarray, str]:
+        """BMS of a top-1 box among the bag's first proposals; ``scores`` (the stage's, one per
+        row of its bag, which starts with ``bag``) and the top-1's score ``top`` gate the
+        candidates under ``rule_mining: scored``."""
         cfg = self.cfg
         cands = bag[: cfg.bms_candidates]
+        minable = None
+        if cfg.rule_mining == "scored" and scores is not None:
+            minable = scores[: len(cands)] >= MINING_SHARE * float(top)
         if cfg.rule_bms == "official":
             mined, branch = official.bms(torch.as_tensor(box, dtype=torch.float32), cands, cfg.bms_expand_iou,
-                                         cfg.bms_contain_iou, cfg.bms_slack)
+                                         cfg.bms_contain_iou, cfg.bms_slack, minable)
             return mined.numpy(), branch
-        return geo.bms(box, cands, cfg.bms_expand_iou, cfg.bms_contain_iou, cfg.bms_slack)
+        return geo.bms(box, cands, cfg.bms_expand_iou, cfg.bms_contain_iou, cfg.bms_slack, minable)
 
     def _ppg(self, proposals: np.ndarray, mined: np.ndarray, pdg: np.ndarray, winner: int) -> np.ndarray:
         """PPG's bag: official rescales the proposal matching the mined box (else the last one),
@@ -285,8 +332,11 @@ class SelectorStep(nn.Module):
             return geo.ppg_boxes(proposals, proposals[j], pdg[j])
         return geo.ppg_boxes(proposals, mined, pdg[winner])
 
-    def _final(self, bag: np.ndarray, box: np.ndarray, float32: bool) -> int:
-        """The proposal of ``bag`` whose box matches ``box`` best (official: in float32)."""
+    def _final(self, bag: np.ndarray, box: np.ndarray, float32: bool, scores: np.ndarray | None = None) -> int:
+        """The proposal of ``bag`` whose box matches ``box`` best (official: in float32); under
+        ``rule_final: scored`` with ``scores`` (one per proposal), near-ties go to the best score."""
+        if self.cfg.rule_final == "scored" and scores is not None:
+            return geo.scored_final_index(bag, box, scores, FINAL_NEAR)
         return official.final_index(bag, box) if float32 else geo.final_mask_index(bag, box)
 
     def _choices(self, samples: list[Sample], bags: list[np.ndarray], winner: np.ndarray, score: torch.Tensor,
@@ -309,7 +359,7 @@ class SelectorStep(nn.Module):
                 out.append(PointChoice(ann_ids[p], w, float(clsat[p, w]), order, "none", margin, {"psm": w}))
                 continue
             box, branch = mined[p]
-            index = self._final(b, box, float32)
+            index = self._final(b, box, float32, score[p, :k])
             winner0, pseudo0, bags1, img_hw = stage0
             b1, hw = bags1[p], img_hw[p]
             leads = {w: index}
@@ -318,8 +368,8 @@ class SelectorStep(nn.Module):
                 if j not in leads:
                     other = self._top1(b1[j], torch.as_tensor(score[p, j]), hw)
                     if self.cfg.bms:
-                        other = self._bms(other, b)[0]
-                    leads[j] = self._final(b, other, float32)
+                        other = self._bms(other, b, score[p], score[p, j])[0]
+                    leads[j] = self._final(b, other, float32, score[p, :k])
                 return leads[j]
 
             margin = choice_margin(score[p, :len(b1)], leads_to, w)

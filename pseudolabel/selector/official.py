@@ -54,12 +54,14 @@ def top1_box(proposal: np.ndarray, score: float | torch.Tensor, width: float, he
 
 
 def bms(box: torch.Tensor, candidates: np.ndarray, expand_iou: float = 0.6, contain_iou: float = 0.3,
-        slack: float = 2.0) -> tuple[torch.Tensor, str]:
+        slack: float = 2.0, minable: np.ndarray | None = None) -> tuple[torch.Tensor, str]:
     """BMS as the official code computes it (float32 areas, IoUs and updates).
 
     Args:
         box: ``4`` float32 top-1 box (:func:`top1_box`).
         candidates: ``3×4`` the point prompt's proposals.
+        minable: None (official), or a bool per candidate: False ones are skipped
+            (``rule_mining: scored``).
 
     Returns:
         The mined float32 box and the last branch taken (``expand``, ``contain``, ``none``).
@@ -69,9 +71,9 @@ def bms(box: torch.Tensor, candidates: np.ndarray, expand_iou: float = 0.6, cont
     ref_area = (box[2] - box[0]) * (box[3] - box[1])
     best = torch.zeros(1)
     branch = "none"
-    for cand in cands:
+    for c, cand in enumerate(cands):
         area = (cand[2] - cand[0]) * (cand[3] - cand[1])
-        if not bool(ref_area < area):
+        if not bool(ref_area < area) or (minable is not None and not minable[c]):
             continue
         iou = iou_f32(box[None], cand[None])
         if bool(iou > expand_iou) and bool(iou > best):

@@ -47,7 +47,7 @@ class SelectConfig:
     pnpg: bool = True
     bms: bool = True
     # official code or paper, rule by rule (None: from `reference`; see reference.py)
-    reference: str = "official"            # official | paper
+    reference: str = "official"            # official | paper | sap
     rule_bms: Optional[str] = None         # official (float32 top-1 weighting) | paper
     rule_ppg_box: Optional[str] = None     # official (matching proposal, else the last) | paper (mined box)
     rule_mps: Optional[str] = None         # official (ranks of all proposals) | paper (of the others)
@@ -55,6 +55,8 @@ class SelectConfig:
     rule_bn: Optional[str] = None          # official (affine trained in layers 2-4) | frozen
     rule_pdg_point: Optional[str] = None   # official (true_bbox centre when given) | paper (the point)
     rule_neg_norm: Optional[str] = None    # points (official) | negatives (paper)
+    rule_mining: Optional[str] = None      # official (BMS mines any larger candidate) | scored (ours)
+    rule_final: Optional[str] = None       # official (best box IoU) | scored (near-ties by score, ours)
     # numbers of the method (official code; paper values in comments)
     psm_weight: float = 0.25
     prm_weight: float = 0.25
