@@ -235,7 +235,7 @@ def test_bad_input_stops_with_one_sentence(coco_dir, engine, tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         run_refine(tmp_path / "missing.json", coco_dir / "images", tmp_path / "o.json", CFG, engine=engine)
     (tmp_path / "x.json").write_text("{}")
-    with pytest.raises(InputError, match="must differ"):
+    with pytest.raises(InputError, match="an input is never overwritten"):
         run_refine(tmp_path / "x.json", coco_dir / "images", tmp_path / "x.json", CFG, engine=engine)
     with pytest.raises(InputError, match="iters"):
         RefineConfig(iters=0)
