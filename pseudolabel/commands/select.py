@@ -32,6 +32,7 @@ def select_cmd(
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate per 32 images (0.015, SAPNet's for ImageNet weights; 0.16 learned from random weights).")] = None,
     min_size: Annotated[Optional[int], typer.Option("--min-size", help="Short side of the network input (800).")] = None,
     max_size: Annotated[Optional[int], typer.Option("--max-size", help="Long side limit of the network input (1333).")] = None,
+    crops: Annotated[Optional[str], typer.Option("--crops", help="off (default: each image whole, resized) | auto (images the resize would shrink over 1.25x are cut into tiles of --min-size px around the points, P2BNet's way; docs/windows.md) | PIXELS (tiles of that side).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Data-loading processes, at most (2; fewer where the cores per process are fewer).")] = None,
     work_dir: Annotated[Optional[str], typer.Option("--work-dir", help="Checkpoint folder (default OUT.selector/).")] = None,
     resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue training from WORK_DIR/selector.pt.")] = None,
@@ -50,7 +51,8 @@ def select_cmd(
 
     cfg = resolve(SelectConfig(), load_config_file(config), method=method, epochs=epochs, backbone=backbone,
                   backbone_weights=backbone_weights, pdg=pdg, pnpg=pnpg, bms=bms, reference=reference, missing=missing,
-                  batch_size=batch_size, lr=lr, min_size=min_size, max_size=max_size, workers=workers,
+                  batch_size=batch_size, lr=lr, min_size=min_size, max_size=max_size, crops=crops,
+                  workers=workers,
                   work_dir=work_dir, resume=resume, weights=weights, device=device, seed=seed)
     summary = run_select(ann, proposals, out, cfg, images=images)
     if summary.out is not None:  # rank 0

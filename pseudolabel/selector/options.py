@@ -24,6 +24,7 @@ class SelectConfig:
     backbone_weights: Optional[str] = "imagenet"   # imagenet | none | PATH
     max_size: int = 1333                   # resize into max_size × min_size, aspect kept
     min_size: int = 800
+    crops: str = "off"                     # off | auto | PIXELS: tiles around the points (crops.py)
     # training schedule (official: 12 epochs, 32 images/batch, lr 0.015)
     epochs: int = 12
     batch_size: int = 4                    # images per process; the lr scales with the total

@@ -34,6 +34,7 @@ from pseudolabel.core.lock import output_lock
 from pseudolabel.core.points import collect_points
 from pseudolabel.core.progress import logger
 from pseudolabel.core.rle import rle_area, rle_to_bbox_xywh
+from .crops import crop_rule
 from .mil import PointChoice
 from .options import SelectConfig
 from .reference import apply_reference
@@ -118,7 +119,6 @@ def choose_sam_top1(ctx: SelectContext) -> MethodResult:
 
 def choose_learned(ctx: SelectContext) -> MethodResult:
     """``mil`` and ``sapnet``: train the selector (or load ``cfg.weights``), then choose."""
-    from .data import BagDataset
     from pseudolabel.core.device import init_distributed, pick_device
 
     from .train import CHECKPOINT_NAME, build_model, load_checkpoint, load_net_state, run_selector, train_selector
@@ -131,7 +131,6 @@ def choose_learned(ctx: SelectContext) -> MethodResult:
     info = init_distributed()
     device = pick_device(cfg.device, info.local_rank, mps=False)
     cat_index = {c: i for i, c in enumerate(ctx.categories)}
-    images = ctx.points["images"]
     stats: dict[str, Any] = {}
     if cfg.weights:
         state = load_checkpoint(cfg.weights, ctx.categories, cfg)
@@ -148,18 +147,32 @@ def choose_learned(ctx: SelectContext) -> MethodResult:
                              "none to train from random weights anyway")
         if step.net.backbone_weights == "random" and (advice := scratch_rate_advice(cfg)):
             logger.warning(advice)
-        train_set = BagDataset(images, ctx.store, ctx.images_dir, cat_index, cfg.max_size, cfg.min_size,
-                               cfg.flip, cfg.seed)
+        train_set = selector_dataset(ctx, cat_index, training=True)
         ctx.store.close()  # each data-loading worker opens its own connection
         if len(train_set) == 0:
             raise InputError("no point has a proposal: nothing to train the selector on")
         stats.update(train_selector(step, train_set, cfg, ctx.categories, device, info, ctx.work_dir))
         stats["weights"] = str(ctx.work_dir / CHECKPOINT_NAME)
     stats["backbone_weights"] = step.net.backbone_weights
-    select_set = BagDataset(images, ctx.store, ctx.images_dir, cat_index, cfg.max_size, cfg.min_size, 0.0, cfg.seed)
+    select_set = selector_dataset(ctx, cat_index, training=False)
     ctx.store.close()  # data-loading workers open their own connections; this process reopens when it writes
     choices, failed = run_selector(step, select_set, cfg, device, info)
     return MethodResult(choices, failed, stats, info.is_main)
+
+
+def selector_dataset(ctx: SelectContext, cat_index: dict[int, int], training: bool):
+    """The images and bags the selector trains on (``training``: flipped at ``cfg.flip``) or
+    selects with: whole images, or with ``--crops`` large images as tiles (:mod:`.crops`)."""
+    from .data import BagDataset, CropBagDataset
+
+    cfg = ctx.cfg
+    flip = cfg.flip if training else 0.0
+    rule = crop_rule(cfg.crops, cfg.min_size)
+    if rule.mode == "off":
+        return BagDataset(ctx.points["images"], ctx.store, ctx.images_dir, cat_index, cfg.max_size, cfg.min_size,
+                          flip, cfg.seed)
+    return CropBagDataset(ctx.points["images"], ctx.store, ctx.images_dir, cat_index, cfg.max_size, cfg.min_size,
+                          flip, cfg.seed, rule, training)
 
 
 METHODS: dict[str, Callable[[SelectContext], MethodResult]] = {
@@ -262,6 +275,7 @@ def check_select_options(cfg: SelectConfig) -> None:
         raise InputError(f"--max-size {cfg.max_size} is smaller than --min-size {cfg.min_size}: the long side "
                          f"limit must be at least the short side")
     check_range(cfg.workers, "--workers", 0, integer=True)
+    crop_rule(cfg.crops, cfg.min_size)
 
 
 def select_locked(ann: str | os.PathLike, proposals: str | os.PathLike, out: str | os.PathLike,
