@@ -1,12 +1,20 @@
-"""Huge TIFFs read window by window, never decoded whole (tifffile).
+"""Huge TIFFs and GDAL rasters read window by window, never decoded whole (tifffile, rasterio).
 
-:func:`open_large_image` decides how an image is read: a TIFF of more than
-:data:`WHOLE_PIXELS` pixels is opened as a :class:`TiledTiff` when it is tiled (BigTIFF too), and
-refused in one sentence naming the memory a whole decode needs when it is not; every other image
-is decoded once, whole, by :func:`.images.load_image_rgb`. A :class:`TiledTiff` decodes only the
-tiles a window covers (the last :data:`TILE_CACHE` decoded tiles are kept, since neighbouring
-windows overlap). Coordinates: windows ``XYXY`` in image pixels, right/bottom exclusive.
-GeoTIFFs are TIFFs: their pixels read the same way (their georeferencing is not used).
+:func:`open_large_image` decides how an image is read:
+
+* a TIFF of more than :data:`WHOLE_PIXELS` pixels: a GeoTIFF, or a TIFF that is untiled
+  (strips) or whose tiles tifffile cannot decode, is opened as a :class:`RasterioImage` when
+  rasterio is installed (``pip install rasterio``, extra ``sap[geo]``: GDAL reads only the tiles
+  or strips a window covers); any other tiled TIFF (BigTIFF too) as a :class:`TiledTiff`
+  (tifffile); an untiled one without rasterio is refused in one sentence naming the memory a
+  whole decode needs;
+* a raster only GDAL reads (:data:`GDAL_SUFFIXES`: JPEG 2000, VRT, ERDAS IMAGINE), any size:
+  through rasterio, or one sentence of install help;
+* every other image is decoded once, whole, by :func:`.images.load_image_rgb`.
+
+A :class:`TiledTiff` decodes only the tiles a window covers (the last :data:`TILE_CACHE` decoded
+tiles are kept, since neighbouring windows overlap). Coordinates: windows ``XYXY`` in image
+pixels, right/bottom exclusive. Georeferencing is not used: pixels are pixels.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from .errors import ImageError
 WHOLE_PIXELS = 2 ** 27  # larger TIFFs are read window by window (a whole RGB decode: 384 MiB)
 TILE_CACHE = 256  # decoded tiles kept (256 px RGB tiles: 48 MiB)
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
+GDAL_SUFFIXES = (".jp2", ".j2k", ".vrt", ".img")  # rasters PIL does not read: rasterio (GDAL) only
+RASTERIO_HELP = "pip install rasterio (sap's extra: pip install 'sap[geo]')"
 
 
 def _tifffile():
@@ -92,21 +102,68 @@ def _rgb_uint8(seg: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(seg[..., :3])
 
 
+def _rasterio():
+    """The rasterio module, or None when it is not installed."""
+    try:
+        import rasterio
+    except ImportError:
+        return None
+    return rasterio
+
+
+class RasterioImage:
+    """A raster read by window through rasterio (GDAL decodes only the blocks a window covers).
+
+    Bands 1-3 are RGB; a raster of 1 or 2 bands is grey (band 1). 8- and 16-bit samples.
+
+    Attributes:
+        height, width: the raster's size in pixels.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        rasterio = _rasterio()
+        if rasterio is None:
+            raise ImageError(f"reading {Path(path).name} window by window needs rasterio: {RASTERIO_HELP}")
+        self.path = Path(path)
+        try:
+            self.ds = rasterio.open(self.path)
+        except Exception as e:  # rasterio's RasterioIOError and friends
+            raise ImageError(f"image file {self.path} cannot be read by rasterio (GDAL): {e}") from None
+        self.height, self.width = int(self.ds.height), int(self.ds.width)
+        self.bands = [1, 2, 3] if self.ds.count >= 3 else [1]
+
+    def read(self, window=None) -> np.ndarray:
+        """``h×w×3`` uint8 RGB of ``window`` (an object with ``x0, y0, x1, y1``; None: all of it)."""
+        from rasterio.windows import Window as RasterWindow
+
+        x0, y0, x1, y1 = (0, 0, self.width, self.height) if window is None else \
+            (window.x0, window.y0, window.x1, window.y1)
+        bands = self.ds.read(self.bands, window=RasterWindow(x0, y0, x1 - x0, y1 - y0))  # bands×h×w
+        return _rgb_uint8(np.ascontiguousarray(bands.transpose(1, 2, 0)))
+
+    def close(self) -> None:
+        self.ds.close()
+
+
 def open_large_image(path: str | os.PathLike, expected_wh: tuple[int, int] | None = None):
-    """A :class:`TiledTiff` for a TIFF of more than :data:`WHOLE_PIXELS` pixels, else None (the
-    caller decodes the image whole).
+    """A reader with ``read(window)`` for an image read by window (module docstring), else None
+    (the caller decodes the image whole).
 
     Raises:
-        ImageError: the TIFF is not tiled and too large to decode whole (the sentence names the
-            memory it would need), or its size disagrees with ``expected_wh`` ``(width, height)``.
+        ImageError: a raster only GDAL reads without rasterio, an untiled TIFF too large to decode
+            whole without rasterio (the sentence names the memory it would need), or a size that
+            disagrees with ``expected_wh`` ``(width, height)``.
     """
     path = Path(path)
-    if path.suffix.lower() not in TIFF_SUFFIXES or not path.is_file():
+    suffix = path.suffix.lower()
+    if suffix in GDAL_SUFFIXES and path.is_file():
+        return _checked(RasterioImage(path), path, expected_wh)
+    if suffix not in TIFF_SUFFIXES or not path.is_file():
         return None
     try:
         with _tifffile().TiffFile(path) as tif:
             page = tif.pages.first
-            h, w, tiled = int(page.imagelength), int(page.imagewidth), bool(page.is_tiled)
+            h, w, tiled, geo = int(page.imagelength), int(page.imagewidth), bool(page.is_tiled), bool(page.is_geotiff)
     except ImageError:
         raise
     except Exception as e:  # tifffile's TiffFileError and friends: let PIL report the file
@@ -116,8 +173,37 @@ def open_large_image(path: str | os.PathLike, expected_wh: tuple[int, int] | Non
         return None
     if expected_wh is not None and (w, h) != tuple(expected_wh):
         raise ImageError(f"image {path.name} is {w}×{h} but the annotation file says {expected_wh[0]}×{expected_wh[1]}")
+    have_rasterio = _rasterio() is not None
+    if have_rasterio and (geo or not tiled):
+        return RasterioImage(path)
     if not tiled:
-        raise ImageError(f"image {path.name} is an untiled {w}×{h} TIFF: it cannot be read in windows and decoding it "
-                         f"whole needs {h * w * 3 / 2 ** 30:.1f} GiB; save it tiled (e.g. tifffile's tile=(256, 256) "
-                         "or gdal_translate -co TILED=YES)")
-    return TiledTiff(path)
+        raise ImageError(f"image {path.name} is an untiled {w}×{h} TIFF: it cannot be read in windows without "
+                         f"rasterio and decoding it whole needs {h * w * 3 / 2 ** 30:.1f} GiB; {RASTERIO_HELP} to "
+                         "read it strip by strip, or save it tiled (e.g. tifffile's tile=(256, 256) or "
+                         "gdal_translate -co TILED=YES)")
+    reader = TiledTiff(path)
+    try:
+        reader._tile(0)  # the first tile decodes: tifffile has the codec
+    except ImageError:
+        reader.close()
+        raise
+    except Exception as e:  # a codec tifffile lacks (e.g. JPEG tiles without imagecodecs)
+        reader.close()
+        if have_rasterio:
+            return RasterioImage(path)
+        raise ImageError(f"image {path.name}: tifffile cannot decode its tiles ({e}); {RASTERIO_HELP}, or "
+                         "pip install imagecodecs") from None
+    return reader
+
+
+def _checked(reader: RasterioImage, path: Path, expected_wh: tuple[int, int] | None) -> RasterioImage:
+    """``reader`` when its size is ``expected_wh`` ``(width, height)``.
+
+    Raises:
+        ImageError: the sizes differ (the reader is closed).
+    """
+    if expected_wh is not None and (reader.width, reader.height) != tuple(expected_wh):
+        reader.close()
+        raise ImageError(f"image {path.name} is {reader.width}×{reader.height} but the annotation file says "
+                         f"{expected_wh[0]}×{expected_wh[1]}")
+    return reader
