@@ -3,8 +3,9 @@
 Each label map (one class index per pixel, PNG mode ``L``, ``P`` or 16-bit) is paired with the
 image of the same file stem in the image folder. For every class present except the background
 and the ignore label, split-then-merge (:data:`refine.stm.STM_RULES`, rule ``stm``) turns its
-pixels into object-like regions; all regions of the image are refined together by SAMRefiner (one encoder pass); the
-refined regions are painted back, a pixel claimed by regions of several classes going to the
+pixels into object-like regions; all regions of the image are refined together by SAMRefiner (one encoder pass;
+on an image larger than the engine's frame by ``--windows``' rule, each region in the window around
+its box, as the instance path: :mod:`refine.windowed`); the refined regions are painted back, a pixel claimed by regions of several classes going to the
 region with the highest predicted IoU. Pixels no region claims become background, except
 ignore-label pixels, which stay ignore. Palette PNGs keep their palette.
 
@@ -29,8 +30,13 @@ from pseudolabel.core.images import load_image_rgb
 from pseudolabel.core.io import atomic_path, check_output_dir, write_json_atomic
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 
+from pseudolabel.core.rle import decode_rle, encode_mask
+from pseudolabel.core.tiled import open_large_image
+from pseudolabel.core.windows import WindowRule, window_pixels, window_rule
+
 from .refiner import RefineConfig, engine_for, refine_masks
 from .stm import STM_RULES
+from .windowed import WindowedImage, refine_windowed
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -106,21 +112,32 @@ def write_label_map(path: Path, labels: np.ndarray, like: Image.Image) -> None:
 
 def refine_label_map(engine, emb, labels: np.ndarray, cfg: RefineConfig, scfg: SemanticConfig
                      ) -> tuple[np.ndarray, int]:
-    """Refined ``H×W`` labels of one map and the number of regions refined."""
+    """Refined ``H×W`` labels of one map and the number of regions refined.
+
+    ``emb``: the image's embedding, or a :class:`~refine.windowed.WindowedImage` for an image
+    refined in windows (each region in the window around its box, as the instance path; the
+    regions are held as RLE meanwhile).
+    """
+    windowed = isinstance(emb, WindowedImage)
     regions, classes = [], []
     for c in np.unique(labels):
         if c in (scfg.background, scfg.ignore_label):
             continue
         for r in STM_RULES[cfg.rules.stm](labels == c, mu=scfg.stm_mu, min_size=scfg.min_region):
-            regions.append(r)
+            regions.append(encode_mask(r) if windowed else r)
             classes.append(int(c))
     out = np.full(labels.shape, scfg.background, dtype=np.int64)
     out[labels == scfg.ignore_label] = scfg.ignore_label
     if not regions:
         return out, 0
-    result = refine_masks(engine, emb, np.stack(regions), cfg)
+    if windowed:
+        rles, scores, _, _ = refine_windowed(engine, emb.encode, regions, emb.hw, emb.rule, cfg)
+        masks = (decode_rle(r).astype(bool) for r in rles)
+    else:
+        result = refine_masks(engine, emb, np.stack(regions), cfg)
+        masks, scores = result.masks, result.scores
     best = np.full(labels.shape, -np.inf)
-    for mask, c, score in zip(result.masks, classes, result.scores):
+    for mask, c, score in zip(masks, classes, scores):
         s = -1.0 if np.isnan(score) else float(score)
         claim = mask & (s > best)
         out[claim] = c
@@ -134,6 +151,30 @@ def _image_index(images_dir: Path) -> dict[str, Path]:
         if p.suffix.lower() in IMAGE_SUFFIXES and p.stem not in index:
             index[p.stem] = p
     return index
+
+
+def _embedding(engine, image_path: Path, map_path: Path, hw: tuple[int, int], rule: WindowRule):
+    """The embedding of a label map's image, or a :class:`~refine.windowed.WindowedImage` when
+    the window rule applies to its ``(H, W)`` (a huge tiled TIFF is then read by window).
+
+    Raises:
+        ImageError: unreadable, or its size is not the label map's.
+    """
+    if rule.applies(hw):
+        try:
+            pixels = open_large_image(image_path, hw[::-1])
+        except ImageError as e:
+            raise ImageError(f"label map {map_path.name}: {e}") from None
+        pixels = pixels if pixels is not None else _image_of(image_path, map_path, hw)
+        return WindowedImage(hw, rule, lambda win: engine.encode(np.ascontiguousarray(window_pixels(pixels, win))))
+    return engine.encode(_image_of(image_path, map_path, hw))
+
+
+def _image_of(image_path: Path, map_path: Path, hw: tuple[int, int]) -> np.ndarray:
+    rgb = load_image_rgb(image_path)
+    if rgb.shape[:2] != hw:
+        raise ImageError(f"label map {map_path.name} is {hw[1]}×{hw[0]} but its image is {rgb.shape[1]}×{rgb.shape[0]}")
+    return rgb
 
 
 def refine_semantic(label_dir: str | os.PathLike, images_dir: str | os.PathLike, out_dir: str | os.PathLike,
@@ -169,6 +210,7 @@ def refine_semantic(label_dir: str | os.PathLike, images_dir: str | os.PathLike,
     write_run_config(out_dir / "refine.config.yaml", "refine-semantic", cfg, semantic=scfg, sam=engine.info(),
                      inputs={"semantic": str(label_dir), "images": str(images_dir)})
     index = _image_index(images_dir)
+    rule = window_rule(cfg.windows, engine.frame, cfg.window_scale)
     summary = SemanticSummary(maps=len(maps), out=str(out_dir))
     with logging_to_tqdm():
         for path in progress(maps, desc="refine", unit="map"):
@@ -180,11 +222,8 @@ def refine_semantic(label_dir: str | os.PathLike, images_dir: str | os.PathLike,
                 labels, like = read_label_map(path, scfg)
                 if path.stem not in index:
                     raise ImageError(f"no image named {path.stem}.* in {images_dir}")
-                rgb = load_image_rgb(index[path.stem])
-                if rgb.shape[:2] != labels.shape:
-                    raise ImageError(f"label map {path.name} is {labels.shape[1]}×{labels.shape[0]} but its "
-                                     f"image is {rgb.shape[1]}×{rgb.shape[0]}")
-                refined, n = refine_label_map(engine, engine.encode(rgb), labels, cfg, scfg)
+                refined, n = refine_label_map(engine, _embedding(engine, index[path.stem], path, labels.shape, rule),
+                                              labels, cfg, scfg)
             except ImageError as e:
                 summary.failed.append((path.name, str(e)))
                 logger.warning("%s", e)

@@ -95,3 +95,35 @@ def test_refine_in_windows_on_a_large_scene_dumps_image_coordinates(tmp_path, po
         assert line["box"][0] >= box[0] - 1 and line["box"][2] <= box[2]
     out = json.loads((tmp_path / "out.json").read_text())
     assert all(a["segmentation"]["size"] == [1024, 1024] for a in out["annotations"])
+
+
+def test_semantic_refinement_of_a_large_map_runs_in_windows(tmp_path, pocket, monkeypatch):
+    from PIL import Image
+
+    from pseudolabel.pocket.scenes import make_large_scene
+    from refine.refiner import RefineConfig
+    from refine.semantic import refine_semantic
+
+    scene = make_large_scene(9, (1024, 1024), 3, diameters=(30, 50))
+    labels = np.zeros((1024, 1024), np.uint8)
+    for box, m in zip(scene.boxes, scene.masks):
+        labels[box[1]:box[3], box[0]:box[2]][m] = 1
+    for d in ("images", "maps"):
+        (tmp_path / d).mkdir()
+    Image.fromarray(scene.image).save(tmp_path / "images" / "big.png")
+    Image.fromarray(labels, mode="L").save(tmp_path / "maps" / "big.png")
+    sizes = []
+    encode = pocket.encode
+
+    def spy(image):
+        sizes.append(image.shape[:2])
+        return encode(image)
+
+    monkeypatch.setattr(pocket, "encode", spy)
+    summary = refine_semantic(tmp_path / "maps", tmp_path / "images", tmp_path / "out",
+                              RefineConfig(engine="sam_pocket", iters=1), engine=pocket)
+    assert summary.refined == 1 and summary.regions == 3
+    assert sizes and all(max(hw) < 1024 for hw in sizes)  # windows around the regions, never the image
+    out = np.asarray(Image.open(tmp_path / "out" / "big.png"))
+    inter, union = ((out == 1) & (labels == 1)).sum(), ((out == 1) | (labels == 1)).sum()
+    assert inter / union > 0.5  # the objects keep their class in the refined map
