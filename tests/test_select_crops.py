@@ -121,3 +121,15 @@ def test_select_with_crops_writes_the_caches_full_image_masks(scene):
     for a in json.loads(out.read_text())["annotations"]:
         assert a["segmentation"]["size"] == [512, 512]
         assert a["segmentation"] == bag_of[a["id"]].rles[a["sap"]["proposal_index"]]
+
+
+def test_cli_refuses_a_bad_crops_value_in_one_sentence(scene, monkeypatch, capsys):
+    from conftest import run_cli
+
+    root, _, _ = scene
+    argv = ["select", "--ann", str(root / "points.json"), "--proposals", str(root / "cache"), "--images",
+            str(root / "images"), "--out", str(root / "bad.json"), "--crops", "big"]
+    assert run_cli(argv, monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "--crops must be auto, off or a tile side in pixels" in err and "Traceback" not in err
+    assert not (root / "bad.json").exists()
