@@ -62,7 +62,7 @@ def scene(tmp_path_factory):
     from PIL import Image
 
     from pseudolabel.core.points import derive_points
-    from pseudolabel.core.rle import encode_mask
+    from pseudolabel.core.windows import paste_rle
     from pseudolabel.pocket.scenes import make_large_scene
     from pseudolabel.testing.synthetic import synthetic_bags, write_bags_cache
 
@@ -70,13 +70,9 @@ def scene(tmp_path_factory):
     big = make_large_scene(11, (512, 512), 6, diameters=(16, 32))
     (root / "images").mkdir()
     Image.fromarray(big.image).save(root / "images" / "big.png")
-    anns = []
-    for j, (box, m) in enumerate(zip(big.boxes, big.masks)):
-        full = np.zeros((512, 512), bool)
-        full[box[1]:box[3], box[0]:box[2]] = m
-        anns.append({"id": j + 1, "image_id": 1, "category_id": 1 + j % 2, "segmentation": encode_mask(full),
-                     "area": int(full.sum()), "bbox": [int(box[0]), int(box[1]), int(box[2] - box[0]),
-                                                       int(box[3] - box[1])], "iscrowd": 0})
+    anns = [{"id": j + 1, "image_id": 1, "category_id": 1 + j % 2, "segmentation": paste_rle(m, box[:2], (512, 512)),
+             "area": int(m.sum()), "bbox": [int(v) for v in (*box[:2], *(box[2:] - box[:2]))], "iscrowd": 0}
+            for j, (box, m) in enumerate(zip(big.boxes, big.masks))]
     gt = {"images": [{"id": 1, "file_name": "big.png", "width": 512, "height": 512}], "annotations": anns,
           "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
     points, _ = derive_points(gt, "center", seed=0)
