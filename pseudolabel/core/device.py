@@ -6,6 +6,7 @@ process's GPU (``cuda:$LOCAL_RANK``), then Apple's MPS where the caller allows i
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -127,3 +128,29 @@ def pick_device(device: str | None = None, local_rank: int | None = None, *, mps
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank)
     return dev
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc():
+    """glibc through ctypes (None off Linux/glibc)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's freed pages back to the system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Full-resolution masks of a large image are allocated and freed chunk after chunk; glibc keeps
+    the freed pages, so without this the resident memory of `sap proposals --windows off` grew by
+    ~100 MB per point at 4,096² (docs/windows.md).
+    """
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pseudolabel.core.device import release_freed_memory
 from pseudolabel.core.engines.base import ImageEmbedding, PromptEngine, stability_score
 from pseudolabel.core.points import PointAnn
 from pseudolabel.core.windows import Window, paste_rles
@@ -21,6 +22,7 @@ from .overlap import RleWorker
 from .prompt_kinds import CLICK_MODES, DEFAULT_CLICKS, PROMPT_KINDS, KindResult, click_prompt, mask_boxes_xyxy
 
 MASK_PIXEL_BUDGET = 2 ** 26  # full-resolution mask pixels held at once (one chunk)
+TRIM_PIXELS = 2 ** 24  # after a chunk of this many mask pixels or more, the freed heap goes back to the system
 
 
 @dataclass
@@ -101,6 +103,8 @@ def decode_chunks(engine: PromptEngine, emb: ImageEmbedding, points: list[PointA
             out.append(ChunkProposals(pts, kind_index, kind, future, full_hw, iou.cpu().numpy(),
                                       stab.cpu().numpy(), boxes_np, areas, prompt.counts))
         del earlier
+        if 3 * len(pts) * h * w >= TRIM_PIXELS:
+            release_freed_memory()
     return out
 
 
