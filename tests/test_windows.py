@@ -198,3 +198,18 @@ def test_proposals_from_a_tiled_tiff_equal_those_from_the_same_png(tmp_path, mon
     a, b = dump_cache(tmp_path / "a"), dump_cache(tmp_path / "b")
     assert a["proposals"] == b["proposals"] and a["points"] == b["points"]
 
+
+
+def test_large_full_resolution_chunks_give_their_freed_memory_back(pocket, monkeypatch):
+    from pseudolabel.core.points import PointAnn
+    from pseudolabel.proposals import decode
+
+    calls = []
+    monkeypatch.setattr(decode, "release_freed_memory", lambda: calls.append(1))
+    points = [PointAnn(1, 1, 1, 100.0, 100.0), PointAnn(2, 1, 1, 900.0, 900.0)]
+    small = pocket.encode(np.zeros((1024, 1024, 3), np.uint8))  # 2 points × 3 masks × 1024²: under 2^24 px
+    decode.image_proposals(pocket, small, points, ("point",), 2)
+    assert calls == []
+    large = pocket.encode(np.zeros((2400, 2400, 3), np.uint8))  # 6 masks of 2400²: over 2^24 px
+    rows = decode.image_proposals(pocket, large, points, ("point",), 2)
+    assert len(calls) == 1 and len(rows) == 6  # once for the one chunk of 2 points
