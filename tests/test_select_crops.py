@@ -113,6 +113,7 @@ def test_select_with_crops_writes_the_caches_full_image_masks(scene):
     cfg = replace(FAST, method="sapnet", crops="auto")
     summary = run_select(root / "points.json", root / "cache", out, cfg, images=root / "images")
     assert summary.written == 6 and summary.stats["images"] > 1  # trained on tiles, not the one image
+    assert any("s per tile per epoch" in line for line in summary.lines())
     bag_of = {b.ann_id: b for b in bags[1]}
     for a in json.loads(out.read_text())["annotations"]:
         assert a["segmentation"]["size"] == [512, 512]

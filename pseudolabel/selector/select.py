@@ -153,6 +153,8 @@ def choose_learned(ctx: SelectContext) -> MethodResult:
             raise InputError("no point has a proposal: nothing to train the selector on")
         stats.update(train_selector(step, train_set, cfg, ctx.categories, device, info, ctx.work_dir))
         stats["weights"] = str(ctx.work_dir / CHECKPOINT_NAME)
+        if crop_rule(cfg.crops, cfg.min_size).mode != "off":  # a training sample is a tile (or a small image)
+            stats["samples"] = "tiles"
     stats["backbone_weights"] = step.net.backbone_weights
     select_set = selector_dataset(ctx, cat_index, training=False)
     ctx.store.close()  # data-loading workers open their own connections; this process reopens when it writes
@@ -238,7 +240,8 @@ class SelectSummary:
             lines.append(f"  failed image {image_id}: {reason}")
         if "train_s" in self.stats:
             lines.append(f"  training: {self.stats['train_s']:.1f} s, "
-                         f"{self.stats['s_per_image_epoch']:.3f} s per image per epoch")
+                         f"{self.stats['s_per_image_epoch']:.3f} s per "
+                         f"{'tile' if self.stats.get('samples') == 'tiles' else 'image'} per epoch")
         if "weights" in self.stats:
             lines.append(f"  selector weights: {self.stats['weights']}")
         return lines
