@@ -102,3 +102,23 @@ def attach_alternatives(coco: dict[str, Any], json_path: str | os.PathLike) -> i
             ann["alternatives"] = alts
             n += 1
     return n
+
+
+class SidecarReader:
+    """A sidecar read alongside its JSON's annotations, which come in the same order: :meth:`get`
+    reads forward to the id asked for and holds only the lines it passed (none when the orders
+    agree; any order is still right)."""
+
+    def __init__(self, path: Path) -> None:
+        self._lines = iter_sidecar(path)
+        self._passed: dict[int, list[Any]] = {}
+
+    def get(self, ann_id: int) -> list[Any] | None:
+        """The alternatives of ``ann_id`` (None when the sidecar has no line for it)."""
+        if ann_id in self._passed:
+            return self._passed.pop(ann_id)
+        for i, alts in self._lines:
+            if i == ann_id:
+                return alts
+            self._passed[i] = alts
+        return None
