@@ -247,13 +247,16 @@ def main() -> None:
 
     torch.set_num_threads(1)
     print(f"bench_scale: N = {sizes}, CPU only, one thread per process, {os.cpu_count()} cores on the machine")
-    rows = []
+    rows_file = Path(args.out, "rows.json")
+    rows = json.loads(rows_file.read_text()) if rows_file.is_file() else []  # earlier runs into OUT are kept
     sapnet_sizes = set(sizes) if args.sapnet_sizes is None else {int(v) for v in args.sapnet_sizes.split(",")}
     for n in sizes:
         skip = set(STAGES) - set(args.stages.split(",")) | (set() if n in sapnet_sizes else {"select-sapnet"})
-        rows += bench_one(n, Path(args.out) / f"n{n}", args.train_iters, skip, args.synthetic_proposals)
-        Path(args.out, "rows.json").write_text(json.dumps(rows, indent=1))
-    report(rows, sizes, args.train_iters)
+        new = bench_one(n, Path(args.out) / f"n{n}", args.train_iters, skip, args.synthetic_proposals)
+        done = {(r["stage"], r["n"]) for r in new}
+        rows = [r for r in rows if (r["stage"], r["n"]) not in done] + new
+        rows_file.write_text(json.dumps(rows, indent=1))
+    report(rows, sorted({r["n"] for r in rows}), args.train_iters)
 
 
 if __name__ == "__main__":
