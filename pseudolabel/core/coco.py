@@ -42,6 +42,11 @@ def load_coco_json(path: str | os.PathLike, require_annotations: bool = True) ->
         raise InputError(f"{path} is not valid JSON ({e})") from None
     except RecursionError:
         raise InputError(f"{path} nests its lists or objects too deeply to be read as JSON") from None
+    return checked_coco(data, path, require_annotations)
+
+
+def checked_coco(data: Any, path: str | os.PathLike, require_annotations: bool = True) -> dict[str, Any]:
+    """``data`` (a parsed JSON file) checked as :func:`load_coco_json` checks what it reads."""
     check_coco_header(data, path, require_annotations)
     seen = {img["id"] for img in data["images"]}
     ann_ids: set[int] = set()
