@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -78,20 +79,22 @@ finally:
 """
 
 
-def run(argv: list[str], log: Path) -> tuple[float, int, str]:
-    """Run ``sap ARGV`` once: (wall seconds, its own peak RSS in MiB, its stdout+stderr)."""
+def run(argv: list[str], log: Path) -> tuple[float, int, str, float]:
+    """Run ``sap ARGV`` once: (wall seconds, its own peak RSS in MiB, its stdout+stderr, its CPU
+    seconds: user + system, which the other jobs of a shared machine disturb far less than wall)."""
     rss_file = log.with_suffix(".rss")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
            "BENCH_RSS": str(rss_file)}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log, "w") as f:
         done = subprocess.run([sys.executable, "-c", CHILD, *argv], env=env, stdout=f, stderr=subprocess.STDOUT,
                               cwd=REPO)
-    wall = time.perf_counter() - t0
+    wall, c1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
     text = log.read_text()
     if done.returncode not in (0, 1):
         raise SystemExit(f"sap {argv[0]} failed (see {log}):\n{text[-2000:]}")
-    return wall, int(rss_file.read_text()) // 1024, text
+    return wall, int(rss_file.read_text()) // 1024, text, cpu
 
 
 def _first(pattern: str, text: str, default: float = 0.0) -> float:
@@ -145,7 +148,7 @@ def bench_one(n: int, root: Path, train_iters: int, skip: set[str], synthetic: b
     top1, sapnet, refined = root / "top1.json", root / "sapnet.json", root / "refined.json"
     net = ["--backbone", "resnet18", "--backbone-weights", "none", "--lr", "0.16", "--min-size", "128",
            "--max-size", "160", "--workers", "0", "--device", "cpu", "--batch-size", "4"]
-    labels = top1 if "refine" in skip else refined  # what eval, export and review read
+    labels = top1 if "refine" in skip else refined  # what train, eval, export and review read
     train_cfg = root / "train.yaml"
     train_cfg.write_text("warmup_iters: 1\nmodel: {head_channels: 32, head_convs: 1, fpn_channels: 32, "
                          "mask_channels: 16, kernel_dim: 16}\n")
@@ -158,7 +161,7 @@ def bench_one(n: int, root: Path, train_iters: int, skip: set[str], synthetic: b
                            "--method", "sapnet", "--epochs", "1", *net, "--out", str(sapnet)], [sapnet]),
         "refine": (["refine", "--ann", str(top1), "--images", str(images), "--out", str(refined), *pocket,
                     "--embeddings", str(cache), "--iters", "1"], [refined]),
-        "train": (["train", "--train", str(refined), "--images", str(images), "--out", str(root / "train"),
+        "train": (["train", "--train", str(labels), "--images", str(images), "--out", str(root / "train"),
                    "--engine", "torch", "--backbone", "resnet18", "--backbone-weights", "none", "--iters",
                    str(train_iters), "--batch", "2", "--min-size", "160", "--max-size", "224",
                    "--checkpoint-period", str(train_iters), "--workers", "0", "--device", "cpu",
@@ -174,38 +177,51 @@ def bench_one(n: int, root: Path, train_iters: int, skip: set[str], synthetic: b
     rows = []
     for stage in (s for s in STAGES if s not in skip):
         argv, outputs = plan[stage]
-        wall, rss, text = run(argv, root / f"{stage}.log")
+        wall, rss, text, cpu = run(argv, root / f"{stage}.log")
         model = min(model_seconds(stage, text, n), wall)
-        rows.append({"stage": stage, "n": n, "wall_s": wall, "model_s": model, "rss_mib": rss,
+        rows.append({"stage": stage, "n": n, "wall_s": wall, "cpu_s": cpu, "model_s": model, "rss_mib": rss,
                      "out_bytes": sizes_of(outputs), "pseudo_bytes": sizes_of([top1]) if stage == "select-top1" else 0})
-        print(f"  N={n:6d} {stage:14s} {wall:8.1f} s  model {model:7.1f} s  RSS {rss:6d} MiB  "
+        print(f"  N={n:6d} {stage:14s} {wall:8.1f} s  cpu {cpu:8.1f} s  model {model:7.1f} s  RSS {rss:6d} MiB  "
               f"out {sizes_of(outputs) / 2**20:8.2f} MiB", flush=True)
     return rows
 
 
+def _other(r: dict, cpu: bool = False) -> float:
+    """A row's non-model seconds: of wall time, or of CPU time (the model's share of the CPU taken
+    as its share of the wall time)."""
+    if not cpu:
+        return r["wall_s"] - r["model_s"]
+    return r["cpu_s"] * (1 - r["model_s"] / r["wall_s"]) if r["wall_s"] else 0.0
+
+
 def report(rows: list[dict], sizes: list[int], train_iters: int) -> None:
-    print("\nstage            N   s/img   model/img  other/img  peak RSS MiB  output MiB")
+    print("\nstage            N   s/img   cpu s/img  model/img  other/img  peak RSS MiB  output MiB")
     for r in rows:
         n = r["n"]
-        print(f"{r['stage']:14s} {n:6d} {r['wall_s'] / n:7.4f}  {r['model_s'] / n:9.4f}  "
+        cpu = f"{r['cpu_s'] / n:9.4f}" if "cpu_s" in r else "        -"
+        print(f"{r['stage']:14s} {n:6d} {r['wall_s'] / n:7.4f}  {cpu}  {r['model_s'] / n:9.4f}  "
               f"{(r['wall_s'] - r['model_s']) / n:9.4f}  {r['rss_mib']:12d}  {r['out_bytes'] / 2**20:10.2f}")
     by = {(r["stage"], r["n"]): r for r in rows}
     measured = {stage: [n for n in sizes if (stage, n) in by] for stage in STAGES}
     measured = {k: v for k, v in measured.items() if len(v) > 1}
-    small, mid, big = sizes[0], sizes[-2] if len(sizes) > 1 else sizes[0], sizes[-1]
-    print(f"\nbounds: time/image at N={big} vs N={small} (<= 1.25x; train: non-model part, it runs "
-          f"{train_iters} iterations whatever N), peak RSS N={mid} -> N={big} (<= +15 %)")
+    print(f"\nbounds: time/image at the largest N vs the smallest (<= 1.25x; wall, and CPU seconds, which the "
+          f"machine's other jobs disturb far less; train: the non-model part, it runs {train_iters} iterations "
+          f"whatever N), peak RSS from the middle N to the largest (<= +15 %)")
     for stage in measured:
         ns = measured[stage]
         small, mid, big = ns[0], ns[-2] if len(ns) > 1 else ns[0], ns[-1]
         a, m, b = by[(stage, small)], by[(stage, mid)], by[(stage, big)]
-        if stage == "train":
-            ta, tb = (a["wall_s"] - a["model_s"]) / small, (b["wall_s"] - b["model_s"]) / big
-        else:
-            ta, tb = a["wall_s"] / small, b["wall_s"] / big
+        train = stage == "train"
+        ta, tb = (_other(a) if train else a["wall_s"]) / small, (_other(b) if train else b["wall_s"]) / big
+        cpu = "cpu_s" in a and "cpu_s" in b
+        ca = (_other(a, True) if train else a.get("cpu_s", 0.0)) / small
+        cb = (_other(b, True) if train else b.get("cpu_s", 0.0)) / big
         rss = b["rss_mib"] / m["rss_mib"] - 1
-        ok = ("ok" if tb <= 1.25 * ta else "TIME") + (" ok" if rss <= 0.15 else " RSS")
-        print(f"  {stage:14s} N {small}->{big}: time x{tb / ta:5.2f}  RSS {mid}->{big} {100 * rss:+6.1f} %  {ok}")
+        ok = ("ok" if tb <= 1.25 * ta else "TIME") + ((" ok" if cb <= 1.25 * ca else " CPU") if cpu else " -") + \
+            (" ok" if rss <= 0.15 else " RSS")
+        cpu_text = f"cpu x{cb / ca:5.2f}" if cpu and ca else "cpu    -  "
+        print(f"  {stage:14s} N {small}->{big}: wall x{tb / ta:5.2f}  {cpu_text}  RSS {mid}->{big} "
+              f"{100 * rss:+6.1f} % ({m['rss_mib']}->{b['rss_mib']} MiB)  {ok}")
     print("\nmarginal cost per image from the smallest N to the largest (start-up and fixed work cancel out): "
           "what projections use")
     for stage in measured:

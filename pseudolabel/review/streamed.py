@@ -65,7 +65,7 @@ class SpilledQueue:
 
     def ordered(self, order: np.ndarray) -> Iterator[dict[str, Any]]:
         """The items in ``order``, each with its ``rank`` (keys in the in-memory queue's order)."""
-        for rank, i in enumerate(order.tolist(), 1):
+        for rank, i in enumerate(order, 1):
             self._file.seek(self.offsets[i])
             it = json.loads(self._file.readline())
             href, thumb = it.pop("image_href"), it.pop("thumb", None)
@@ -100,12 +100,13 @@ def fill_queue(queue: SpilledQueue, labels: CocoStream, context: Callable[[Any],
     for img, anns in progress(labels.by_image(extra, change), desc="review", unit="img",
                               total=len(labels["images"])):
         ctx, objects = context(img["id"]), []
+        href = image_href(img["file_name"], images, out) if anns else None
         for ann in anns:
             if alternatives is not None and "alternatives" not in ann and not is_locked(ann):
                 alts = alternatives.get(ann["id"])
                 ann = {**ann, "alternatives": alts} if alts is not None else ann
             item, runner = make_item(ann, img, names, ctx, truth.get(ann["id"]) if truth else None, WEIGHTS)
-            item["image_href"] = image_href(img["file_name"], images, out)
+            item["image_href"] = href
             objects.append((item, ann, runner))
         if thumbnails and objects:
             reason = write_image_thumbnails(img, objects, images, out)
