@@ -166,7 +166,7 @@ def bench_one(n: int, root: Path, train_iters: int, skip: set[str], synthetic: b
                    str(train_iters), "--batch", "2", "--min-size", "160", "--max-size", "224",
                    "--checkpoint-period", str(train_iters), "--workers", "0", "--device", "cpu",
                    "--config", str(train_cfg)], [root / "train"]),
-        "eval": (["eval", "--gt", str(gt), "--pseudo", *sorted({str(top1), str(labels)}),
+        "eval": (["eval", "--gt", str(gt), *[a for f in sorted({str(top1), str(labels)}) for a in ("--pseudo", f)],
                   "--out", str(root / "eval.json")], [root / "eval.json"]),
         "export": (["export", "--to", "labelstudio", "--ann", str(labels), "--images", str(images),
                     "--out", str(root / "labelstudio.json")], [root / "labelstudio.json"]),
