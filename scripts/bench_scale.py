@@ -215,8 +215,8 @@ def report(rows: list[dict], sizes: list[int], train_iters: int) -> None:
         train = stage == "train"
         ta, tb = (_other(a) if train else a["wall_s"]) / small, (_other(b) if train else b["wall_s"]) / big
         cpu = "cpu_s" in a and "cpu_s" in b
-        ca = (_other(a, True) if train else a.get("cpu_s", 0.0)) / small
-        cb = (_other(b, True) if train else b.get("cpu_s", 0.0)) / big
+        ca = ((_other(a, True) if train else a["cpu_s"]) / small) if cpu else 0.0
+        cb = ((_other(b, True) if train else b["cpu_s"]) / big) if cpu else 0.0
         rss = b["rss_mib"] / m["rss_mib"] - 1
         ok = ("ok" if tb <= 1.25 * ta else "TIME") + ((" ok" if cb <= 1.25 * ca else " CPU") if cpu else " -") + \
             (" ok" if rss <= 0.15 else " RSS")
