@@ -49,7 +49,7 @@ from pseudolabel.core.coco import annotation_rle, annotations_by_image, check_ca
 from pseudolabel.core.config import sidecar_path, write_run_config
 from pseudolabel.core.errors import ImageError, InputError
 from pseudolabel.core.images import file_sha256
-from pseudolabel.core.io import atomic_path, check_output_file, disk_full_names, write_json_atomic
+from pseudolabel.core.io import atomic_path, check_output_file, disk_full_names, write_json_stream
 from pseudolabel.core.journal import append_record, read_journal
 from pseudolabel.core.lock import output_lock
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
@@ -60,6 +60,14 @@ from .inputs import BAD_MASK_REASONS, EmbeddingSource, classify_segmentation
 from .lora import apply_adapter
 from .refiner import RefineConfig, engine_for, refine_masks
 from .windowed import WindowedImage, refine_windowed
+
+@dataclass
+class Refined:
+    """What is refined so far: the images whose journal record holds (resumed or new) and their masks."""
+
+    images: set = field(default_factory=set)
+    masks: int = 0
+
 
 @dataclass
 class RefineSummary:
@@ -177,18 +185,8 @@ def refine_image(engine, emb, items: list[tuple[dict, dict]], cfg: RefineConfig,
 def _write_dump(part: Path, dump: Path, order: list) -> None:
     """Write the prompts of the images in ``order`` from the partial file to ``dump`` (JSONL),
     reading one image record at a time (the last record of an image wins)."""
-    offsets: dict[Any, int] = {}
     with open(part, "rb") as f:
-        f.readline()
-        while True:
-            pos = f.tell()
-            line = f.readline()
-            if not line:
-                break
-            try:
-                offsets[json.loads(line)["image_id"]] = pos
-            except (json.JSONDecodeError, KeyError):
-                break
+        offsets = journal_offsets(f)
         with atomic_path(dump) as tmp, open(tmp, "w", encoding="utf-8") as out:
             for img_id in order:
                 if img_id not in offsets:
@@ -196,6 +194,34 @@ def _write_dump(part: Path, dump: Path, order: list) -> None:
                 f.seek(offsets[img_id])
                 for rec in json.loads(f.readline()).get("prompts", []):
                     out.write(json.dumps(rec) + "\n")
+
+
+def journal_offsets(f) -> dict[Any, int]:
+    """Image id → where its last record starts in the open partial file ``f`` (binary)."""
+    offsets: dict[Any, int] = {}
+    f.seek(0)
+    f.readline()
+    while True:
+        pos = f.tell()
+        line = f.readline()
+        if not line:
+            break
+        try:
+            offsets[json.loads(line)["image_id"]] = pos
+        except (json.JSONDecodeError, KeyError):
+            break
+    return offsets
+
+
+def _refined_annotations(anns: list[dict], journal, offsets: dict[Any, int]):
+    """Each annotation, or its refined copy from the journal (one image's record held at a time)."""
+    image, by_id = None, {}
+    for a in anns:
+        if a.get("image_id") in offsets and a.get("image_id") != image:
+            image = a["image_id"]
+            journal.seek(offsets[image])
+            by_id = {r["id"]: r for r in json.loads(journal.readline())["annotations"]}
+        yield by_id.get(a["id"], a) if a.get("image_id") == image else a
 
 
 def run_refine(ann: str | os.PathLike, images_dir: str | os.PathLike, out: str | os.PathLike,
@@ -244,10 +270,8 @@ def _refine_locked(coco: dict, ann: Path, images_dir: Path, out: Path, cfg: Refi
     digest = _settings_digest(file_sha256(ann), cfg, engine.info())
     done = _resumable(part, digest, images, images_dir, summary, resume, dump_prompts is not None)
     out.parent.mkdir(parents=True, exist_ok=True)
-    refined: dict[Any, dict] = {}
+    refined = Refined(images=set(done), masks=sum(len(rec["annotations"]) for rec in done.values()))
     for rec in done.values():
-        for a in rec["annotations"]:
-            refined[a["id"]] = a
         summary.kept_coarse += int(rec.get("kept", 0))
     summary.resumed_images = sum(1 for i in work if i in done)
     logger.info("%s (%s) on %s; prompts %s; %d iterations", engine.name,
@@ -257,7 +281,7 @@ def _refine_locked(coco: dict, ann: Path, images_dir: Path, out: Path, cfg: Refi
                        dump_prompts is not None)
     finally:
         source.close()
-    summary.refined = len(refined)
+    summary.refined = refined.masks
     summary.from_cache, summary.encoded = source.from_cache, source.encoded
     summary.wall_s = time.perf_counter() - t0
     _write_outputs(coco, ann, images_dir, out, cfg, engine, refined, summary, part, dump_prompts, list(work))
@@ -323,7 +347,7 @@ def _resumable(part: Path, digest: str, images: dict, images_dir: Path, summary:
 
 
 def _refine_images(part: Path, digest: str, done: dict, work: dict, images: dict, images_dir: Path, engine,
-                   source: EmbeddingSource, cfg: RefineConfig, refined: dict, summary: RefineSummary,
+                   source: EmbeddingSource, cfg: RefineConfig, refined: Refined, summary: RefineSummary,
                    keep_prompts: bool) -> None:
     """Refine every image not ``done``, journaling each to ``part`` (a failed image is recorded
     and the run goes on)."""
@@ -349,24 +373,29 @@ def _refine_images(part: Path, digest: str, done: dict, work: dict, images: dict
             if lines is not None:
                 record["prompts"] = lines
             append_record(journal, record)
-            for a in new_anns:
-                refined[a["id"]] = a
+            refined.images.add(img_id)
+            refined.masks += len(new_anns)
             summary.refined_images += 1
             summary.kept_coarse += kept
-            bar.set_postfix(masks=len(refined), refresh=False)
+            bar.set_postfix(masks=refined.masks, refresh=False)
 
 
-def _write_outputs(coco: dict, ann: Path, images_dir: Path, out: Path, cfg: RefineConfig, engine, refined: dict,
+def _write_outputs(coco: dict, ann: Path, images_dir: Path, out: Path, cfg: RefineConfig, engine, refined: Refined,
                    summary: RefineSummary, part: Path, dump_prompts, order: list) -> None:
-    """The refined COCO file, the prompt dump and the configuration beside it; the partial file
-    goes unless some images failed."""
-    result = {k: v for k, v in coco.items() if k != "annotations"}
-    result["annotations"] = [refined.get(a["id"], a) for a in coco["annotations"]]
+    """The refined COCO file (its annotations streamed from the partial file, image by image),
+    the prompt dump and the configuration beside it; the partial file goes unless some images failed."""
+    head = {k: v for k, v in coco.items() if k != "annotations"}
     info = rebase(dict(coco["info"]), ann, out) if isinstance(coco.get("info"), dict) else {}
     info["sap_refine"] = {"source": str(ann), "settings": cfg.result_settings(), "sam": engine.info(),
                           "summary": summary.to_dict()}
-    result["info"] = info
-    write_json_atomic(out, result)
+    head["info"] = info
+    if "info" not in coco:  # the in-memory dict put a new info after the annotations: keep those bytes
+        head, tail = {k: v for k, v in head.items() if k != "info"}, {"info": info}
+    else:
+        tail = None
+    with open(part, "rb") as journal:
+        offsets = {i: pos for i, pos in journal_offsets(journal).items() if i in refined.images}
+        write_json_stream(out, _refined_annotations(coco["annotations"], journal, offsets), head, "annotations", tail)
     if dump_prompts is not None:
         _write_dump(part, Path(dump_prompts), order)
     write_run_config(sidecar_path(out), "refine", cfg, sam=engine.info(),

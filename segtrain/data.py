@@ -26,8 +26,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from pseudolabel.core.alternatives import attach_alternatives
-from pseudolabel.core.coco import check_categories, load_coco_json, mps_alternatives
+from pseudolabel.core.alternatives import SidecarReader, existing_sidecar
+from pseudolabel.core.coco import check_categories, is_locked, mps_alternatives
+from pseudolabel.core.coco_stream import open_coco_stream
 from pseudolabel.core.errors import ImageError, InputError
 from pseudolabel.core.images import load_image_rgb, why_not_a_file
 from pseudolabel.core.rle import RLE, decode_rles, rle_area, rle_to_bbox_xywh, segmentation_to_rle
@@ -144,10 +145,12 @@ def load_dataset(json_path: str | os.PathLike, images_dir: str | os.PathLike, *,
     json_path, images_dir = Path(json_path), Path(images_dir)
     if not images_dir.is_dir():
         raise InputError(f"image folder {images_dir} does not exist")
-    coco = load_coco_json(json_path, require_annotations=with_annotations)
-    check_categories(coco, str(json_path))  # a validation file's too
-    if with_annotations:  # the selector's alternatives, from their sidecar (sap select's files)
-        attach_alternatives(coco, json_path)
+    # streamed: the records below are what training holds, never the whole parsed file besides them
+    coco = open_coco_stream(json_path, require_annotations=with_annotations)
+    check_categories({"categories": coco["categories"], "annotations": coco.annotations()}, str(json_path))
+    # the selector's alternatives, from their sidecar (sap select's files), read alongside
+    side = existing_sidecar(coco, json_path) if with_annotations else None
+    alternatives = SidecarReader(side) if side is not None else None
     cats = categories or CategoryMap.from_coco(coco)
     index = cats.index()
     stats = DataStats()
@@ -164,7 +167,10 @@ def load_dataset(json_path: str | os.PathLike, images_dir: str | os.PathLike, *,
             raise InputError(f"{len(absent)} of {len(coco['images'])} images of {json_path.name} are missing from "
                              f"{images_dir} (first: {absent[0]}); pass --skip-missing-images to train without them")
         stats.images_missing = len(absent)
-    for ann in coco["annotations"] if with_annotations else []:
+    for ann in coco.annotations() if with_annotations else []:
+        alts = alternatives.get(ann["id"]) if alternatives is not None else None
+        if alts is not None and "alternatives" not in ann and not is_locked(ann):
+            ann["alternatives"] = alts
         rec = records.get(ann["image_id"])
         if rec is None:
             continue

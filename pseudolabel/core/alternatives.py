@@ -39,7 +39,7 @@ def write_line(f: TextIO, ann_id: int, alternatives: list[Any]) -> None:
     f.write(json.dumps({"id": int(ann_id), "alternatives": alternatives}) + "\n")
 
 
-def referenced_sidecar(coco: dict[str, Any], json_path: str | os.PathLike) -> Path | None:
+def referenced_sidecar(coco: Any, json_path: str | os.PathLike) -> Path | None:
     """The sidecar named in ``coco['info']``, resolved against ``json_path``'s folder (None: none named)."""
     info = coco.get("info")
     name = info.get(INFO_KEY) if isinstance(info, dict) else None
@@ -73,6 +73,20 @@ def iter_sidecar(path: Path) -> Iterator[tuple[int, list[Any]]]:
                 raise InputError(f"{path}: line {n} is not {{\"id\": ..., \"alternatives\": [...]}}") from None
 
 
+def existing_sidecar(coco: Any, json_path: str | os.PathLike) -> Path | None:
+    """The sidecar ``coco`` (a parsed file or a :class:`~pseudolabel.core.coco_stream.CocoStream`)
+    names, None when it names none.
+
+    Raises:
+        InputError: it names one that does not exist (the JSON was moved without it).
+    """
+    path = referenced_sidecar(coco, json_path)
+    if path is not None and not path.is_file():
+        raise InputError(f"{json_path} keeps its alternatives in {path}, which does not exist: copy it beside "
+                         f"the JSON (sap train: or --mps-weight 0 to train without the multi-mask loss)")
+    return path
+
+
 def attach_alternatives(coco: dict[str, Any], json_path: str | os.PathLike) -> int:
     """Put the sidecar's alternatives into the annotations that lack them (in place); locked
     annotations (a person's corrections, :func:`pseudolabel.core.coco.lock_annotation`) get none.
@@ -88,12 +102,9 @@ def attach_alternatives(coco: dict[str, Any], json_path: str | os.PathLike) -> i
         InputError: the file names a sidecar that does not exist (moved without it): training
             would silently lose its multi-mask targets.
     """
-    path = referenced_sidecar(coco, json_path)
+    path = existing_sidecar(coco, json_path)
     if path is None:
         return 0
-    if not path.is_file():
-        raise InputError(f"{json_path} keeps its alternatives in {path}, which does not exist: copy it beside "
-                         f"the JSON (sap train: or --mps-weight 0 to train without the multi-mask loss)")
     by_id = {a["id"]: a for a in coco["annotations"] if "alternatives" not in a and not is_locked(a)}
     n = 0
     for ann_id, alts in iter_sidecar(path):
@@ -102,3 +113,23 @@ def attach_alternatives(coco: dict[str, Any], json_path: str | os.PathLike) -> i
             ann["alternatives"] = alts
             n += 1
     return n
+
+
+class SidecarReader:
+    """A sidecar read alongside its JSON's annotations, which come in the same order: :meth:`get`
+    reads forward to the id asked for and holds only the lines it passed (none when the orders
+    agree; any order is still right)."""
+
+    def __init__(self, path: Path) -> None:
+        self._lines = iter_sidecar(path)
+        self._passed: dict[int, list[Any]] = {}
+
+    def get(self, ann_id: int) -> list[Any] | None:
+        """The alternatives of ``ann_id`` (None when the sidecar has no line for it)."""
+        if ann_id in self._passed:
+            return self._passed.pop(ann_id)
+        for i, alts in self._lines:
+            if i == ann_id:
+                return alts
+            self._passed[i] = alts
+        return None

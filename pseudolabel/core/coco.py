@@ -42,6 +42,27 @@ def load_coco_json(path: str | os.PathLike, require_annotations: bool = True) ->
         raise InputError(f"{path} is not valid JSON ({e})") from None
     except RecursionError:
         raise InputError(f"{path} nests its lists or objects too deeply to be read as JSON") from None
+    return checked_coco(data, path, require_annotations)
+
+
+def checked_coco(data: Any, path: str | os.PathLike, require_annotations: bool = True) -> dict[str, Any]:
+    """``data`` (a parsed JSON file) checked as :func:`load_coco_json` checks what it reads."""
+    check_coco_header(data, path, require_annotations)
+    seen = {img["id"] for img in data["images"]}
+    ann_ids: set[int] = set()
+    for ann in data["annotations"]:
+        check_annotation(ann, path, seen, ann_ids)
+    return data
+
+
+def check_coco_header(data: Any, path: str | os.PathLike, require_annotations: bool = True) -> None:
+    """Check everything of a parsed COCO file but its annotations (see :func:`load_coco_json`);
+    default ``annotations`` and ``categories`` to ``[]`` where absent.
+
+    Raises:
+        InputError: no ``images`` list, an image without id/file_name/size, a repeated image id,
+            a file name outside the image folder, a bad category id.
+    """
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise InputError(f"{path} is not a COCO dataset: it needs an 'images' list")
     if require_annotations and not isinstance(data.get("annotations"), list):
@@ -68,25 +89,31 @@ def load_coco_json(path: str | os.PathLike, require_annotations: bool = True) ->
         except InputError as e:
             raise InputError(f"{path}: image {img['id']} ({img['file_name']}): {e}") from None
         seen.add(img["id"])
-    ann_ids: set[int] = set()
-    for ann in data["annotations"]:
-        if not isinstance(ann, dict) or "image_id" not in ann or "id" not in ann:
-            raise InputError(f"{path}: every annotation needs an 'id' and an 'image_id'")
-        check_id(ann["id"], path, "annotation")
-        check_id(ann["image_id"], path, f"annotation {ann['id']}'s image", key="image_id")
-        if "category_id" in ann:
-            check_id(ann["category_id"], path, f"annotation {ann['id']}'s category", key="category_id")
-        if "iscrowd" in ann and not (isinstance(ann["iscrowd"], (int, bool)) and ann["iscrowd"] in (0, 1)):
-            raise InputError(f"{path}: annotation {ann['id']} has iscrowd {ann['iscrowd']!r}; it must be 0 or 1")
-        if ann["image_id"] not in seen:
-            raise InputError(f"{path}: annotation {ann['id']} names unknown image id {ann['image_id']}")
-        if ann["id"] in ann_ids:
-            raise InputError(f"{path}: annotation id {ann['id']} appears twice")
-        ann_ids.add(ann["id"])
     for cat in data["categories"]:
         if isinstance(cat, dict) and "id" in cat:
             check_id(cat["id"], path, "category")
-    return data
+
+
+def check_annotation(ann: Any, path: str | os.PathLike, image_ids: set | dict, ann_ids: set[int]) -> None:
+    """Check one annotation's structure (ids, iscrowd, a known image, an id not seen before in
+    ``ann_ids``, which it is added to).
+
+    Raises:
+        InputError: one sentence naming ``path`` and the annotation.
+    """
+    if not isinstance(ann, dict) or "image_id" not in ann or "id" not in ann:
+        raise InputError(f"{path}: every annotation needs an 'id' and an 'image_id'")
+    check_id(ann["id"], path, "annotation")
+    check_id(ann["image_id"], path, f"annotation {ann['id']}'s image", key="image_id")
+    if "category_id" in ann:
+        check_id(ann["category_id"], path, f"annotation {ann['id']}'s category", key="category_id")
+    if "iscrowd" in ann and not (isinstance(ann["iscrowd"], (int, bool)) and ann["iscrowd"] in (0, 1)):
+        raise InputError(f"{path}: annotation {ann['id']} has iscrowd {ann['iscrowd']!r}; it must be 0 or 1")
+    if ann["image_id"] not in image_ids:
+        raise InputError(f"{path}: annotation {ann['id']} names unknown image id {ann['image_id']}")
+    if ann["id"] in ann_ids:
+        raise InputError(f"{path}: annotation id {ann['id']} appears twice")
+    ann_ids.add(ann["id"])
 
 
 def check_id(value: Any, source: str | os.PathLike, what: str, key: str = "id") -> None:
@@ -127,15 +154,19 @@ def check_segmentations(coco: dict[str, Any], source: str, other_size_ok: bool =
     """
     images = {img["id"]: img for img in coco["images"]}
     for ann in coco["annotations"]:
-        seg = ann.get("segmentation")
-        if seg in (None, [], {}):
-            continue
-        img = images[ann["image_id"]]
-        size = seg.get("size") if isinstance(seg, dict) else None
-        if other_size_ok and isinstance(size, (list, tuple)) and len(size) == 2 and list(size) != [
-                img["height"], img["width"]]:
-            img = {"height": size[0], "width": size[1]}  # checked against its own size
-        annotation_rle(ann, img, source)
+        check_segmentation(ann, images[ann["image_id"]], source, other_size_ok)
+
+
+def check_segmentation(ann: dict[str, Any], img: dict[str, Any], source: str, other_size_ok: bool = False) -> None:
+    """:func:`check_segmentations` for one annotation on its image record (no mask passes)."""
+    seg = ann.get("segmentation")
+    if seg in (None, [], {}):
+        return
+    size = seg.get("size") if isinstance(seg, dict) else None
+    if other_size_ok and isinstance(size, (list, tuple)) and len(size) == 2 and list(size) != [
+            img["height"], img["width"]]:
+        img = {"height": size[0], "width": size[1]}  # checked against its own size
+    annotation_rle(ann, img, source)
 
 
 def annotations_by_image(coco: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:

@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from .errors import SapError
 
@@ -239,6 +239,28 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = No
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=indent)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+def write_json_stream(path: str | os.PathLike, items: Iterable[Any], head: dict[str, Any] | None = None,
+                      key: str | None = None, tail: dict[str, Any] | None = None) -> Path:
+    """Write, atomically and item by item, the bytes ``json.dump(list(items))`` would (or, with
+    ``key``, ``json.dump({**head, key: list(items), **tail})``) without holding the list;
+    ``items`` may be a generator (an error it raises leaves no file)."""
+    if (key is None) != (head is None) or (tail and key is None):
+        raise ValueError("head, key and tail go together")
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            if key is not None:
+                f.write(json.dumps(head)[:-1] + (", " if head else "") + json.dumps(key) + ": ")
+            f.write("[")
+            for i, item in enumerate(items):
+                f.write((", " if i else "") + json.dumps(item))
+            f.write("]")
+            if key is not None:
+                f.write((", " + json.dumps(tail)[1:]) if tail else "}")
             f.flush()
             os.fsync(f.fileno())
     return Path(path)

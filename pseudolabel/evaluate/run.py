@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from pseudolabel.core.coco import check_categories, load_coco_json
+from pseudolabel.core.coco import check_categories, checked_coco, load_coco_json
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.io import check_output_file, write_json_atomic
 
@@ -31,8 +31,8 @@ def _read_json(path: Path, what: str) -> Any:
 def load_pseudo_file(path: str | os.PathLike) -> dict | list[dict]:
     """Read pseudo-labels: a COCO dataset (structure-checked) or a JSON list of annotations."""
     data = _read_json(Path(path), "the pseudo-label file")
-    if isinstance(data, dict):
-        coco = load_coco_json(path)
+    if isinstance(data, dict):  # checked as parsed: a second parse would hold the file twice
+        coco = checked_coco(data, path)
         check_categories(coco, str(path))
         return coco
     if isinstance(data, list):

@@ -10,6 +10,7 @@ An exporter reads any COCO file of ours (pseudo-labels, refined labels, predicti
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,6 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from pseudolabel.core.coco import category_names, is_locked
+from pseudolabel.core.coco_stream import CocoStream, group_by_image
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.io import write_json_atomic
 from pseudolabel.core.rle import decode_rle, segmentation_to_rle
@@ -166,22 +168,29 @@ def object_score(ann: dict[str, Any]) -> float | None:
     return None
 
 
-def iter_objects(coco: dict[str, Any], report: ExportReport) -> Iterator[tuple[dict, list[Obj]]]:
-    """``(image, objects)`` for every image of ``coco``, objects with decodable non-empty masks.
+def iter_objects(coco: Any, report: ExportReport) -> Iterator[tuple[dict, list[Obj]]]:
+    """``(image, objects)`` for every image of ``coco`` (a parsed COCO dict, or a
+    :class:`~pseudolabel.core.coco_stream.CocoStream`, read image by image), objects with
+    decodable non-empty masks.
 
     Objects without a usable mask are recorded in ``report`` (never silently left out).
     """
     names = category_names(coco)
-    by_image: dict[Any, list[dict]] = {img["id"]: [] for img in coco["images"]}
-    for ann in coco["annotations"]:
-        if ann.get("image_id") not in by_image:
-            report.skip("no_image", ann.get("id"))
-            continue
-        by_image[ann["image_id"]].append(ann)
-    for img in coco["images"]:
+    if isinstance(coco, CocoStream):
+        groups = coco.by_image()
+    else:
+        known = {img["id"] for img in coco["images"]}
+        counts = Counter({i: 0 for i in known})
+        for ann in coco["annotations"]:
+            if ann.get("image_id") not in known:
+                report.skip("no_image", ann.get("id"))
+                continue
+            counts[ann["image_id"]] += 1
+        groups = group_by_image(coco["images"], coco["annotations"], counts)
+    for img, anns in groups:
         h, w = int(img["height"]), int(img["width"])
         objs = []
-        for ann in by_image[img["id"]]:
+        for ann in anns:
             seg = ann.get("segmentation")
             if not seg:
                 report.skip("no_mask", ann["id"])

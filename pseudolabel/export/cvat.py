@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from pseudolabel.core.errors import InputError
-from pseudolabel.core.io import write_json_atomic, write_text_atomic
+from pseudolabel.core.io import atomic_path, write_json_atomic
 from pseudolabel.core.progress import progress
 
 from .common import ExportReport, label_color, iter_objects, report_path, write_report
@@ -49,16 +49,37 @@ def labels_spec(names: list[str]) -> list[dict[str, Any]]:
     return [{"name": n, "color": label_color(i), "type": "any", "attributes": attrs} for i, n in enumerate(names)]
 
 
-def export_cvat(coco: dict[str, Any], out: str | os.PathLike) -> ExportReport:
-    """Write ``coco`` as CVAT for images 1.1 XML to ``out`` and the label spec to ``OUT.labels.json``."""
+def export_cvat(coco: Any, out: str | os.PathLike) -> ExportReport:
+    """Write ``coco`` (a COCO dict or a streamed :class:`~pseudolabel.core.coco_stream.CocoStream`)
+    as CVAT for images 1.1 XML to ``out``, image by image, and the label spec to ``OUT.labels.json``."""
     masks = _masks()
     out = Path(out)
     report = ExportReport("cvat", str(out), extra={"cvat_format": "CVAT for images 1.1 (XML), mask shapes"})
     names = [str(c.get("name", c["id"])) for c in sorted(coco["categories"], key=lambda c: int(c["id"]))]
-    root = ET.Element("annotations")
-    ET.SubElement(root, "version").text = "1.1"
-    meta = ET.SubElement(ET.SubElement(root, "meta"), "task")
-    labels = ET.SubElement(meta, "labels")
+    version, meta = ET.Element("version"), _meta(names)
+    version.text, version.tail = "1.1", "\n  "
+    ET.indent(meta, level=1)
+    images = progress(iter_objects(coco, report), desc="cvat", total=len(coco["images"]))
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write('<?xml version="1.0" encoding="utf-8"?>\n<annotations>\n  ' + ET.tostring(version, encoding="unicode"))
+        previous = meta  # each element is written once the next one's existence sets its tail
+        for index, (img, objs) in enumerate(images):
+            el = _image_element(index, img, objs, masks, report)
+            ET.indent(el, level=1)
+            previous.tail = "\n  "
+            f.write(ET.tostring(previous, encoding="unicode"))
+            previous = el
+        previous.tail = "\n"
+        f.write(ET.tostring(previous, encoding="unicode") + "</annotations>\n")
+    write_json_atomic(out.with_name(out.stem + ".labels.json"), labels_spec(names), indent=2)
+    write_report(report, report_path(out))
+    return report
+
+
+def _meta(names: list[str]) -> ET.Element:
+    """``<meta><task><labels>`` with one label per category and its attributes."""
+    meta = ET.Element("meta")
+    labels = ET.SubElement(ET.SubElement(meta, "task"), "labels")
     for spec in labels_spec(names):
         lab = ET.SubElement(labels, "label")
         ET.SubElement(lab, "name").text = spec["name"]
@@ -70,30 +91,30 @@ def export_cvat(coco: dict[str, Any], out: str | os.PathLike) -> ExportReport:
             for k in ("name", "mutable", "input_type", "default_value"):
                 ET.SubElement(at, k).text = str(a[k]).lower() if k == "mutable" else str(a[k])
             ET.SubElement(at, "values").text = ""
-    for index, (img, objs) in enumerate(progress(iter_objects(coco, report), desc="cvat", total=len(coco["images"]))):
-        el = ET.SubElement(root, "image", id=str(index), name=str(img["file_name"]),
-                           width=str(img["width"]), height=str(img["height"]))
-        for z, o in enumerate(objs):
-            enc = masks.encode_mask(o.mask)  # runs..., left, top, right, bottom (inclusive)
-            left, top, right, bottom = (int(v) for v in enc[-4:])
-            shape = ET.SubElement(el, "mask", label=o.label, source="auto", occluded="0", z_order=str(z),
-                                  rle=", ".join(str(int(v)) for v in enc[:-4]), left=str(left), top=str(top),
-                                  width=str(right - left + 1), height=str(bottom - top + 1))
-            ET.SubElement(shape, "attribute", name="sap_id").text = str(o.id)
-            ET.SubElement(shape, "attribute", name="score").text = "" if o.score is None else f"{o.score:.6f}"
-            point = o.ann.get("point")
-            if isinstance(point, (list, tuple)) and len(point) == 2:
-                pt = ET.SubElement(el, "points", label=o.label, source="auto", occluded="0", z_order=str(z),
-                                   points=f"{float(point[0]):.2f},{float(point[1]):.2f}")
-                ET.SubElement(pt, "attribute", name="sap_id").text = str(o.id)
-                ET.SubElement(pt, "attribute", name="score").text = ""
-            report.objects += 1
-        report.images += 1
-    ET.indent(root)
-    write_text_atomic(out, '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n")
-    write_json_atomic(out.with_name(out.stem + ".labels.json"), labels_spec(names), indent=2)
-    write_report(report, report_path(out))
-    return report
+    return meta
+
+
+def _image_element(index: int, img: dict, objs: list, masks, report: ExportReport) -> ET.Element:
+    """One ``<image>`` with a ``<mask>`` (and a ``<points>`` where the object has a point) per object."""
+    el = ET.Element("image", id=str(index), name=str(img["file_name"]), width=str(img["width"]),
+                    height=str(img["height"]))
+    for z, o in enumerate(objs):
+        enc = masks.encode_mask(o.mask)  # runs..., left, top, right, bottom (inclusive)
+        left, top, right, bottom = (int(v) for v in enc[-4:])
+        shape = ET.SubElement(el, "mask", label=o.label, source="auto", occluded="0", z_order=str(z),
+                              rle=", ".join(str(int(v)) for v in enc[:-4]), left=str(left), top=str(top),
+                              width=str(right - left + 1), height=str(bottom - top + 1))
+        ET.SubElement(shape, "attribute", name="sap_id").text = str(o.id)
+        ET.SubElement(shape, "attribute", name="score").text = "" if o.score is None else f"{o.score:.6f}"
+        point = o.ann.get("point")
+        if isinstance(point, (list, tuple)) and len(point) == 2:
+            pt = ET.SubElement(el, "points", label=o.label, source="auto", occluded="0", z_order=str(z),
+                               points=f"{float(point[0]):.2f},{float(point[1]):.2f}")
+            ET.SubElement(pt, "attribute", name="sap_id").text = str(o.id)
+            ET.SubElement(pt, "attribute", name="score").text = ""
+        report.objects += 1
+    report.images += 1
+    return el
 
 
 def read_cvat(path: str | os.PathLike) -> dict[str, Any]:

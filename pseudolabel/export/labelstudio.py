@@ -32,7 +32,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from pseudolabel.core.errors import InputError
-from pseudolabel.core.io import write_json_atomic, write_text_atomic
+from pseudolabel.core.io import write_json_stream, write_text_atomic
 from pseudolabel.core.progress import progress
 
 from .common import ExportReport, image_url, iter_objects, label_color, report_path, write_report
@@ -62,60 +62,75 @@ def labelling_config(names: list[str], polygons: bool, with_points: bool) -> str
     return "\n".join(out) + "\n"
 
 
-def export_labelstudio(coco: dict[str, Any], out: str | os.PathLike, images_dir: str | os.PathLike | None = None,
+def export_labelstudio(coco: Any, out: str | os.PathLike, images_dir: str | os.PathLike | None = None,
                        image_root: str | None = None, polygons: bool = False, tolerance: float = 1.0) -> ExportReport:
-    """Write Label Studio tasks for ``coco`` to ``out`` and the labelling config to ``OUT.xml``."""
+    """Write Label Studio tasks for ``coco`` (a COCO dict or a streamed
+    :class:`~pseudolabel.core.coco_stream.CocoStream`) to ``out``, task by task, and the
+    labelling config to ``OUT.xml``."""
     brush = None if polygons else _brush()
     out = Path(out)
     report = ExportReport("labelstudio", str(out), extra={"regions": "polygons" if polygons else "brush RLE"})
     names = [str(c.get("name", c["id"])) for c in sorted(coco["categories"], key=lambda c: int(c["id"]))]
-    tasks, with_points = [], False
-    for img, objs in progress(iter_objects(coco, report), desc="labelstudio", total=len(coco["images"])):
-        h, w = int(img["height"]), int(img["width"])
-        result, scores = [], []
-        for o in objs:
-            region = {"id": f"sap-{o.id}", "from_name": "label", "to_name": "image", "original_width": w,
-                      "original_height": h, "image_rotation": 0}
-            if polygons:
-                parts, dropped_parts, dropped_holes = mask_rings(o.mask, tolerance)
-                ring = single_ring(parts)
-                if ring is None:
-                    report.skip("too_small", o.id)
-                    continue
-                report.polygon(o.id, rings_iou(o.mask, [ring]), dropped_parts, dropped_holes)
-                pts = (ring / np.array([w, h]) * 100.0).round(4).tolist()
-                region.update(type="polygonlabels", value={"points": pts, "closed": True, "polygonlabels": [o.label]})
-            else:
-                rle = brush.mask2rle(o.mask.astype(np.uint8) * 255)
-                region.update(type="brushlabels", value={"format": "rle", "rle": rle, "brushlabels": [o.label]})
-            if o.score is not None:
-                region["score"] = round(o.score, 6)
-                scores.append(o.score)
-            result.append(region)
-            point = o.ann.get("point")
-            if isinstance(point, (list, tuple)) and len(point) == 2:
-                with_points = True
-                result.append({"id": f"sap-{o.id}-point", "from_name": "point", "to_name": "image", "type": "keypointlabels",
-                               "original_width": w, "original_height": h, "image_rotation": 0,
-                               "value": {"x": 100.0 * float(point[0]) / w, "y": 100.0 * float(point[1]) / h,
-                                         "width": 0.6, "keypointlabels": [o.label]}})
-            report.objects += 1
-        task = {"data": {"image": image_url(img["file_name"], images_dir, image_root), "sap_image_id": img["id"],
-                         "sap_file_name": img["file_name"]}}
-        if result:
-            pred = {"model_version": "sap", "result": result}
-            if scores:
-                pred["score"] = round(min(scores), 6)
-            task["predictions"] = [pred]
-        tasks.append(task)
-        report.images += 1
+    seen = {"points": False}
+
+    def tasks():
+        for img, objs in progress(iter_objects(coco, report), desc="labelstudio", total=len(coco["images"])):
+            result, scores = [], []
+            for o in objs:
+                regions = _regions(o, img, report, brush, polygons, tolerance)
+                if regions:
+                    result += regions
+                    seen["points"] |= len(regions) > 1
+                    if o.score is not None:
+                        scores.append(o.score)
+                    report.objects += 1
+            task = {"data": {"image": image_url(img["file_name"], images_dir, image_root), "sap_image_id": img["id"],
+                             "sap_file_name": img["file_name"]}}
+            if result:
+                pred = {"model_version": "sap", "result": result}
+                if scores:
+                    pred["score"] = round(min(scores), 6)
+                task["predictions"] = [pred]
+            report.images += 1
+            yield task
+
+    write_json_stream(out, tasks())
     report.summarise_polygons()
-    write_json_atomic(out, tasks)
     config = out.with_suffix(".xml")
-    write_text_atomic(config, labelling_config(names, polygons, with_points))
+    write_text_atomic(config, labelling_config(names, polygons, seen["points"]))
     report.extra["labelling_config"] = str(config)
     write_report(report, report_path(out))
     return report
+
+
+def _regions(o, img: dict[str, Any], report: ExportReport, brush, polygons: bool, tolerance: float) -> list[dict]:
+    """The object's mask region and, where it has a point, its keypoint region ([] when it is too
+    small for a polygon, recorded in ``report``)."""
+    h, w = int(img["height"]), int(img["width"])
+    region = {"id": f"sap-{o.id}", "from_name": "label", "to_name": "image", "original_width": w,
+              "original_height": h, "image_rotation": 0}
+    if polygons:
+        parts, dropped_parts, dropped_holes = mask_rings(o.mask, tolerance)
+        ring = single_ring(parts)
+        if ring is None:
+            report.skip("too_small", o.id)
+            return []
+        report.polygon(o.id, rings_iou(o.mask, [ring]), dropped_parts, dropped_holes)
+        pts = (ring / np.array([w, h]) * 100.0).round(4).tolist()
+        region.update(type="polygonlabels", value={"points": pts, "closed": True, "polygonlabels": [o.label]})
+    else:
+        rle = brush.mask2rle(o.mask.astype(np.uint8) * 255)
+        region.update(type="brushlabels", value={"format": "rle", "rle": rle, "brushlabels": [o.label]})
+    if o.score is not None:
+        region["score"] = round(o.score, 6)
+    out = [region]
+    point = o.ann.get("point")
+    if isinstance(point, (list, tuple)) and len(point) == 2:
+        out.append({"id": f"sap-{o.id}-point", "from_name": "point", "to_name": "image", "type": "keypointlabels",
+                    "original_width": w, "original_height": h, "image_rotation": 0,
+                    "value": {"x": 100.0 * float(point[0]) / w, "y": 100.0 * float(point[1]) / h,
+                              "width": 0.6, "keypointlabels": [o.label]}})
+    return out
 
 
 # ---- reading a Label Studio export back ---------------------------------------------------------------

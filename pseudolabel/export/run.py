@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from pseudolabel.core.coco import check_segmentations, load_coco_json
+from pseudolabel.core.coco_stream import open_coco_stream
 from pseudolabel.core.config import check_range
 from pseudolabel.core.errors import InputError
 from pseudolabel.core.io import check_output_dir, check_output_file
@@ -97,9 +98,9 @@ def run_export(fmt: str, ann: str | os.PathLike, images: str | os.PathLike | Non
         check_output_dir(out, "--out", inputs=(ann, images))
     elif fmt != "fiftyone":
         check_output_file(out, "--out", inputs=(ann, images))
-    coco = load_coco_json(ann)
-    # garbage masks are one sentence naming the file; a mask made for another size is reported
-    check_segmentations(coco, str(ann), other_size_ok=True)
+    # read image by image, never whole (FiftyOne holds its dataset anyway); garbage masks are one
+    # sentence naming the file, found before anything is written; a mask made for another size is reported
+    coco = open_coco_stream(ann, check_masks="other_size_ok")
     for path in (options.others or {}).values():
         check_segmentations(load_coco_json(path), str(path), other_size_ok=True)
     return FORMATS[fmt](coco, images, out, options)

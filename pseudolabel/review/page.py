@@ -12,7 +12,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
@@ -86,40 +86,47 @@ def write_thumbnails(labels: dict[str, Any], items: list[dict], runner: dict[Any
     Returns:
         Failed images: image id → reason (their items get no thumbnail).
     """
-    out, images_dir = Path(out), Path(images_dir)
     images = {img["id"]: img for img in labels["images"]}
     anns = {a["id"]: a for a in labels["annotations"]}
     by_image: dict[Any, list[dict]] = {}
     for it in items:
         by_image.setdefault(it["image_id"], []).append(it)
     failed: dict[Any, str] = {}
-    (out / "thumbs").mkdir(parents=True, exist_ok=True)
     for image_id in progress(list(by_image), desc="thumbnails", unit="img"):
-        img = images[image_id]
-        h, w = int(img["height"]), int(img["width"])
-        try:
-            rgb = load_image_rgb(images_dir / img["file_name"], (w, h))
-        except ImageError as e:
-            failed[image_id] = str(e)
-            logger.warning("image %s: %s", image_id, e)
-            continue
-        for it in by_image[image_id]:
-            ann = anns[it["id"]]
-            mask = None
-            if ann.get("segmentation"):
-                try:
-                    mask = decode_rle(segmentation_to_rle(ann["segmentation"], h, w)).astype(bool)
-                except Exception:  # an unreadable mask: the thumbnail shows the click only
-                    mask = None
-            ru = runner.get(it["id"])
-            thumb = draw_thumb(rgb, mask, decode_rle(ru).astype(bool) if ru is not None else None,
-                               ann.get("point"), instance_color(it["id"]), size)
-            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
-            name = thumb_name(it["id"])
-            with atomic_path(out / name) as tmp:
-                Path(tmp).write_bytes(buf.tobytes())
-            it["thumb"] = name
+        objects = [(it, anns[it["id"]], runner.get(it["id"])) for it in by_image[image_id]]
+        reason = write_image_thumbnails(images[image_id], objects, images_dir, out, size)
+        if reason is not None:
+            failed[image_id] = reason
     return failed
+
+
+def write_image_thumbnails(img: dict[str, Any], objects: list[tuple[dict, dict, dict | None]],
+                           images_dir: str | os.PathLike, out: str | os.PathLike, size: int = 192) -> str | None:
+    """The thumbnails of one image's objects ``(item, annotation, runner-up RLE or None)``, the
+    image read once; set ``item["thumb"]``. Returns why the image could not be read, else None."""
+    out, images_dir = Path(out), Path(images_dir)
+    h, w = int(img["height"]), int(img["width"])
+    try:
+        rgb = load_image_rgb(images_dir / img["file_name"], (w, h))
+    except ImageError as e:
+        logger.warning("image %s: %s", img["id"], e)
+        return str(e)
+    (out / "thumbs").mkdir(parents=True, exist_ok=True)
+    for it, ann, ru in objects:
+        mask = None
+        if ann.get("segmentation"):
+            try:
+                mask = decode_rle(segmentation_to_rle(ann["segmentation"], h, w)).astype(bool)
+            except Exception:  # an unreadable mask: the thumbnail shows the click only
+                mask = None
+        thumb = draw_thumb(rgb, mask, decode_rle(ru).astype(bool) if ru is not None else None,
+                           ann.get("point"), instance_color(it["id"]), size)
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+        name = thumb_name(it["id"])
+        with atomic_path(out / name) as tmp:
+            Path(tmp).write_bytes(buf.tobytes())
+        it["thumb"] = name
+    return None
 
 
 def image_href(file_name: str, images_dir: str | os.PathLike, out: str | os.PathLike) -> str:
@@ -133,10 +140,23 @@ def image_href(file_name: str, images_dir: str | os.PathLike, out: str | os.Path
 
 def write_page(out: str | os.PathLike, items: list[dict], title: str, page_size: int = 120) -> Path:
     """Write ``OUT/items.js`` and ``OUT/index.html`` (see :mod:`.template`)."""
-    out = Path(out)
     signals = sorted({k for it in items for k in it["signals"]})
     classes = sorted({it["category"] for it in items})
-    data = {"title": title, "items": items, "signals": signals, "classes": classes, "page_size": page_size}
-    text = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
-    write_text_atomic(out / "items.js", f"window.SAP_REVIEW = {text};\n")
+    return write_page_stream(out, iter(items), title, page_size, signals, classes)
+
+
+def write_page_stream(out: str | os.PathLike, items: Iterator[dict], title: str, page_size: int,
+                      signals: list[str], classes: list[str]) -> Path:
+    """:func:`write_page` with the items streamed, in queue order (the signal and class names
+    known beforehand): the same bytes, never the whole list in memory."""
+    out = Path(out)
+
+    def dump(obj: Any) -> str:
+        return json.dumps(obj, separators=(",", ":")).replace("</", "<\\/")
+
+    with atomic_path(out / "items.js") as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(f"window.SAP_REVIEW = {{\"title\":{dump(title)},\"items\":[")
+        for i, it in enumerate(items):
+            f.write(("," if i else "") + dump(it))
+        f.write(f"],\"signals\":{dump(signals)},\"classes\":{dump(classes)},\"page_size\":{dump(page_size)}}};\n")
     return write_text_atomic(out / "index.html", PAGE)

@@ -12,20 +12,21 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pseudolabel.core.alternatives import attach_alternatives, referenced_sidecar
-from pseudolabel.core.coco import check_segmentations, load_coco_json, with_locked
+from pseudolabel.core.alternatives import referenced_sidecar
+from pseudolabel.core.coco import check_segmentations, load_coco_json
+from pseudolabel.core.coco_stream import AnnotationIndex, CocoStream, open_coco_stream
 from pseudolabel.core.config import write_run_config
 from pseudolabel.core.errors import InputError
-from pseudolabel.core.io import check_output_dir, write_json_atomic
+from pseudolabel.core.io import check_output_dir
 
-from .page import image_href, write_page, write_thumbnails
-from .queue import build_queue, share_of_bad_in_top, write_worst
 from .runfiles import is_run_folder, run_files
 from .signals import WEIGHTS, Context
+from .streamed import SpilledQueue, fill_queue, write_queue
 
 
 @dataclass
@@ -61,8 +62,24 @@ def _load(path: Any) -> dict:
     return coco
 
 
-def _by_id(path: Any) -> dict[Any, dict] | None:
-    return {a["id"]: a for a in _load(path)["annotations"]} if path else None
+def _index(stack: ExitStack, path: Any) -> AnnotationIndex | None:
+    """The annotations of ``path`` by id, on disk (None without a path)."""
+    if not path:
+        return None
+    return stack.enter_context(AnnotationIndex(open_coco_stream(path, check_masks="other_size_ok")))
+
+
+def _corrections(labels: CocoStream, path: Any) -> tuple[dict[Any, dict], dict[Any, list[dict]]]:
+    """The corrections by annotation id, and those of new ids by image (appended to their image)."""
+    if path is None:
+        return {}, {}
+    corrected = {a["id"]: a for a in _load(path)["annotations"]}
+    known = {a["id"] for a in labels.annotations() if a["id"] in corrected}
+    extra: dict[Any, list[dict]] = {}
+    for i, a in corrected.items():
+        if i not in known:
+            extra.setdefault(a["image_id"], []).append(a)
+    return corrected, extra
 
 
 def run_review(out: str | os.PathLike, ann: str | os.PathLike | None = None, run: str | os.PathLike | None = None,
@@ -91,41 +108,39 @@ def run_review(out: str | os.PathLike, ann: str | os.PathLike | None = None, run
     if n_worst < 1 or page_size < 1:
         raise InputError("--n and --page-size must be at least 1")
     check_output_dir(out, "--out", inputs=(ann, images, sam_top1, proposals, predictions, corrections))
-    labels = _load(ann)
-    if (side := referenced_sidecar(labels, ann)) is not None and side.is_file():
-        attach_alternatives(labels, ann)  # the runner-up's mask (signals, thumbnails); without it, the cache's
-    if corrections is not None:
-        labels = with_locked(labels, _load(corrections)["annotations"])
-    bags = None
-    if proposals is not None:
-        from pseudolabel.core.bag_sources import load_bags
-
-        bags = {b.ann_id: b for bs in load_bags(proposals).values() for b in bs}
-    preds = None
+    labels = open_coco_stream(ann, check_masks="other_size_ok")
+    side = referenced_sidecar(labels, ann)
+    side = side if side is not None and side.is_file() else None  # without it, the runner-up comes from the cache
+    corrected, extra = _corrections(labels, corrections)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    preds: dict[Any, list] | None = None
     if predictions is not None:
         from pseudolabel.evaluate import load_results_file
 
         preds = {}
         for p in load_results_file(predictions):
             preds.setdefault(p["image_id"], []).append(p)
-    ctx = Context(selected=_by_id(selected), sam_top1=_by_id(sam_top1), bags=bags, predictions=preds)
-    truth = _load(gt) if gt else None
-    items, runner = build_queue(labels, ctx, truth)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for it in items:
-        it["image_href"] = image_href(it["file_name"], images, out)
-    summary = ReviewSummary(str(out), annotations=len(items), done=sum(it["done"] for it in items))
-    if thumbnails:
-        summary.failed_images = write_thumbnails(labels, items, runner, images, out)
-    for it in items:
-        for k in it["signals"]:
-            summary.signals[k] = summary.signals.get(k, 0) + 1
-    write_page(out, items, f"sap review: {Path(ann).name}", page_size)
-    write_json_atomic(out / "queue.json", {"weights": WEIGHTS, "items": items})
-    write_worst(labels, items, out / "worst.json", n_worst)
-    summary.worst = min(n_worst, len(items) - summary.done)
-    summary.measure = share_of_bad_in_top(items) if truth else None
+    with ExitStack() as stack:
+        selected_ix, top1_ix, truth = (_index(stack, p) for p in (selected, sam_top1, gt))
+        store = None
+        if proposals is not None:
+            from pseudolabel.core.bag_sources import open_bag_store
+
+            store = open_bag_store(proposals)
+            stack.callback(store.close)
+
+        def context(image_id: Any) -> Context:
+            bags = {b.ann_id: b for b in store.bags(image_id)} if store is not None else None
+            return Context(selected=selected_ix, sam_top1=top1_ix, bags=bags, predictions=preds)
+
+        queue = stack.enter_context(closing(SpilledQueue()))
+        failed = fill_queue(queue, labels, context, truth, images, out, thumbnails, side,
+                            (lambda a: corrected.get(a["id"], a)) if corrected else None, extra)
+        wrote = write_queue(queue, labels, out, f"sap review: {Path(ann).name}", page_size, n_worst, side, corrected)
+    summary = ReviewSummary(str(out), annotations=len(queue), done=wrote["done"], worst=wrote["worst"],
+                            signals=dict(queue.signals), failed_images=failed,
+                            measure=wrote["measure"] if gt else None)
     summary.wall_s = time.perf_counter() - t0
     write_run_config(out / "review.config.yaml", "review", {"n_worst": n_worst, "page_size": page_size,
                      "thumbnails": thumbnails, "weights": WEIGHTS},
