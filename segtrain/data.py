@@ -1,7 +1,9 @@
 """Training and inference data for SOLOv2: COCO JSON (RLE or polygons) → resized images + targets.
 
-* :func:`load_dataset` reads a COCO file once, checks it, and keeps per image the compressed RLE
-  of every usable instance (and its ranked ``"alternatives"``, for the MPS loss). Annotations
+* :func:`load_dataset` reads a COCO file once (streamed), checks it, and keeps per image the
+  compressed RLE of every usable instance; their ranked ``"alternatives"`` (for the MPS loss, five
+  masks per instance from `sap select`) go to a :class:`~pseudolabel.core.spill.DiskList` and are
+  read back when their image is drawn, so memory does not grow with them. Annotations
   with an empty mask or marked ``iscrowd`` are skipped and counted; images missing from disk
   are an :class:`InputError` (or skipped and counted with ``missing="skip"``).
 * :class:`TrainDataset` resizes (short side drawn from ``min_sizes``, long side at most
@@ -32,6 +34,7 @@ from pseudolabel.core.coco_stream import open_coco_stream
 from pseudolabel.core.errors import ImageError, InputError
 from pseudolabel.core.images import load_image_rgb, why_not_a_file
 from pseudolabel.core.rle import RLE, decode_rles, rle_area, rle_to_bbox_xywh, segmentation_to_rle
+from pseudolabel.core.spill import DiskList
 
 from .targets import InstanceTargets, rule_targets, stride4_masks
 
@@ -94,7 +97,21 @@ class ImageRecord:
     labels: list[int] = field(default_factory=list)
     rles: list[RLE] = field(default_factory=list)
     boxes: list[list[float]] = field(default_factory=list)  # the annotations' bbox, COCO XYWH
-    alternatives: list[list[RLE]] = field(default_factory=list)
+    alternatives: list[list[RLE]] = field(default_factory=list)  # per instance, held in memory, or
+    alt_store: DiskList | None = None  # on disk (what load_dataset does): instance i's are alt_store[alt_ids[i]]
+    alt_ids: list[int] = field(default_factory=list)  # -1: none
+
+    def alternatives_of(self, i: int) -> list[RLE]:
+        """Instance ``i``'s MPS alternatives in rank order from rank 2 (read from disk when spilled)."""
+        if self.alt_store is not None:
+            j = self.alt_ids[i]
+            return self.alt_store[j] if j >= 0 else []
+        return self.alternatives[i] if i < len(self.alternatives) else []
+
+    @property
+    def has_alternatives(self) -> bool:
+        """Whether any instance carries alternatives."""
+        return any(j >= 0 for j in self.alt_ids) if self.alt_store is not None else any(self.alternatives)
 
 
 @dataclass
@@ -154,6 +171,7 @@ def load_dataset(json_path: str | os.PathLike, images_dir: str | os.PathLike, *,
     cats = categories or CategoryMap.from_coco(coco)
     index = cats.index()
     stats = DataStats()
+    store = DiskList()  # the alternatives: many masks per instance, read again only when drawn (docs/scale.md)
     records: dict[int, ImageRecord] = {}
     absent: list[str] = []
     for im in coco["images"]:
@@ -161,7 +179,8 @@ def load_dataset(json_path: str | os.PathLike, images_dir: str | os.PathLike, *,
         if not path.is_file():
             absent.append(f"{im['file_name']}, which {why_not_a_file(path)}")
             continue
-        records[im["id"]] = ImageRecord(int(im["id"]), im["file_name"], path, int(im["width"]), int(im["height"]))
+        records[im["id"]] = ImageRecord(int(im["id"]), im["file_name"], path, int(im["width"]), int(im["height"]),
+                                        alt_store=store)
     if absent:
         if missing == "error":
             raise InputError(f"{len(absent)} of {len(coco['images'])} images of {json_path.name} are missing from "
@@ -198,7 +217,7 @@ def load_dataset(json_path: str | os.PathLike, images_dir: str | os.PathLike, *,
         rec.labels.append(index[ann["category_id"]])
         rec.rles.append(rle)
         rec.boxes.append(box)
-        rec.alternatives.append(alts)
+        rec.alt_ids.append(store.append(alts) if alts else -1)
     out = []
     for rec in records.values():
         if with_annotations and not rec.rles:
@@ -365,14 +384,14 @@ class TrainDataset(Dataset):
         alive = full.flatten(1).any(dim=1)  # a tiny instance can vanish when shrunk
         boxes = torch.from_numpy(boxes_to_input_frame(np.array(rec.boxes), (h0, w0), (h, w), flip))
         targets = rule_targets(full, torch.tensor(rec.labels, dtype=torch.long), boxes, self.rules)
-        if self.alt_cols and any(rec.alternatives):
+        if self.alt_cols and rec.has_alternatives:
             keep = alive.nonzero().flatten().tolist()
             r = len(self.alt_cols)
             h4, w4 = targets.masks.shape[-2:]
             alt = np.zeros((len(keep), r, h4, w4), dtype=np.uint8)
             valid = np.zeros((len(keep), r), dtype=bool)
             for row, i in enumerate(keep):
-                alts_i = rec.alternatives[i]
+                alts_i = rec.alternatives_of(i)
                 have = [(j, alts_i[c]) for j, c in enumerate(self.alt_cols) if c < len(alts_i)]
                 if have:
                     m = stride4_masks(torch.from_numpy(masks_to_input_frame(

@@ -62,4 +62,5 @@ def test_train_reads_the_mps_targets_from_the_sidecar(small_gt, coco_dir, tmp_pa
     records, _, stats = load_dataset(path, coco_dir / "images")
     assert stats.with_alternatives == 1
     rec = next(r for r in records if r.image_id == first["image_id"])
-    assert len(rec.alternatives[0]) == 1
+    assert len(rec.alternatives_of(0)) == 1
+    assert rec.alternatives == [] and rec.alt_store is not None  # held on disk, not in the record
