@@ -8,11 +8,13 @@ point,point_box`` (6 proposals a point), then ``sap select`` with ``sam-top1``, 
 --backbone-weights pocket``), and sapnet again with a random-weight backbone. The trained sapnet
 then selects again under each rule of ``--reference sap`` (``--weights``: same network, other
 rules). Printed per seed: mask mIoU against the truth and the share of points where each
-method takes the best of its bag's proposals, beside a random pick (the bag's mean), the oracle
+method takes the best of its bag's proposals (for the trained sapnet also the proposal each
+stage's top-1 box points at: where the signal is lost), beside a random pick (the bag's mean), the oracle
 (the bag's best) and the perfect-network ceiling of each rule set on these bags
 (:func:`bench_rules.ceiling_choices`)::
 
     nice -n 10 python scripts/bench_pocket_select.py --scenes 16 --seeds 0,1 --out /tmp/pocket_select
+    nice -n 10 python scripts/bench_pocket_select.py --skip mil    # a method left out (reruns reuse outputs)
 """
 
 from __future__ import annotations
