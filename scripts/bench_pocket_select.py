@@ -8,11 +8,13 @@ point,point_box`` (6 proposals a point), then ``sap select`` with ``sam-top1``, 
 --backbone-weights pocket``), and sapnet again with a random-weight backbone. The trained sapnet
 then selects again under each rule of ``--reference sap`` (``--weights``: same network, other
 rules). Printed per seed: mask mIoU against the truth and the share of points where each
-method takes the best of its bag's proposals, beside a random pick (the bag's mean), the oracle
+method takes the best of its bag's proposals (for the trained sapnet also the proposal each
+stage's top-1 box points at: where the signal is lost), beside a random pick (the bag's mean), the oracle
 (the bag's best) and the perfect-network ceiling of each rule set on these bags
 (:func:`bench_rules.ceiling_choices`)::
 
     nice -n 10 python scripts/bench_pocket_select.py --scenes 16 --seeds 0,1 --out /tmp/pocket_select
+    nice -n 10 python scripts/bench_pocket_select.py --skip mil    # a method left out (reruns reuse outputs)
 """
 
 from __future__ import annotations
@@ -74,23 +76,34 @@ def bag_ious(gt: dict, picks: list[dict]) -> dict[int, tuple[np.ndarray, list]]:
     return out
 
 
-def select_runs(work: Path, images: Path, log: Path, rules: dict[str, dict]) -> dict[str, Path]:
-    """Every `sap select` of the benchmark; returns method name → output file."""
+def select_runs(work: Path, images: Path, log: Path, rules: dict[str, dict], skip: set[str]) -> dict[str, Path]:
+    """Every `sap select` of the benchmark but the methods in ``skip`` (the trained sapnet's rule
+    runs right after it); returns method name → output file."""
     ann, cache = str(work / "points.json"), str(work / "cache")
     common = ["--ann", ann, "--proposals", cache, "--images", str(images), "--device", "cpu"]
     train = [x for k, v in TRAIN.items() for x in (f"--{k}", str(v))]
     pocket = ["--backbone", "resnet18_half", "--backbone-weights", "pocket"]
     outs = {"sam-top1": work / "sam-top1.json"}
-    runs = {"sam-top1": ["--method", "sam-top1"], "mil": ["--method", "mil", *train, *pocket],
-            "sapnet": ["--method", "sapnet", *train, *pocket],
+    runs = {"sam-top1": ["--method", "sam-top1"], "sapnet": ["--method", "sapnet", *train, *pocket],
             "sapnet, random backbone": ["--method", "sapnet", *train[:-4], "--lr", str(SCRATCH_LR), "--workers", "0",
-                                        "--backbone", "resnet18_half", "--backbone-weights", "none"]}
+                                        "--backbone", "resnet18_half", "--backbone-weights", "none"],
+            "mil": ["--method", "mil", *train, *pocket]}
     for name, args in runs.items():
+        if name in skip:
+            continue
         out = outs.setdefault(name, work / f"{name.replace(', ', '_').replace(' ', '-')}.json")
         if not out.is_file():
             t = time.perf_counter()
             sap("select", *common, "--out", str(out), *args, log=log)
             print(f"  {name}: {time.perf_counter() - t:.0f} s", flush=True)
+        if name == "sapnet":
+            rule_runs(work, common, pocket, rules, outs, log)
+    return outs
+
+
+def rule_runs(work: Path, common: list[str], pocket: list[str], rules: dict[str, dict], outs: dict[str, Path],
+              log: Path) -> None:
+    """The trained sapnet (``sapnet.selector/selector.pt``) selecting again under each rule set."""
     weights = work / "sapnet.selector" / "selector.pt"
     for name, flags in rules.items():
         if name == "official":
@@ -102,7 +115,13 @@ def select_runs(work: Path, images: Path, log: Path, rules: dict[str, dict]) -> 
             sap("select", *common, "--out", str(out), "--method", "sapnet", *pocket, "--weights", str(weights),
                 "--config", str(cfg), "--min-size", str(TRAIN["min-size"]), "--max-size", str(TRAIN["max-size"]),
                 "--workers", "0", log=log)
-    return outs
+
+
+def _row(ious: dict[int, np.ndarray], picks: dict[int, int]) -> dict:
+    """Mask mIoU of ``picks`` (annotation id → proposal index) and the share that are the bag's best."""
+    got = np.array([ious[a][k] for a, k in picks.items()])
+    best = np.array([ious[a][k] >= ious[a].max() - 1e-9 for a, k in picks.items()])
+    return {"miou": float(got.mean()), "best": float(best.mean()), "n": len(got)}
 
 
 def figures(gt: dict, outs: dict[str, Path]) -> dict[str, dict]:
@@ -113,10 +132,11 @@ def figures(gt: dict, outs: dict[str, Path]) -> dict[str, dict]:
     ious = {k: v[0] for k, v in bag_ious(gt, base).items()}
     rows = {}
     for name, path in outs.items():
-        picks = {a["id"]: a["sap"]["proposal_index"] for a in json.loads(path.read_text())["annotations"]}
-        got = np.array([ious[a][k] for a, k in picks.items()])
-        best = np.array([ious[a][k] >= ious[a].max() - 1e-9 for a, k in picks.items()])
-        rows[name] = {"miou": float(got.mean()), "best": float(best.mean()), "n": len(got)}
+        anns = json.loads(path.read_text())["annotations"]
+        rows[name] = _row(ious, {a["id"]: a["sap"]["proposal_index"] for a in anns})
+        if name == "sapnet":  # where the trained selector's signal goes, stage by stage
+            for stage in anns[0]["sap"].get("stages", {}):
+                rows[f"sapnet, stage {stage}"] = _row(ious, {a["id"]: a["sap"]["stages"][stage] for a in anns})
     allv = [v for v in ious.values()]
     rows["random pick"] = {"miou": float(np.mean([v.mean() for v in allv])),
                            "best": float(np.mean([(v >= v.max() - 1e-9).mean() for v in allv])), "n": len(allv)}
@@ -130,10 +150,7 @@ def figures(gt: dict, outs: dict[str, Path]) -> dict[str, dict]:
     for name, flags in rule_sets().items():
         for score in (0.1, 0.9):
             picks = ceiling_choices(gt, bags, replace(SelectConfig(method="sapnet"), **flags), score)
-            got = np.array([ious[a][k] for a, k in picks.items()])
-            rows[f"perfect network, {name}, score {score}"] = {
-                "miou": float(got.mean()), "best": float(np.mean([ious[a][k] >= ious[a].max() - 1e-9
-                                                                   for a, k in picks.items()])), "n": len(got)}
+            rows[f"perfect network, {name}, score {score}"] = _row(ious, picks)
     return rows
 
 
@@ -143,6 +160,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--out", type=Path, default=Path("/tmp/pocket_select"))
     ap.add_argument("--prepare-only", action="store_true", help="stop after the proposals")
+    ap.add_argument("--skip", action="append", default=[], help="leave a method out (e.g. mil)")
     args = ap.parse_args()
     results = {}
     for seed in map(int, args.seeds.split(",")):
@@ -162,7 +180,7 @@ def main() -> None:
         if args.prepare_only:
             continue
         gt = json.loads(gt_path.read_text())
-        rows = figures(gt, select_runs(work, images, log, rule_sets()))
+        rows = figures(gt, select_runs(work, images, log, rule_sets(), set(args.skip)))
         results[seed] = rows
         n = rows["sam-top1"]["n"]
         print(f"\nseed {seed}: {n} points; mask mIoU of the pick and share of points where it is the bag's best")

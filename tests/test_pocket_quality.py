@@ -7,8 +7,8 @@ with room for the platform's float differences only. Refinement is tested where 
 can help: on `sap corrupt --severity 2` masks (mIoU 0.57), which it raises; on severity-1 masks
 (0.81, better than its own one-click masks) it lowers them, as docs/pocket.md reports. `sap pipeline`
 with it trains a SOLOv2 that finds the held-out scenes' objects (mask AP50), where the same run on
-random SAM weights finds none. Selection gets no quality test yet: SAPNet does not beat sam-top1
-on the pocket SAM's proposals (docs/pocket.md).
+random SAM weights finds none. Selection is tested in test_select_pocket_quality.py: SAPNet does not
+beat sam-top1 on the pocket SAM's proposals (docs/selector.md).
 """
 
 from __future__ import annotations

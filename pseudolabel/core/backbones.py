@@ -27,7 +27,7 @@ RANDOM_SPECS = ("none", "random", "")
 #: bundled weights: ``--backbone-weights`` name → (ResNet name, file in the weights folder, sha256)
 BUNDLED: dict[str, tuple[str, str, str]] = {
     "pocket": ("resnet18_half", "resnet18_half_pocket.pth",
-               "2e8dde14b9af38432c7fc95a14bd91418545c31b3c02b061b489639ecbb7f86c"),
+               "33f64bbe9336f42194fcbff4c656b407ce02e224ccf170d5b381b02f731403bc"),
 }
 
 

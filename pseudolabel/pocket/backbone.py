@@ -51,7 +51,7 @@ class BackboneConfig:
     label_smoothing: float = 0.1
     held_out: str = "test"  # the scenes of the held-out accuracy
     # AdamW, linear warm-up then cosine to ``min_lr_ratio``
-    steps: int = 200
+    steps: int = 2500  # the committed weights' (docs/selector.md, "The pocket backbone")
     warmup: int = 20
     lr: float = 2e-3
     min_lr_ratio: float = 0.05
