@@ -191,33 +191,8 @@ def load_dataset(json_path: str | os.PathLike, images_dir: str | os.PathLike, *,
         if alts is not None and "alternatives" not in ann and not is_locked(ann):
             ann["alternatives"] = alts
         rec = records.get(ann["image_id"])
-        if rec is None:
-            continue
-        if ann.get("iscrowd", 0):
-            stats.crowd += 1
-            continue
-        if not ann.get("segmentation"):
-            stats.without_mask += 1
-            continue
-        try:
-            rle = segmentation_to_rle(ann["segmentation"], rec.height, rec.width)
-            if rle_area(rle) == 0:
-                stats.empty_masks += 1
-                continue
-            if ann["category_id"] not in index:
-                raise InputError(f"category {ann['category_id']} is unknown to the trained model")
-            alts = [segmentation_to_rle(a, rec.height, rec.width) for a in mps_alternatives(ann)]
-        except InputError as e:
-            raise InputError(f"{json_path}: annotation {ann.get('id')} of image {ann['image_id']}: {e}") from None
-        stats.with_alternatives += bool(alts)
-        box = annotation_box(ann)
-        if box is None:
-            stats.without_bbox += 1
-            box = rle_to_bbox_xywh(rle)
-        rec.labels.append(index[ann["category_id"]])
-        rec.rles.append(rle)
-        rec.boxes.append(box)
-        rec.alt_ids.append(store.append(alts) if alts else -1)
+        if rec is not None:
+            _add_instance(rec, ann, index, store, stats, json_path)
     out = []
     for rec in records.values():
         if with_annotations and not rec.rles:
@@ -233,6 +208,36 @@ def load_dataset(json_path: str | os.PathLike, images_dir: str | os.PathLike, *,
         what = "image with a usable instance mask" if with_annotations else "image"
         raise InputError(f"{json_path.name} has no {what} in {images_dir}")
     return out, cats, stats
+
+
+def _add_instance(rec: ImageRecord, ann: dict[str, Any], index: dict[int, int], store: DiskList,
+                  stats: DataStats, json_path: Path) -> None:
+    """Append ``ann`` to ``rec`` (its alternatives to ``store``), or count why it is skipped."""
+    if ann.get("iscrowd", 0):
+        stats.crowd += 1
+        return
+    if not ann.get("segmentation"):
+        stats.without_mask += 1
+        return
+    try:
+        rle = segmentation_to_rle(ann["segmentation"], rec.height, rec.width)
+        if rle_area(rle) == 0:
+            stats.empty_masks += 1
+            return
+        if ann["category_id"] not in index:
+            raise InputError(f"category {ann['category_id']} is unknown to the trained model")
+        alts = [segmentation_to_rle(a, rec.height, rec.width) for a in mps_alternatives(ann)]
+    except InputError as e:
+        raise InputError(f"{json_path}: annotation {ann.get('id')} of image {ann['image_id']}: {e}") from None
+    stats.with_alternatives += bool(alts)
+    box = annotation_box(ann)
+    if box is None:
+        stats.without_bbox += 1
+        box = rle_to_bbox_xywh(rle)
+    rec.labels.append(index[ann["category_id"]])
+    rec.rles.append(rle)
+    rec.boxes.append(box)
+    rec.alt_ids.append(store.append(alts) if alts else -1)
 
 
 def annotation_box(ann: dict[str, Any]) -> list[float] | None:
