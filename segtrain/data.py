@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from pseudolabel.core.alternatives import SidecarReader, existing_sidecar
-from pseudolabel.core.coco import check_categories, is_locked, mps_alternatives
+from pseudolabel.core.coco import check_categories, mps_alternatives
 from pseudolabel.core.coco_stream import open_coco_stream
 from pseudolabel.core.errors import ImageError, InputError
 from pseudolabel.core.images import load_image_rgb, why_not_a_file
@@ -187,9 +187,8 @@ def load_dataset(json_path: str | os.PathLike, images_dir: str | os.PathLike, *,
                              f"{images_dir} (first: {absent[0]}); pass --skip-missing-images to train without them")
         stats.images_missing = len(absent)
     for ann in coco.annotations() if with_annotations else []:
-        alts = alternatives.get(ann["id"]) if alternatives is not None else None
-        if alts is not None and "alternatives" not in ann and not is_locked(ann):
-            ann["alternatives"] = alts
+        if alternatives is not None:
+            ann = alternatives.attach(ann)
         rec = records.get(ann["image_id"])
         if rec is not None:
             _add_instance(rec, ann, index, store, stats, json_path)

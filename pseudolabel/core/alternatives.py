@@ -87,6 +87,12 @@ def existing_sidecar(coco: Any, json_path: str | os.PathLike) -> Path | None:
     return path
 
 
+def lacks_alternatives(ann: dict[str, Any]) -> bool:
+    """Whether the sidecar's alternatives belong in ``ann``: it carries none inline and is not
+    locked (a person's correction, :func:`pseudolabel.core.coco.lock_annotation`, gets none)."""
+    return "alternatives" not in ann and not is_locked(ann)
+
+
 def attach_alternatives(coco: dict[str, Any], json_path: str | os.PathLike) -> int:
     """Put the sidecar's alternatives into the annotations that lack them (in place); locked
     annotations (a person's corrections, :func:`pseudolabel.core.coco.lock_annotation`) get none.
@@ -105,7 +111,7 @@ def attach_alternatives(coco: dict[str, Any], json_path: str | os.PathLike) -> i
     path = existing_sidecar(coco, json_path)
     if path is None:
         return 0
-    by_id = {a["id"]: a for a in coco["annotations"] if "alternatives" not in a and not is_locked(a)}
+    by_id = {a["id"]: a for a in coco["annotations"] if lacks_alternatives(a)}
     n = 0
     for ann_id, alts in iter_sidecar(path):
         ann = by_id.get(ann_id)
@@ -133,3 +139,9 @@ class SidecarReader:
                 return alts
             self._passed[i] = alts
         return None
+
+    def attach(self, ann: dict[str, Any]) -> dict[str, Any]:
+        """``ann`` with its alternatives from the sidecar when it :func:`lacks_alternatives` (a copy;
+        ``ann`` itself otherwise). Its line is consumed either way."""
+        alts = self.get(ann["id"])
+        return {**ann, "alternatives": alts} if alts is not None and lacks_alternatives(ann) else ann

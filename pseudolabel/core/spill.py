@@ -19,7 +19,8 @@ from array import array
 from typing import Any
 
 
-def _remove(path: str, owner: int) -> None:
+def _remove(path: str, owner: int, writer: Any) -> None:
+    writer.close()
     if os.getpid() == owner:  # never a worker that inherited the object
         try:
             os.unlink(path)
@@ -36,15 +37,15 @@ class DiskList:
         os.close(fd)
         self._offsets, self._lengths = array("q"), array("q")
         self._end = 0
+        self._writer = open(self.path, "ab", buffering=0)  # unbuffered: a forked reader inherits nothing unwritten
         self._fd: int | None = None
         self._pid = -1
-        self._finalizer = weakref.finalize(self, _remove, self.path, os.getpid())
+        self._finalizer = weakref.finalize(self, _remove, self.path, os.getpid(), self._writer)
 
     def append(self, item: Any) -> int:
         """Store ``item``; returns its index."""
         data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
-        with open(self.path, "ab") as f:
-            f.write(data)
+        self._writer.write(data)
         self._offsets.append(self._end)
         self._lengths.append(len(data))
         self._end += len(data)
@@ -60,7 +61,7 @@ class DiskList:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_fd=None, _pid=-1, _finalizer=None)  # the receiving process opens its own
+        state.update(_writer=None, _fd=None, _pid=-1, _finalizer=None)  # the receiving process opens its own
         return state
 
     @property

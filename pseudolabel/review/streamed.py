@@ -3,18 +3,16 @@
 `sap review` walks the labels image by image (:meth:`~pseudolabel.core.coco_stream.CocoStream.by_image`):
 each annotation gets its signals (its image's proposal bags read from the cache, the other
 files' annotations looked up by id in on-disk indexes), its thumbnail (the image read once) and
-its item (:func:`.queue.make_item`), which goes to a temporary JSON-lines file at once. In memory
-per item: done, evidence, id, its offset in that file and its IoU against the truth (five
-numbers in arrays, ~40 bytes). The page, ``queue.json`` and ``worst.json`` are then written in
+its item (:func:`.queue.make_item`), which goes to a temporary file at once
+(:class:`~pseudolabel.core.spill.DiskList`). In memory per item: done, evidence, id, its IoU
+against the truth and its place in that file (six numbers in arrays, ~48 bytes). The page, ``queue.json`` and ``worst.json`` are then written in
 queue order from the file, with the same bytes as the in-memory queue
 (:func:`.queue.build_queue`) would give.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from array import array
 from collections import Counter
 from itertools import islice
@@ -23,11 +21,12 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from pseudolabel.core.alternatives import SidecarReader, iter_sidecar
-from pseudolabel.core.coco import category_names, is_locked
+from pseudolabel.core.alternatives import SidecarReader, iter_sidecar, lacks_alternatives
+from pseudolabel.core.coco import category_names
 from pseudolabel.core.coco_stream import CocoStream
 from pseudolabel.core.io import write_json_stream
 from pseudolabel.core.progress import progress
+from pseudolabel.core.spill import DiskList
 
 from .page import image_href, write_image_thumbnails, write_page_stream
 from .queue import make_item, share_of_bad, write_chosen
@@ -38,15 +37,13 @@ class SpilledQueue:
     """Queue items on disk, their sort keys in memory (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._file = tempfile.TemporaryFile(prefix="sap-review.", suffix=".jsonl")
-        self.done, self.evidence, self.gt_iou = array("b"), array("d"), array("d")
-        self.ids, self.offsets = array("q"), array("q")
+        self._items = DiskList()
+        self.done, self.evidence, self.gt_iou, self.ids = array("b"), array("d"), array("d"), array("q")
         self.signals: Counter = Counter()
         self.classes: set[str] = set()
 
     def add(self, item: dict[str, Any]) -> None:
-        self.offsets.append(self._file.tell())
-        self._file.write(json.dumps(item).encode("utf-8") + b"\n")
+        self._items.append(item)
         self.done.append(bool(item["done"]))
         self.evidence.append(float(item["evidence"]))
         self.gt_iou.append(float(item.get("gt_iou", np.nan)))
@@ -66,8 +63,7 @@ class SpilledQueue:
     def ordered(self, order: np.ndarray) -> Iterator[dict[str, Any]]:
         """The items in ``order``, each with its ``rank`` (keys in the in-memory queue's order)."""
         for rank, i in enumerate(order, 1):
-            self._file.seek(self.offsets[i])
-            it = json.loads(self._file.readline())
+            it = dict(self._items[i])
             href, thumb = it.pop("image_href"), it.pop("thumb", None)
             it["rank"] = rank
             it["image_href"] = href
@@ -76,7 +72,7 @@ class SpilledQueue:
             yield it
 
     def close(self) -> None:
-        self._file.close()
+        del self._items  # its file goes with it
 
 
 def fill_queue(queue: SpilledQueue, labels: CocoStream, context: Callable[[Any], Context],
@@ -102,9 +98,8 @@ def fill_queue(queue: SpilledQueue, labels: CocoStream, context: Callable[[Any],
         ctx, objects = context(img["id"]), []
         href = image_href(img["file_name"], images, out) if anns else None
         for ann in anns:
-            if alternatives is not None and "alternatives" not in ann and not is_locked(ann):
-                alts = alternatives.get(ann["id"])
-                ann = {**ann, "alternatives": alts} if alts is not None else ann
+            if alternatives is not None:
+                ann = alternatives.attach(ann)
             item, runner = make_item(ann, img, names, ctx, truth.get(ann["id"]) if truth else None, WEIGHTS)
             item["image_href"] = href
             objects.append((item, ann, runner))
@@ -135,7 +130,7 @@ def write_queue(queue: SpilledQueue, labels: CocoStream, out: Path, title: str, 
     by_id.update({i: a for i, a in corrected.items() if i in ids})
     for i, alts in iter_sidecar(sidecar) if sidecar is not None else ():
         a = by_id.get(i)
-        if a is not None and "alternatives" not in a and not is_locked(a):
+        if a is not None and lacks_alternatives(a):
             a["alternatives"] = alts
     write_chosen(labels.header, chosen, by_id, out / "worst.json")
     gt = np.frombuffer(queue.gt_iou, dtype=np.float64)[todo]
