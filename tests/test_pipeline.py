@@ -178,10 +178,11 @@ def test_the_full_demo_configuration_names_real_options(tmp_path):
     """`sap demo` without --quick: its settings resolve in every stage (the run itself is the
     quick one below, through the same code)."""
     from pseudolabel.core.config import resolve
-    from pseudolabel.pipeline.demo import demo_config
+    from pseudolabel.pipeline.demo import DEMO_IMAGES, demo_config
     from pseudolabel.proposals.run import ProposalConfig
     from pseudolabel.selector.options import SelectConfig
     from pseudolabel.selector.select import check_select_options
+    from pseudolabel.selector.train import warmup_advice
     from refine.refiner import RefineConfig
     from segtrain import TrainConfig
     from segtrain.config import check_config
@@ -192,7 +193,9 @@ def test_the_full_demo_configuration_names_real_options(tmp_path):
         check_select_options(resolve(SelectConfig(), cfg.select))
         RefineConfig(**{k: v for k, v in cfg.refine.items() if k != "enabled"})
         check_config(TrainConfig(**cfg.train, out=str(tmp_path / "t")))
-        assert cfg.train["iters"] == (6 if quick else 60) and cfg.select["epochs"] == (1 if quick else 4)
+        assert cfg.train["iters"] == (6 if quick else 60) and cfg.select["epochs"] == (1 if quick else 12)
+        # its warmup fits its run: no warning about the demo's own schedule
+        assert warmup_advice(resolve(SelectConfig(), cfg.select), 4 if quick else DEMO_IMAGES) is None
 
 
 def test_sap_demo_runs_offline_end_to_end_with_the_pocket_sam_banner(tmp_path):
@@ -205,6 +208,7 @@ def test_sap_demo_runs_offline_end_to_end_with_the_pocket_sam_banner(tmp_path):
     assert "a pocket SAM trained on synthetic shapes" in r.stderr and "RANDOM WEIGHTS" not in r.stderr
     # both backbones start from the bundled pocket weights: no warning about the demo's own settings
     assert "RANDOM weights" not in r.stderr and "consider --lr" not in r.stderr
+    assert "warmup" not in r.stderr and "no checkpoint" not in r.stderr  # a fresh run resumes nothing
     assert "pseudo-mask mIoU against the ground truth: sam-top1 " in r.stdout and " | sapnet " in r.stdout
     for stage in STAGES:
         assert stage in r.stdout

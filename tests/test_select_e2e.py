@@ -116,6 +116,10 @@ def test_mil_runs_and_resume_finishes_the_schedule(data):
     _check_output(out, data, "mil")
     resumed = run_select(data.ann, data.cache, out, replace(cfg, epochs=2, resume=True), images=data.images)
     assert resumed.stats["epochs_run"] == 1 and resumed.stats["iterations"] == 2
+    # one metrics line per epoch, the resumed epoch appended after the first
+    lines = [json.loads(x) for x in (data.root / "mil_work" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["iter"]) for r in lines] == [(1, 1), (2, 2)]
+    assert all(np.isfinite(r["psm"]) and r["lr"] > 0 and "prm" not in r for r in lines)
 
 
 def test_unreadable_images_fall_back_or_are_skipped(data, sapnet_run, tmp_path):
@@ -253,11 +257,23 @@ def test_sapnet_format_json_is_read_and_checked_against_the_points(data, tmp_pat
 
 
 def test_a_random_start_at_sapnets_imagenet_rate_hears_of_the_rate_that_learned():
-    from pseudolabel.selector.select import SCRATCH_LR, scratch_rate_advice
+    from pseudolabel.selector.train import SCRATCH_LR, scratch_rate_advice
 
     assert "--lr 0.16" in scratch_rate_advice(SelectConfig())  # 0.015 per 32: the official rate
     assert scratch_rate_advice(SelectConfig(lr=SCRATCH_LR)) is None
     assert scratch_rate_advice(SelectConfig(lr=0.02, lr_batch=4)) is None  # 0.16 per 32 images
+
+
+def test_a_run_that_would_spend_most_of_its_iterations_in_warmup_is_told_so():
+    from pseudolabel.selector.train import warmup_advice
+
+    # SAPNet's 500 warmup iterations against 12 epochs of 16 images at batch 4 (48 iterations)
+    advice = warmup_advice(SelectConfig(batch_size=4), 16)
+    assert "48 iterations" in advice and "--warmup-iters 4" in advice
+    assert warmup_advice(SelectConfig(batch_size=4, warmup_iters=24), 16) is None  # half: fine
+    assert warmup_advice(SelectConfig(batch_size=4), 4000) is None  # 12 000 iterations
+    # under torchrun each rank draws its share: 16 images on 2 ranks at batch 4 are 24 iterations
+    assert "24 iterations" in warmup_advice(SelectConfig(batch_size=4, warmup_iters=13), 16, world=2)
 
 
 def test_the_lr_flag_reaches_the_written_configuration_and_a_bad_one_stops(data, monkeypatch):

@@ -30,6 +30,7 @@ def select_cmd(
     missing: Annotated[Optional[str], typer.Option("--missing", help="Points of unreadable images: fallback (SAM's top-1) | skip.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per step per process (4); the rate scales with the total batch.")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate per 32 images (0.015, SAPNet's for ImageNet weights; 0.16 learned from random weights).")] = None,
+    warmup_iters: Annotated[Optional[int], typer.Option("--warmup-iters", help="Iterations of linear warmup (500, SAPNet's for 12 COCO epochs); a run that spends over half its iterations in warmup is warned about.")] = None,
     min_size: Annotated[Optional[int], typer.Option("--min-size", help="Short side of the network input (800).")] = None,
     max_size: Annotated[Optional[int], typer.Option("--max-size", help="Long side limit of the network input (1333).")] = None,
     crops: Annotated[Optional[str], typer.Option("--crops", help="off (default: each image whole, resized) | auto (images the resize would shrink over 1.25x are cut into tiles of --min-size px around the points, P2BNet's way; docs/windows.md) | PIXELS (tiles of that side).")] = None,
@@ -51,7 +52,7 @@ def select_cmd(
 
     cfg = resolve(SelectConfig(), load_config_file(config), method=method, epochs=epochs, backbone=backbone,
                   backbone_weights=backbone_weights, pdg=pdg, pnpg=pnpg, bms=bms, reference=reference, missing=missing,
-                  batch_size=batch_size, lr=lr, min_size=min_size, max_size=max_size, crops=crops,
+                  batch_size=batch_size, lr=lr, warmup_iters=warmup_iters, min_size=min_size, max_size=max_size, crops=crops,
                   workers=workers,
                   work_dir=work_dir, resume=resume, weights=weights, device=device, seed=seed)
     summary = run_select(ann, proposals, out, cfg, images=images)

@@ -120,6 +120,14 @@ POCKET_BANNER = _banner(
 
 #: the selector's rate per 32 images on the pocket backbone (docs/selector.md, "The pocket backbone")
 POCKET_LR = 0.08
+#: images the demo makes
+DEMO_IMAGES = 16
+#: the selector's schedule on them: 12 epochs of 16 images at batch 2 are 96 iterations, what it
+#: needs to beat SAM's ranking on these bags (4 epochs of 8 images, 16 iterations, stayed below);
+#: a warmup of 10 (SAPNet's 500 would outlast the run) and 50 NPG negatives an image instead of 500
+#: (CPU time; the same picks within 0.003 here). docs/selector.md, "In sap demo".
+DEMO_SELECT = {"method": "sapnet", "epochs": 12, "batch_size": 2, "min_size": 160, "max_size": 224,
+               "warmup_iters": 10, "npg_num": 50, "workers": 0}
 
 
 def demo_config(out: Path, data_json: Path, images: Path, engine: str, checkpoint: str,
@@ -139,8 +147,7 @@ def demo_config(out: Path, data_json: Path, images: Path, engine: str, checkpoin
         images=str(images), out=str(out), gt=str(data_json), point_mode="center",
         sam={"engine": engine, "checkpoint": checkpoint, "precision": "auto"}, device=device,
         proposals={"prompts": "point,point_box", "save_embeddings": True},
-        select={"method": "sapnet", "backbone": backbone, "backbone_weights": weights, "epochs": 4,
-                "batch_size": 2, "min_size": 240, "max_size": 320, "warmup_iters": 5, "workers": 0, **lr},
+        select={**DEMO_SELECT, "backbone": backbone, "backbone_weights": weights, **lr},
         refine={"enabled": True, "iters": 2},
         train={"backbone": backbone, "backbone_weights": weights, "iters": 60, "batch": 2,
                "min_size": "240", "max_size": 320, "warmup_iters": 10, "steps": [45], "workers": 0,
@@ -199,7 +206,7 @@ def run_demo(out: str | Path = "sap_runs/demo", checkpoint: str | None = None, e
     """
     out = Path(out)
     engine, checkpoint, kind = choose_sam(engine, checkpoint, offline)
-    n_images = n_images or (4 if quick else 8)
+    n_images = n_images or (4 if quick else DEMO_IMAGES)
     data_json, images = make_demo_dataset(out / "data", n_images=n_images)
     banner = {"official": None, "pocket": POCKET_BANNER, "random": RANDOM_BANNER}[kind]
     if banner:

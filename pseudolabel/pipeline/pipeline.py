@@ -40,6 +40,7 @@ from pseudolabel.core.progress import logger
 from pseudolabel.evaluate import compare, evaluate_pseudo, format_table, load_pseudo_file
 from pseudolabel.proposals import ProposalConfig, cache_overview, run_proposals
 from pseudolabel.selector import SelectConfig, run_select
+from pseudolabel.selector.train import CHECKPOINT_NAME as SELECTOR_CHECKPOINT
 from pseudolabel.viz import render_disagreement_sheet, render_overlays, render_side_by_side
 from refine import RefineConfig, run_refine
 from segtrain import TrainConfig, predict, run_train
@@ -336,8 +337,9 @@ def _pseudo_miou(p: Pipeline, path: str | Path) -> dict[str, Any]:
 def _select(p: Pipeline) -> tuple[dict, dict]:
     d = p.stage_dir("select")
     points, cache = p.output("points", "points"), p.output("proposals", "cache")
+    # a stage killed midway continues from its last epoch; a fresh one starts without a word
     cfg = resolve(SelectConfig(), p.cfg.select, device=p.cfg.device, work_dir=str(d / "work"),
-                  resume=True)
+                  resume=(d / "work" / SELECTOR_CHECKPOINT).is_file())
     summary = run_select(points, cache, d / "pseudo.json", cfg, images=p.cfg.images)
     metrics: dict[str, Any] = {"pseudo_masks": summary.written, "method": cfg.method}
     outputs = {"pseudo": d / "pseudo.json"}

@@ -63,22 +63,6 @@ class MethodResult:
     is_main: bool = True
 
 
-#: the rate per 32 images at which a selector from random weights learned the benchmark's classes
-#: (scripts/bench_select.py --scenes shapes: 0.04 barely learned them in 100 iterations, 0.16 did in 300)
-SCRATCH_LR = 0.16
-
-
-def scratch_rate_advice(cfg: SelectConfig) -> str | None:
-    """One sentence when ``cfg.lr`` is far below :data:`SCRATCH_LR` (for a selector trained from
-    random weights, where SAPNet's ImageNet rate learns slowly), else None."""
-    per32 = cfg.lr * 32 / cfg.lr_batch
-    if per32 >= SCRATCH_LR / 2:
-        return None
-    return (f"lr {cfg.lr} per {cfg.lr_batch} images is a rate for ImageNet weights (SAPNet's: 0.015 per 32); from "
-            f"random weights the selector learned far more slowly at such rates than at {SCRATCH_LR} per 32 over 300 "
-            f"iterations (docs/selector.md, \"What the selector learns\"): consider --lr {SCRATCH_LR}")
-
-
 def has_scores(bag: Bag) -> bool:
     """Whether SAM's predicted IoU is known for at least one proposal of the bag."""
     return bool(len(bag)) and not bool(np.isnan(bag.scores).all())
@@ -121,7 +105,8 @@ def choose_learned(ctx: SelectContext) -> MethodResult:
     """``mil`` and ``sapnet``: train the selector (or load ``cfg.weights``), then choose."""
     from pseudolabel.core.device import init_distributed, pick_device
 
-    from .train import CHECKPOINT_NAME, build_model, load_checkpoint, load_net_state, run_selector, train_selector
+    from .train import (CHECKPOINT_NAME, build_model, load_checkpoint, load_net_state, run_selector,
+                        scratch_rate_advice, train_selector, warmup_advice)
 
     cfg = ctx.cfg
     if ctx.images_dir is None:
@@ -151,6 +136,8 @@ def choose_learned(ctx: SelectContext) -> MethodResult:
         ctx.store.close()  # each data-loading worker opens its own connection
         if len(train_set) == 0:
             raise InputError("no point has a proposal: nothing to train the selector on")
+        if info.is_main and (advice := warmup_advice(cfg, len(train_set), info.world_size)):
+            logger.warning(advice)
         stats.update(train_selector(step, train_set, cfg, ctx.categories, device, info, ctx.work_dir))
         stats["weights"] = str(ctx.work_dir / CHECKPOINT_NAME)
         if crop_rule(cfg.crops, cfg.min_size).mode != "off":  # a training sample is a tile (or a small image)

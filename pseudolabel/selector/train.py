@@ -4,7 +4,9 @@ Schedule (official SAPNet): SGD, lr 0.015 for 32 images scaled linearly to the t
 momentum 0.9, weight decay 1e-4, gradient norm clipped at 35, linear warmup over 500 iterations
 from 0.001 of the lr, ×0.1 at epochs 8 and 11 of 12 (at the same fractions of other lengths),
 AMP on CUDA. Under ``torchrun --nproc_per_node N`` each process takes ``batch_size`` images per
-step and rank 0 alone logs and writes. ``WORK_DIR/selector.pt`` is written after every epoch.
+step and rank 0 alone logs and writes. ``WORK_DIR/selector.pt`` is written after every epoch, and
+``WORK_DIR/metrics.jsonl`` gains one line per epoch: ``epoch``, ``iter`` (iterations so far),
+``lr`` (the last one), ``seconds`` and the epoch's mean of each loss (``psm``, ``prm``, ``neg``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from pseudolabel.core.config import to_jsonable
 from pseudolabel.core.device import DistInfo, loader_workers
 from pseudolabel.core.errors import InputError
-from pseudolabel.core.io import atomic_path, load_torch_file
+from pseudolabel.core.io import atomic_path, disk_full_names, load_torch_file
+from pseudolabel.core.journal import append_record
 from pseudolabel.core.progress import logger, logging_to_tqdm, progress
 from .data import BagDataset, collate
 from .mil import PointChoice, SelectorStep
@@ -32,6 +35,36 @@ from .reference import apply_reference
 
 CHECKPOINT_FORMAT = "sap-selector-1"
 CHECKPOINT_NAME = "selector.pt"
+METRICS_NAME = "metrics.jsonl"
+
+
+#: the rate per 32 images at which a selector from random weights learned the benchmark's classes
+#: (scripts/bench_select.py --scenes shapes: 0.04 barely learned them in 100 iterations, 0.16 did in 300)
+SCRATCH_LR = 0.16
+
+
+def scratch_rate_advice(cfg: SelectConfig) -> str | None:
+    """One sentence when ``cfg.lr`` is far below :data:`SCRATCH_LR` (for a selector trained from
+    random weights, where SAPNet's ImageNet rate learns slowly), else None."""
+    per32 = cfg.lr * 32 / cfg.lr_batch
+    if per32 >= SCRATCH_LR / 2:
+        return None
+    return (f"lr {cfg.lr} per {cfg.lr_batch} images is a rate for ImageNet weights (SAPNet's: 0.015 per 32); from "
+            f"random weights the selector learned far more slowly at such rates than at {SCRATCH_LR} per 32 over 300 "
+            f"iterations (docs/selector.md, \"What the selector learns\"): consider --lr {SCRATCH_LR}")
+
+
+def warmup_advice(cfg: SelectConfig, samples: int, world: int = 1) -> str | None:
+    """One sentence when the linear warmup takes over half of the training's iterations (the rate
+    then stays a fraction of ``cfg.lr`` for most of the run: SAPNet's 500 iterations are 1 % of 12
+    COCO epochs, but all of 12 epochs on 100 images at batch 4), else None."""
+    per_rank = -(-samples // max(world, 1))
+    total = cfg.epochs * -(-per_rank // max(cfg.batch_size, 1))
+    if total <= 0 or cfg.warmup_iters <= total / 2:
+        return None
+    return (f"the warmup ({cfg.warmup_iters} iterations) is longer than half of this run's {total} iterations, so the "
+            f"selector trains at a fraction of --lr for most of it: pass --warmup-iters {max(1, total // 10)} "
+            "(a tenth of the run) or train for more iterations")
 
 
 def learning_rate(cfg: SelectConfig, world: int, epoch: int, it: int) -> float:
@@ -152,6 +185,8 @@ def train_selector(step: SelectorStep, dataset: BagDataset, cfg: SelectConfig, c
     t0 = time.perf_counter()
     last: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.epochs):
+        sums: dict[str, float] = {}
+        count, t_epoch = 0, time.perf_counter()
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         bar = progress(loader, desc=f"select: train epoch {epoch + 1}/{cfg.epochs}", total=len(loader),
@@ -175,11 +210,18 @@ def train_selector(step: SelectorStep, dataset: BagDataset, cfg: SelectConfig, c
                 scaler.update()
                 it += 1
                 last = {k: float(v.detach()) for k, v in losses.items()}
+                sums = {k: sums.get(k, 0.0) + v for k, v in last.items()}
+                count += 1
                 if not np.isfinite(float(loss.detach())):
                     raise FloatingPointError(f"the selector's loss became {float(loss)} at iteration {it}")
                 bar.set_postfix({**{k: f"{v:.4f}" for k, v in last.items()}, "lr": f"{lr:.2e}"})
         if info.is_main:
             save_checkpoint(ckpt, step, categories, epoch + 1, it, optimizer, scaler)
+            record = {"epoch": epoch + 1, "iter": it, "lr": lr if count else None,
+                      "seconds": round(time.perf_counter() - t_epoch, 3),
+                      **{k: v / max(count, 1) for k, v in sums.items()}}
+            with disk_full_names(work_dir / METRICS_NAME), open(work_dir / METRICS_NAME, "a") as f:
+                append_record(f, record, sync=False)
     train_s = time.perf_counter() - t0
     epochs_run = cfg.epochs - start_epoch
     return {"train_s": train_s, "iterations": it, "epochs_run": epochs_run, "images": len(dataset),
