@@ -283,7 +283,10 @@ def test_the_lr_flag_reaches_the_written_configuration_and_a_bad_one_stops(data,
         return ["select", "--ann", str(data.ann), "--proposals", str(data.cache), "--out", str(data.root / name),
                 "--method", "sam-top1", "--lr", lr]
 
-    assert run_cli(argv("lr.json", "0.3"), monkeypatch) == 0
-    assert yaml.safe_load((data.root / "lr.config.yaml").read_text())["config"]["lr"] == 0.3
+    assert run_cli([*argv("lr.json", "0.3"), "--warmup-iters", "7"], monkeypatch) == 0
+    written = yaml.safe_load((data.root / "lr.config.yaml").read_text())["config"]
+    assert written["lr"] == 0.3 and written["warmup_iters"] == 7
     assert run_cli(argv("lr0.json", "0"), monkeypatch) == 2
     assert not (data.root / "lr0.json").exists()
+    assert run_cli([*argv("w.json", "0.3"), "--warmup-iters", "-1"], monkeypatch) == 2
+    assert not (data.root / "w.json").exists()

@@ -259,6 +259,7 @@ def check_select_options(cfg: SelectConfig) -> None:
         check_range(cfg.epochs, "--epochs", 1, integer=True)
     check_range(cfg.batch_size, "--batch-size", 1, integer=True)
     check_range(cfg.lr, "lr", 0, low_open=True)
+    check_range(cfg.warmup_iters, "--warmup-iters", 0, integer=True)
     check_range(cfg.min_size, "--min-size", 1, integer=True)
     check_range(cfg.max_size, "--max-size", 1, integer=True)
     if cfg.max_size < cfg.min_size:
