@@ -169,9 +169,7 @@ def open_coco_stream(path: str | os.PathLike, require_annotations: bool = True, 
             counts[ann["image_id"]] += 1
         if (repeated := ann_ids.first_repeat()) is not None:
             raise InputError(f"{path}: annotation id {repeated} appears twice")
-    except ijson.JSONError as e:
-        raise InputError(f"{path} is not valid JSON ({e})") from None
-    except UnicodeDecodeError as e:
+    except (ijson.JSONError, UnicodeDecodeError) as e:
         raise InputError(f"{path} is not valid JSON ({e})") from None
     return CocoStream(path, header, counts)
 
