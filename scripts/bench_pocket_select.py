@@ -40,11 +40,11 @@ from pseudolabel.core.alternatives import attach_alternatives  # noqa: E402
 from pseudolabel.core.rle import rle_iou, rle_to_bbox_xywh, segmentation_to_rle  # noqa: E402
 from pseudolabel.pocket.quality import write_scene_dataset  # noqa: E402
 from pseudolabel.selector.options import SelectConfig  # noqa: E402
+from pseudolabel.selector.train import SCRATCH_LR  # noqa: E402
 
 #: the selector's training on these scenes (CPU-sized: 160 px input, batch 4; 36 epochs of 16 scenes
 #: are 144 iterations, with a warmup of 10 instead of SAPNet's 500, which would outlast the run)
 TRAIN = {"epochs": 36, "min-size": 160, "max-size": 224, "batch-size": 4, "lr": 0.08, "warmup-iters": 10, "workers": 0}
-SCRATCH_LR = 0.16
 
 
 def sap(*args: str, log: Path) -> None:

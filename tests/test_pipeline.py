@@ -194,8 +194,9 @@ def test_the_full_demo_configuration_names_real_options(tmp_path):
         RefineConfig(**{k: v for k, v in cfg.refine.items() if k != "enabled"})
         check_config(TrainConfig(**cfg.train, out=str(tmp_path / "t")))
         assert cfg.train["iters"] == (6 if quick else 60) and cfg.select["epochs"] == (1 if quick else 12)
-        # its warmup fits its run: no warning about the demo's own schedule
-        assert warmup_advice(resolve(SelectConfig(), cfg.select), 4 if quick else DEMO_IMAGES) is None
+        # its warmup fits its run (batch 2, every image a sample): no warning about the demo's own schedule
+        iterations = cfg.select["epochs"] * -(-(4 if quick else DEMO_IMAGES) // cfg.select["batch_size"])
+        assert warmup_advice(resolve(SelectConfig(), cfg.select), iterations) is None
 
 
 def test_sap_demo_runs_offline_end_to_end_with_the_pocket_sam_banner(tmp_path):

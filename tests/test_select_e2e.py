@@ -268,12 +268,24 @@ def test_a_run_that_would_spend_most_of_its_iterations_in_warmup_is_told_so():
     from pseudolabel.selector.train import warmup_advice
 
     # SAPNet's 500 warmup iterations against 12 epochs of 16 images at batch 4 (48 iterations)
-    advice = warmup_advice(SelectConfig(batch_size=4), 16)
+    advice = warmup_advice(SelectConfig(batch_size=4), 48)
     assert "48 iterations" in advice and "--warmup-iters 4" in advice
-    assert warmup_advice(SelectConfig(batch_size=4, warmup_iters=24), 16) is None  # half: fine
-    assert warmup_advice(SelectConfig(batch_size=4), 4000) is None  # 12 000 iterations
-    # under torchrun each rank draws its share: 16 images on 2 ranks at batch 4 are 24 iterations
-    assert "24 iterations" in warmup_advice(SelectConfig(batch_size=4, warmup_iters=13), 16, world=2)
+    assert warmup_advice(SelectConfig(batch_size=4, warmup_iters=24), 48) is None  # half: fine
+    assert warmup_advice(SelectConfig(batch_size=4), 12000) is None
+
+
+def test_training_warns_of_a_warmup_longer_than_half_its_iterations(data, caplog):
+    """The run's iterations are its loader's: 2 images at batch 2, 1 epoch is one iteration."""
+    import logging
+
+    sap_logger = logging.getLogger("sap")  # it may not propagate (the CLI's setup)
+    sap_logger.addHandler(caplog.handler)
+    try:
+        run_select(data.ann, data.cache, data.root / "warm.json",
+                   replace(FAST, method="mil", warmup_iters=2, work_dir=str(data.root / "w_work")), images=data.images)
+    finally:
+        sap_logger.removeHandler(caplog.handler)
+    assert "longer than half of this run's 1 iterations" in caplog.text
 
 
 def test_the_lr_flag_reaches_the_written_configuration_and_a_bad_one_stops(data, monkeypatch):

@@ -80,18 +80,14 @@ def _trained_body_names_crops(cfg: SelectConfig, work, categories: list[int]) ->
 
 
 @pytest.mark.parametrize("weights", ["pocket", "none"])
-def test_sapnet_beats_sam_top1_on_the_pocket_backbone_and_not_from_random_weights(bags, weights, tmp_path):
+def test_sapnet_beats_sam_top1_on_the_pocket_backbone_and_not_from_random_weights(bags, weights, tmp_path,
+                                                                                   one_torch_thread):
     cfg = replace(CFG, backbone_weights=weights, lr=POCKET_LR if weights == "pocket" else SCRATCH_LR,
                   work_dir=str(tmp_path / "work"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run_select(bags.ann, bags.root / "cache", tmp_path / "pseudo.json", cfg, images=bags.images)
-        if weights == "pocket":
-            named, random_named = _trained_body_names_crops(cfg, tmp_path / "work",
-                                                            [c["id"] for c in bags.gt["categories"]])
-    finally:
-        torch.set_num_threads(threads)
+    run_select(bags.ann, bags.root / "cache", tmp_path / "pseudo.json", cfg, images=bags.images)
+    if weights == "pocket":
+        named, random_named = _trained_body_names_crops(cfg, tmp_path / "work",
+                                                        [c["id"] for c in bags.gt["categories"]])
     miou = evaluate_pseudo(bags.gt, json.loads((tmp_path / "pseudo.json").read_text()), boundary=False)
     got = miou["overall"]["mask_miou"]
     if weights == "pocket":

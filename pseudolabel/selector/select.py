@@ -106,7 +106,7 @@ def choose_learned(ctx: SelectContext) -> MethodResult:
     from pseudolabel.core.device import init_distributed, pick_device
 
     from .train import (CHECKPOINT_NAME, build_model, load_checkpoint, load_net_state, run_selector,
-                        scratch_rate_advice, train_selector, warmup_advice)
+                        scratch_rate_advice, train_selector)
 
     cfg = ctx.cfg
     if ctx.images_dir is None:
@@ -136,8 +136,6 @@ def choose_learned(ctx: SelectContext) -> MethodResult:
         ctx.store.close()  # each data-loading worker opens its own connection
         if len(train_set) == 0:
             raise InputError("no point has a proposal: nothing to train the selector on")
-        if info.is_main and (advice := warmup_advice(cfg, len(train_set), info.world_size)):
-            logger.warning(advice)
         stats.update(train_selector(step, train_set, cfg, ctx.categories, device, info, ctx.work_dir))
         stats["weights"] = str(ctx.work_dir / CHECKPOINT_NAME)
         if crop_rule(cfg.crops, cfg.min_size).mode != "off":  # a training sample is a tile (or a small image)

@@ -54,17 +54,15 @@ def scratch_rate_advice(cfg: SelectConfig) -> str | None:
             f"iterations (docs/selector.md, \"What the selector learns\"): consider --lr {SCRATCH_LR}")
 
 
-def warmup_advice(cfg: SelectConfig, samples: int, world: int = 1) -> str | None:
-    """One sentence when the linear warmup takes over half of the training's iterations (the rate
-    then stays a fraction of ``cfg.lr`` for most of the run: SAPNet's 500 iterations are 1 % of 12
+def warmup_advice(cfg: SelectConfig, iterations: int) -> str | None:
+    """One sentence when the linear warmup takes over half of a run of ``iterations`` (the rate
+    then stays a fraction of ``cfg.lr`` for most of it: SAPNet's 500 iterations are 1 % of 12
     COCO epochs, but all of 12 epochs on 100 images at batch 4), else None."""
-    per_rank = -(-samples // max(world, 1))
-    total = cfg.epochs * -(-per_rank // max(cfg.batch_size, 1))
-    if total <= 0 or cfg.warmup_iters <= total / 2:
+    if iterations <= 0 or cfg.warmup_iters <= iterations / 2:
         return None
-    return (f"the warmup ({cfg.warmup_iters} iterations) is longer than half of this run's {total} iterations, so the "
-            f"selector trains at a fraction of --lr for most of it: pass --warmup-iters {max(1, total // 10)} "
-            "(a tenth of the run) or train for more iterations")
+    return (f"the warmup ({cfg.warmup_iters} iterations) is longer than half of this run's {iterations} iterations, "
+            f"so the selector trains at a fraction of --lr for most of it: pass --warmup-iters "
+            f"{max(1, iterations // 10)} (a tenth of the run) or train for more iterations")
 
 
 def learning_rate(cfg: SelectConfig, world: int, epoch: int, it: int) -> float:
@@ -181,6 +179,8 @@ def train_selector(step: SelectorStep, dataset: BagDataset, cfg: SelectConfig, c
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=loader_workers(cfg.workers),
                         collate_fn=collate, pin_memory=device.type == "cuda",
                         persistent_workers=False)
+    if info.is_main and (advice := warmup_advice(cfg, cfg.epochs * len(loader))):
+        logger.warning(advice)
     step.train()
     t0 = time.perf_counter()
     last: dict[str, float] = {}
